@@ -1,0 +1,202 @@
+"""The command line: parse, call the library, map errors to exit codes. Only this module exits."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mlos_repro import __version__, ui
+from mlos_repro.errors import ExitCode, MlosReproError
+from mlos_repro.store import Store, default_root
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MlosReproError as e:
+            ui.error(e.message, e.hint)
+            sys.exit(int(e.exit_code))
+        except KeyboardInterrupt:
+            ui.error("interrupted; the store holds only complete entries", None)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception:
+            ui.error("internal error:\n" + traceback.format_exc(),
+                     "this is a bug in mlos-repro; please report it with the text above")
+            sys.exit(int(ExitCode.INTERNAL))
+
+    return wrapper  # type: ignore[return-value]
+
+
+recipes_option = click.option(
+    "--recipes", "recipes_dir", type=click.Path(path_type=Path), default=Path("recipes"),
+    show_default=True, help="Directory holding builder.toml, builder.lock and *.toml stage recipes.")
+store_option = click.option(
+    "--store", "store_dir", type=click.Path(path_type=Path), default=None,
+    help="Content-addressed store [default: $MLOS_REPRO_STORE or $XDG_CACHE_HOME/mlos-repro].")
+mirror_option = click.option(
+    "--mirror", default=None,
+    help="Debian mirror to use instead of the one in builder.toml (e.g. a snapshot.debian.org URL).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print a machine-readable result on stdout.")
+
+
+def _store(store_dir: Path | None) -> Store:
+    return Store(store_dir or default_root())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlos-repro")
+@click.option("-v", "--verbose", count=True, help="Log commands (-v) and details (-vv) to stderr.")
+def main(verbose: int) -> None:
+    """Build MLOS Linux bit for bit from pinned inputs, and verify it offline.
+
+    \b
+    Typical use:
+      mlos-repro lock      # resolve recipes/builder.toml into recipes/builder.lock
+      mlos-repro fetch     # download every pinned input into the store
+      mlos-repro build     # build every stage offline, in a sandbox, into ./out
+
+    Exit codes: 0 ok, 1 verification failed, 2 bad input, 3 missing tool,
+    4 a stage failed, 5 signing or key problem, 70 internal error.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@click.argument("stages", nargs=-1)
+@recipes_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
+              show_default=True, help="Where OUT/<stage>/<output> and OUT/manifest.json are written.")
+@store_option
+@click.option("--no-cache", is_flag=True, help="Run every selected stage even if the store has it.")
+@click.option("--sandbox", "sandbox_name", default="bwrap", show_default=True,
+              help="Sandbox backend.")
+@json_option
+@_handle_errors
+def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: Path | None,
+          no_cache: bool, sandbox_name: str, as_json: bool) -> None:
+    """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
+
+    Cached stages are taken from the store; each stage's log is kept there.
+    Writes OUT/<stage>/<output> and OUT/manifest.json.
+    """
+    from mlos_repro.executor import Executor, write_out
+    from mlos_repro.recipe import load_recipes
+    from mlos_repro.sandbox.select import sandbox
+
+    recipes = load_recipes(recipes_dir)
+    store = _store(store_dir)
+    executor = Executor(recipes, store, sandbox(sandbox_name), use_cache=not no_cache,
+                        progress=ui.progress)
+    result = executor.build(stages)
+    manifest = write_out(store, result, out_dir)
+    if as_json:
+        ui.emit_json({
+            "manifest": str(manifest),
+            "environments": result.environments,
+            "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
+                           "seconds": round(r.seconds, 3)} for n, r in result.stages.items()},
+        })
+    else:
+        built = sum(1 for r in result.stages.values() if not r.cached)
+        ui.info(f"{len(result.stages)} stages ({built} built, {len(result.stages) - built} cached); "
+                f"manifest: {manifest}")
+
+
+@main.command()
+@recipes_option
+@store_option
+@mirror_option
+@json_option
+@_handle_errors
+def fetch(recipes_dir: Path, store_dir: Path | None, mirror: str | None, as_json: bool) -> None:
+    """Download every locked .deb and pinned url:/deb: input into the store.
+
+    Each download is checked against its pinned sha256; a mismatch is refused and not stored.
+    """
+    from mlos_repro.env.fetch import fetch_all
+    from mlos_repro.recipe import load_recipes
+
+    report = fetch_all(load_recipes(recipes_dir), _store(store_dir), mirror)
+    if as_json:
+        ui.emit_json({"present": report.present, "downloaded": report.downloaded})
+    else:
+        ui.info(f"{len(report.downloaded)} downloaded, {report.present} already in the store")
+
+
+@main.command()
+@click.argument("environments", nargs=-1)
+@recipes_option
+@store_option
+@mirror_option
+@_handle_errors
+def lock(environments: tuple[str, ...], recipes_dir: Path, store_dir: Path | None,
+         mirror: str | None) -> None:
+    """Resolve builder.toml's ENVIRONMENTS (default: all) against the mirror into builder.lock.
+
+    Needs the network; the resolved .debs are kept in the store.
+    """
+    from mlos_repro.env.lock import lock_environment
+    from mlos_repro.env.lockfile import LOCK_FILE, read_lock, write_lock
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.recipe import load_recipes
+
+    recipes = load_recipes(recipes_dir)
+    builder = recipes.builder
+    names = environments or tuple(sorted(builder.environments))
+    for name in names:
+        if name not in builder.environments:
+            raise BadInputError(f"{builder.path}: no environment {name!r}",
+                                f"defined: {', '.join(sorted(builder.environments))}")
+    lock_path = builder.path.with_name(LOCK_FILE)
+    locked = read_lock(lock_path) if lock_path.exists() else {}
+    locked = {n: e for n, e in locked.items() if n in builder.environments}
+    store = _store(store_dir)
+    for name in names:
+        locked[name] = lock_environment(builder.environments[name], builder.source_date_epoch,
+                                        store, mirror)
+        ui.info(f"locked {name}: {len(locked[name].packages)} packages")
+    write_lock(lock_path, locked)
+
+
+@main.command("env")
+@click.argument("name", default="default")
+@recipes_option
+@store_option
+@click.option("--rebuild", is_flag=True, help="Assemble again even if the store has it.")
+@json_option
+@_handle_errors
+def env_cmd(name: str, recipes_dir: Path, store_dir: Path | None, rebuild: bool,
+            as_json: bool) -> None:
+    """Assemble builder environment NAME offline from the store and print its digest."""
+    from mlos_repro.env.assemble import environment
+    from mlos_repro.env.lockfile import locked_environment
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.recipe import load_recipes
+
+    recipes = load_recipes(recipes_dir)
+    if name not in recipes.builder.environments:
+        raise BadInputError(f"{recipes.builder.path}: no environment {name!r}")
+    spec, locked = locked_environment(recipes.builder, name)
+    ref = environment(spec, locked, recipes.builder.source_date_epoch, _store(store_dir),
+                      rebuild=rebuild)
+    if as_json:
+        ui.emit_json({"name": name, "digest": f"sha256:{ref.digest}", "root": str(ref.root)})
+    else:
+        sys.stdout.write(f"sha256:{ref.digest}\n")

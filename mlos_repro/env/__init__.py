@@ -1,0 +1,1 @@
+"""Builder environments: lockfile (lock.py), downloads (fetch.py), root filesystems (assemble.py)."""

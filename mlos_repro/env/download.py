@@ -1,0 +1,40 @@
+"""Downloads into the store, checked against a pinned sha256 before anything is kept."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlos_repro.errors import BadInputError, DigestMismatchError
+from mlos_repro.store import Store
+
+log = logging.getLogger(__name__)
+TIMEOUT = 120
+
+
+def download(store: Store, url: str, expected: str | None) -> str:
+    """Fetch url into the store; a digest mismatch is refused and nothing is stored."""
+    log.info("GET %s", url)
+    fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="dl-")
+    tmp = Path(name)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise BadInputError(f"{url}: download failed ({e})",
+                            "check the network or the mirror setting; fetch again later") from None
+    if expected is not None and h.hexdigest() != expected:
+        tmp.unlink()
+        raise DigestMismatchError(
+            f"{url}: sha256 is {h.hexdigest()}, but {expected} was pinned; refused, not stored",
+            "the download is corrupt or the pin is wrong; check the source and re-pin")
+    return store.adopt_file(tmp, expected, what=url)

@@ -1,0 +1,76 @@
+"""`mlos-repro fetch`: every locked .deb and every pinned url:/deb: input into the store."""
+
+from __future__ import annotations
+
+import lzma
+import urllib.parse
+from dataclasses import dataclass, field
+
+from debian.deb822 import Packages
+
+from mlos_repro.env.download import download
+from mlos_repro.env.lockfile import locked_environment
+from mlos_repro.errors import BadInputError
+from mlos_repro.recipe.model import Environment, Input, InputKind, RecipeSet
+from mlos_repro.store import Store
+
+
+@dataclass
+class FetchReport:
+    present: int = 0
+    downloaded: list[str] = field(default_factory=list)
+
+
+def _join(mirror: str, path: str) -> str:
+    return mirror.rstrip("/") + "/" + urllib.parse.quote(path)
+
+
+def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> FetchReport:
+    report = FetchReport()
+    used_envs = sorted(({s.builder for s in recipes.stages.values()} | {"default"})
+                       & set(recipes.builder.environments))
+    for name in used_envs:
+        env, locked = locked_environment(recipes.builder, name)
+        for pkg in locked.packages:
+            if store.has_blob(pkg.sha256):
+                report.present += 1
+                continue
+            download(store, _join(mirror or env.mirror, pkg.filename), pkg.sha256)
+            report.downloaded.append(pkg.filename)
+    indexes: dict[str, dict[tuple[str, str], str]] = {}
+    for stage in sorted(recipes.stages.values(), key=lambda s: s.name):
+        env = recipes.builder.environments[stage.builder]
+        for inp in stage.inputs:
+            if inp.kind not in (InputKind.URL, InputKind.DEB):
+                continue
+            assert inp.sha256 is not None
+            if store.has_blob(inp.sha256):
+                report.present += 1
+                continue
+            if inp.kind is InputKind.URL:
+                url = inp.target
+            else:
+                url = _deb_url(env, inp, indexes, mirror or env.mirror, store)
+            download(store, url, inp.sha256)
+            report.downloaded.append(url)
+    return report
+
+
+def _deb_url(env: Environment, inp: Input, indexes: dict[str, dict[tuple[str, str], str]],
+             mirror: str, store: Store) -> str:
+    """Find a pinned package's pool path in the mirror's index for the environment's suite."""
+    index_url = _join(mirror, f"dists/{env.suite}/main/binary-{env.architecture}/Packages.xz")
+    if index_url not in indexes:
+        digest = download(store, index_url, None)
+        table: dict[tuple[str, str], str] = {}
+        with lzma.open(store.blob_path(digest)) as f:
+            for para in Packages.iter_paragraphs(f, use_apt_pkg=False):
+                table[(para["Package"], para["Version"])] = para["Filename"]
+        indexes[index_url] = table
+    filename = indexes[index_url].get((inp.target, inp.version or ""))
+    if filename is None:
+        raise BadInputError(
+            f"{inp.spec}: {inp.target} {inp.version} is not in {index_url}",
+            "the version may have left the archive; set the mirror to a snapshot "
+            "(e.g. --mirror https://snapshot.debian.org/archive/debian/DATE/)")
+    return _join(mirror, filename)

@@ -1,0 +1,210 @@
+"""Run the stage graph locally: cache lookups, sandboxed runs, outputs into the store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlos_repro import run
+from mlos_repro.digest import canonical_json
+from mlos_repro.env.assemble import EnvRef, environment
+from mlos_repro.env.lockfile import locked_environment
+from mlos_repro.errors import BadInputError, StageFailedError
+from mlos_repro.graph import cache_key, select
+from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
+from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
+from mlos_repro.store import OutputKind, StageEntry, Store, digest_of_output_set
+
+log = logging.getLogger(__name__)
+LOG_TAIL = 25
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    name: str
+    entry: StageEntry
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class BuildResult:
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    environments: dict[str, str] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
+                           for n, r in sorted(self.stages.items())}}
+
+
+# Progress callback: (stage, state, seconds) with state in "cached", "running", "done".
+Progress = Callable[[str, str, float], None]
+
+
+def _no_progress(stage: str, state: str, seconds: float) -> None:
+    return None
+
+
+class Executor:
+    def __init__(self, recipes: RecipeSet, store: Store, sandbox: Sandbox, *,
+                 use_cache: bool = True, progress: Progress = _no_progress) -> None:
+        self.recipes = recipes
+        self.store = store
+        self.sandbox = sandbox
+        self.use_cache = use_cache
+        self.progress = progress
+        self._envs: dict[str, EnvRef] = {}
+
+    def env(self, name: str) -> EnvRef:
+        if name not in self._envs:
+            builder = self.recipes.builder
+            spec, locked = locked_environment(builder, name)
+            self._envs[name] = environment(spec, locked, builder.source_date_epoch, self.store)
+        return self._envs[name]
+
+    def build(self, wanted: Iterable[str] = ()) -> BuildResult:
+        result = BuildResult()
+        for name in select(self.recipes.stages, wanted):
+            stage = self.recipes.stages[name]
+            env = self.env(stage.builder)
+            result.environments[env.name] = f"sha256:{env.digest}"
+            result.stages[name] = self._build_stage(stage, env, result)
+        return result
+
+    # -- one stage --------------------------------------------------------------
+
+    def _input_digests(self, stage: Stage, done: BuildResult) -> dict[str, str]:
+        digests: dict[str, str] = {}
+        for inp in stage.inputs:
+            if inp.kind is InputKind.STAGE:
+                digests[inp.name] = "sha256:" + digest_of_output_set(done.stages[inp.target].entry.outputs)
+            elif inp.kind is InputKind.PATH:
+                path = self.recipes.root / inp.target
+                if path.is_dir():
+                    digests[inp.name] = "tree:" + self.store.put_tree(path, normalise_modes=True)
+                else:
+                    digests[inp.name] = "sha256:" + self.store.put_file(path)
+            else:
+                assert inp.sha256 is not None
+                if not self.store.has_blob(inp.sha256):
+                    raise BadInputError(
+                        f"stage {stage.name!r}: input {inp.name!r} ({inp.spec}) is not in the store",
+                        "run: mlos-repro fetch")
+                digests[inp.name] = "sha256:" + inp.sha256
+        return digests
+
+    def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
+        sde = self.recipes.builder.source_date_epoch
+        digests = self._input_digests(stage, done)
+        key = cache_key(stage, env.digest, sde, digests)
+        start = time.monotonic()
+        if self.use_cache and (hit := self.store.get_stage(key)) is not None:
+            self.progress(stage.name, "cached", 0.0)
+            return StageResult(stage.name, hit, True, 0.0)
+        with self.store.lock(f"stage-{key}"):
+            # Another build sharing the store may have finished it while we waited.
+            if self.use_cache and (hit := self.store.get_stage(key)) is not None:
+                self.progress(stage.name, "cached", 0.0)
+                return StageResult(stage.name, hit, True, 0.0)
+            self.progress(stage.name, "running", 0.0)
+            entry = self._run_stage(stage, env, key, digests, done)
+            self.store.put_stage(entry)
+        seconds = time.monotonic() - start
+        self.progress(stage.name, "done", seconds)
+        return StageResult(stage.name, entry, False, seconds)
+
+    def _stage_inputs(self, stage: Stage, digests: dict[str, str], done: BuildResult,
+                      work: Path) -> dict[str, Path]:
+        mounts: dict[str, Path] = {}
+        for inp in stage.inputs:
+            digest = digests[inp.name]
+            if inp.kind is InputKind.STAGE:
+                upstream = done.stages[inp.target].entry
+                dest = work / "in" / inp.name
+                dest.mkdir(parents=True)
+                for out, out_digest in upstream.outputs.items():
+                    self.store.materialize(out_digest, upstream.kinds[out], dest / out)
+                mounts[inp.name] = dest
+            elif digest.startswith("tree:"):
+                dest = work / "in" / inp.name
+                self.store.materialize(digest.removeprefix("tree:"), OutputKind.TREE, dest)
+                mounts[inp.name] = dest
+            else:
+                # Blobs are immutable and read-only: bind them directly.
+                mounts[inp.name] = self.store.blob_path(digest.removeprefix("sha256:"))
+        return mounts
+
+    def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],
+                   done: BuildResult) -> StageEntry:
+        sde = self.recipes.builder.source_date_epoch
+        with self.store.tempdir(f"stage-{stage.name}") as work:
+            out, build = work / "out", work / "build"
+            out.mkdir()
+            build.mkdir()
+            spec = SandboxSpec(root=env.root, inputs=self._stage_inputs(stage, digests, done, work),
+                               out=out, build=build,
+                               env=stage_environment(stage.name, sde, stage.env))
+            self.sandbox.prepare(spec)
+            log_file = work / "stage.log"
+            with log_file.open("wb") as logf:
+                for command in stage.run:
+                    logf.write(f"+ {shlex.join(command)}\n".encode())
+                    logf.flush()
+                    status = run.run(self.sandbox.argv(spec, command), env={"PATH": run.host_env()["PATH"]},
+                                     stdout=logf, stderr=logf, check=False).returncode
+                    if status != 0:
+                        logf.close()
+                        raise self._failure(stage, log_file,
+                                            f"command {shlex.join(command)} exited with status {status}")
+            missing = [o for o in stage.outputs if not (out / o).exists() and not (out / o).is_symlink()]
+            if missing:
+                raise self._failure(stage, log_file,
+                                    f"declared output(s) not produced: {', '.join(missing)}")
+            outputs: dict[str, str] = {}
+            kinds: dict[str, str] = {}
+            for o in stage.outputs:
+                outputs[o], kinds[o] = self.store.put_output(out / o)
+            log_digest = self.store.put_file(log_file)
+        return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest)
+
+    def _failure(self, stage: Stage, log_file: Path, what: str) -> StageFailedError:
+        log_digest = self.store.put_file(log_file)
+        lines = log_file.read_bytes().decode(errors="replace").splitlines()[-LOG_TAIL:]
+        tail = "\n".join(f"  | {line}" for line in lines)
+        return StageFailedError(
+            f"stage {stage.name!r} ({stage.source}) failed: {what}\n"
+            f"last {len(lines)} log lines:\n{tail}\nfull log: {self.store.log_path(log_digest)}",
+            "fix the stage's run commands or its inputs, then build again")
+
+
+def write_out(store: Store, result: BuildResult, out_dir: Path) -> Path:
+    """Materialise every built stage under OUT/<stage>/ and write OUT/manifest.json atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, res in sorted(result.stages.items()):
+        staging = out_dir / f".{name}.partial-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        for o, digest in res.entry.outputs.items():
+            store.materialize(digest, res.entry.kinds[o], staging / o)
+        final = out_dir / name
+        if final.exists():
+            old = out_dir / f".{name}.old-{os.getpid()}"
+            final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old)
+        else:
+            staging.rename(final)
+    manifest = out_dir / "manifest.json"
+    tmp = out_dir / f".manifest.json.{os.getpid()}"
+    tmp.write_bytes(canonical_json(result.manifest()) + b"\n")
+    tmp.replace(manifest)
+    return manifest
+

@@ -1,0 +1,45 @@
+"""The stage DAG: selection, order, and cache keys."""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Iterable, Mapping
+
+from mlos_repro import __version__
+from mlos_repro.digest import canonical_json, sha256_bytes
+from mlos_repro.errors import BadInputError
+from mlos_repro.recipe.model import Stage
+
+# Bump when the sandbox contract changes in a way that can change outputs.
+SANDBOX_CONTRACT = 1
+
+
+def select(stages: Mapping[str, Stage], wanted: Iterable[str]) -> list[str]:
+    """`wanted` and everything they depend on, in dependency order (all stages if empty)."""
+    wanted = list(wanted)
+    unknown = [w for w in wanted if w not in stages]
+    if unknown:
+        raise BadInputError(f"unknown stage(s): {', '.join(unknown)}",
+                            f"known stages: {', '.join(sorted(stages))}")
+    chosen: set[str] = set()
+    todo = wanted or list(stages)
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo.extend(stages[name].upstream)
+    sorter = graphlib.TopologicalSorter({n: stages[n].upstream for n in sorted(chosen)})
+    return list(sorter.static_order())
+
+
+def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
+              input_digests: Mapping[str, str]) -> str:
+    """sha256 of everything that can change the stage's outputs, as canonical JSON."""
+    return sha256_bytes(canonical_json({
+        "toolkit": __version__,
+        "sandbox": SANDBOX_CONTRACT,
+        "stage": stage.normalized(),
+        "environment": env_digest,
+        "source_date_epoch": source_date_epoch,
+        "inputs": dict(input_digests),
+    }))

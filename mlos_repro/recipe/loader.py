@@ -1,0 +1,308 @@
+"""TOML recipes -> RecipeSet. Every problem is collected and reported with file and key."""
+
+from __future__ import annotations
+
+import graphlib
+import posixpath
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mlos_repro.digest import is_sha256
+from mlos_repro.errors import RecipeError
+from mlos_repro.recipe.model import BuilderConfig, Environment, Input, InputKind, RecipeSet, Stage
+
+BUILDER_FILE = "builder.toml"
+STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description"}
+ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages"}
+RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEB_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]+)=(?P<version>[A-Za-z0-9.+~:-]+)$")
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def load_recipes(recipes_dir: Path) -> RecipeSet:
+    """Load recipes_dir/builder.toml and every other recipes_dir/*.toml; raise RecipeError."""
+    recipes_dir = recipes_dir.absolute()
+    if not recipes_dir.is_dir():
+        raise RecipeError([f"{recipes_dir}: recipe directory does not exist"])
+    root = recipes_dir.parent
+    problems = _Problems()
+    builder = _load_builder(recipes_dir / BUILDER_FILE, root, problems)
+    stages: dict[str, Stage] = {}
+    for path in sorted(recipes_dir.glob("*.toml")):
+        if path.name == BUILDER_FILE:
+            continue
+        for stage in _load_stage_file(path, root, problems):
+            if stage.name in stages:
+                problems.add(f"{_rel(path, root)}: stage {stage.name!r}.name",
+                              f"duplicate stage name; first defined in {stages[stage.name].source}")
+                continue
+            stages[stage.name] = stage
+    _check_references(stages, builder, problems)
+    if not problems.items:
+        _check_cycles(stages, problems)
+    if problems.items:
+        raise RecipeError(problems.items)
+    assert builder is not None
+    return RecipeSet(root=root, recipes_dir=recipes_dir, builder=builder, stages=stages)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _read_toml(path: Path, root: Path, problems: _Problems) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        problems.add(_rel(path, root), "file not found")
+    except tomllib.TOMLDecodeError as e:
+        problems.add(_rel(path, root), f"not valid TOML: {e}")
+    return None
+
+
+def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig | None:
+    data = _read_toml(path, root, problems)
+    if data is None:
+        return None
+    where = _rel(path, root)
+    for key in sorted(set(data) - {"source_date_epoch", "environment"}):
+        problems.add(f"{where}: {key}", "unknown key (expected source_date_epoch, [environment.NAME])")
+    sde = data.get("source_date_epoch")
+    if not isinstance(sde, int) or isinstance(sde, bool) or sde < 0:
+        problems.add(f"{where}: source_date_epoch", "must be a non-negative integer (seconds since 1970)")
+        sde = 0
+    envs: dict[str, Environment] = {}
+    tables = data.get("environment", {})
+    if not isinstance(tables, dict) or not tables:
+        problems.add(f"{where}: environment", "define at least [environment.default]")
+        tables = {}
+    for name, table in tables.items():
+        key = f"{where}: environment.{name}"
+        if not isinstance(table, dict):
+            problems.add(key, "must be a table")
+            continue
+        for unknown in sorted(set(table) - ENV_KEYS):
+            problems.add(f"{key}.{unknown}", f"unknown key (expected one of {', '.join(sorted(ENV_KEYS))})")
+        values: dict[str, Any] = {}
+        for field in ("suite", "architecture", "mirror"):
+            v = table.get(field)
+            if not isinstance(v, str) or not v:
+                problems.add(f"{key}.{field}", "required, a non-empty string")
+            values[field] = v if isinstance(v, str) else ""
+        for field in ("components", "packages"):
+            v = table.get(field, ["main"] if field == "components" else [])
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                problems.add(f"{key}.{field}", "must be a list of non-empty strings")
+                v = []
+            values[field] = tuple(v)
+        variant = table.get("variant", "minbase")
+        if variant not in ("essential", "minbase", "buildd", "apt", "required", "important", "standard"):
+            problems.add(f"{key}.variant", f"unknown mmdebstrap variant {variant!r}")
+        envs[name] = Environment(name=name, variant=str(variant), **values)
+    return BuilderConfig(source_date_epoch=sde, environments=envs, path=path)
+
+
+def _load_stage_file(path: Path, root: Path, problems: _Problems) -> list[Stage]:
+    data = _read_toml(path, root, problems)
+    if data is None:
+        return []
+    where = _rel(path, root)
+    for key in sorted(set(data) - {"stage"}):
+        problems.add(f"{where}: {key}", "unknown key (a recipe file holds [[stage]] tables only)")
+    tables = data.get("stage", [])
+    if not isinstance(tables, list):
+        problems.add(f"{where}: stage", "must be an array of tables: write [[stage]]")
+        return []
+    stages = []
+    for index, table in enumerate(tables):
+        stage = _parse_stage(table, f"{where}: stage[{index}]", where, root, problems)
+        if stage is not None:
+            stages.append(stage)
+    return stages
+
+
+def _parse_stage(table: dict[str, Any], key: str, where: str, root: Path,
+                 problems: _Problems) -> Stage | None:
+    before = len(problems.items)
+    name = table.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.add(f"{key}.name", "required: letters, digits, '.', '_' or '-'")
+        name = f"#{key}"
+    else:
+        key = f"{where}: stage {name!r}"
+    for unknown in sorted(set(table) - STAGE_KEYS):
+        problems.add(f"{key}.{unknown}", f"unknown key (expected one of {', '.join(sorted(STAGE_KEYS))})")
+    builder = table.get("builder", "default")
+    if not isinstance(builder, str) or not builder:
+        problems.add(f"{key}.builder", "must name an environment of recipes/builder.toml")
+        builder = ""
+    outputs = _parse_outputs(table.get("outputs"), f"{key}.outputs", problems)
+    run = _parse_run(table.get("run"), f"{key}.run", problems)
+    env = _parse_env(table.get("env", {}), f"{key}.env", problems)
+    inputs = _parse_inputs(table.get("inputs", {}), f"{key}.inputs", root, problems)
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        problems.add(f"{key}.description", "must be a string")
+        description = ""
+    if len(problems.items) != before:
+        return None
+    return Stage(name=name, builder=builder, outputs=outputs, run=run, inputs=inputs, env=env,
+                 description=description, source=where)
+
+
+def _parse_outputs(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        problems.add(key, "required: a non-empty list of paths under /out")
+        return ()
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            problems.add(f"{key}[{i}]", "must be a non-empty path string")
+            continue
+        norm = posixpath.normpath(item)
+        if PurePosixPath(item).is_absolute() or norm == "." or norm.split("/")[0] == "..":
+            problems.add(f"{key}[{i}]", f"{item!r} escapes /out; give a relative path inside /out")
+            continue
+        if norm in seen:
+            problems.add(f"{key}[{i}]", f"{item!r} is declared twice")
+        seen.add(norm)
+        out.append(norm)
+    for a in out:
+        for b in out:
+            if b.startswith(a + "/"):
+                problems.add(key, f"{b!r} lies inside the output {a!r}; declare one of them")
+    return tuple(out)
+
+
+def _parse_run(value: Any, key: str, problems: _Problems) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(value, list) or not value:
+        problems.add(key, "required: a non-empty list of argv lists, e.g. [[\"make\", \"all\"]]")
+        return ()
+    commands = []
+    for i, argv in enumerate(value):
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            problems.add(f"{key}[{i}]", "must be a non-empty list of strings (an argv; no shell)")
+            continue
+        if not argv[0]:
+            problems.add(f"{key}[{i}]", "the program name is empty")
+            continue
+        commands.append(tuple(argv))
+    return tuple(commands)
+
+
+def _parse_env(value: Any, key: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        problems.add(key, "must be a table of NAME = \"value\"")
+        return ()
+    items = []
+    for name, v in sorted(value.items()):
+        if not ENV_NAME_RE.match(name):
+            problems.add(f"{key}.{name}", "not a valid environment variable name")
+        elif name in RESERVED_ENV:
+            problems.add(f"{key}.{name}", "is fixed by the sandbox and cannot be set by a recipe")
+        elif not isinstance(v, str):
+            problems.add(f"{key}.{name}", "value must be a string")
+        else:
+            items.append((name, v))
+    return tuple(items)
+
+
+def _parse_inputs(value: Any, key: str, root: Path, problems: _Problems) -> tuple[Input, ...]:
+    if not isinstance(value, dict):
+        problems.add(key, "must be a table of NAME = \"kind:...\"")
+        return ()
+    inputs = []
+    for name, spec in sorted(value.items()):
+        where = f"{key}.{name}"
+        if not NAME_RE.match(name):
+            problems.add(where, "input names are letters, digits, '.', '_' or '-'")
+            continue
+        if not isinstance(spec, str):
+            problems.add(where, "must be a string such as \"stage:NAME\"")
+            continue
+        parsed = parse_input(name, spec, where, root, problems)
+        if parsed is not None:
+            inputs.append(parsed)
+    return tuple(inputs)
+
+
+def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problems) -> Input | None:
+    kind_text, sep, rest = spec.partition(":")
+    if not sep or kind_text not in {k.value for k in InputKind}:
+        problems.add(where, f"{spec!r}: unknown input kind; use path:, stage:, "
+                            "url:…#sha256= or deb:NAME=VERSION#sha256=")
+        return None
+    kind = InputKind(kind_text)
+    if kind is InputKind.PATH:
+        rel = PurePosixPath(rest)
+        norm = posixpath.normpath(rest) if rest else ""
+        if not rest or rel.is_absolute() or norm.split("/")[0] == "..":
+            problems.add(where, f"{spec!r}: a path: input is relative to the repository root "
+                                "and stays inside it")
+            return None
+        if not (root / norm).exists():
+            problems.add(where, f"{spec!r}: {root / norm} does not exist")
+            return None
+        return Input(name=name, kind=kind, spec=spec, target=norm)
+    if kind is InputKind.STAGE:
+        if not NAME_RE.match(rest):
+            problems.add(where, f"{spec!r}: name a stage, e.g. stage:kernel")
+            return None
+        return Input(name=name, kind=kind, spec=spec, target=rest)
+    body, sep, frag = rest.partition("#sha256=")
+    if not sep:
+        problems.add(where, f"{spec!r}: a {kind}: input must be pinned with #sha256=<64 hex digits>")
+        return None
+    if not is_sha256(frag):
+        problems.add(where, f"{spec!r}: malformed sha256 {frag!r} (need 64 lowercase hex digits)")
+        return None
+    if kind is InputKind.URL:
+        if not re.match(r"^(https?|ftp)://[^/\s]+/\S*$", body):
+            problems.add(where, f"{spec!r}: not an http(s) URL")
+            return None
+        return Input(name=name, kind=kind, spec=spec, target=body, sha256=frag)
+    m = DEB_RE.match(body)
+    if not m:
+        problems.add(where, f"{spec!r}: expected deb:NAME=VERSION#sha256=HEX")
+        return None
+    return Input(name=name, kind=kind, spec=spec, target=m["name"], version=m["version"], sha256=frag)
+
+
+def _check_references(stages: dict[str, Stage], builder: BuilderConfig | None,
+                      problems: _Problems) -> None:
+    for stage in stages.values():
+        if builder is not None and stage.builder not in builder.environments:
+            problems.add(f"{stage.source}: stage {stage.name!r}.builder",
+                         f"unknown environment {stage.builder!r} (recipes/builder.toml defines "
+                         f"{', '.join(sorted(builder.environments)) or 'none'})")
+        for inp in stage.inputs:
+            if inp.kind is InputKind.STAGE and inp.target not in stages:
+                problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
+                             f"unknown stage {inp.target!r}")
+
+
+def _check_cycles(stages: dict[str, Stage], problems: _Problems) -> None:
+    sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in stages.values()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as e:
+        cycle: list[str] = e.args[1]
+        first = stages[cycle[0]]
+        problems.add(f"{first.source}: stage {first.name!r}.inputs",
+                     f"dependency cycle: {' -> '.join(cycle)}")

@@ -1,0 +1,105 @@
+"""The recipe model: frozen, validated values. Nothing here reads files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from mlos_repro.digest import canonical_json, sha256_bytes
+
+
+class InputKind(StrEnum):
+    PATH = "path"
+    STAGE = "stage"
+    URL = "url"
+    DEB = "deb"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One declared input; mounted read-only at /in/NAME."""
+
+    name: str
+    kind: InputKind
+    spec: str  # as written in the recipe
+    target: str  # repository path, stage name, URL, or Debian package name
+    version: str | None = None  # deb: only
+    sha256: str | None = None  # url: and deb:
+
+    @property
+    def basename(self) -> str:
+        """File name a pinned download is known by."""
+        if self.kind is InputKind.DEB:
+            return f"{self.target}_{self.version}.deb"
+        return self.target.rstrip("/").rsplit("/", 1)[-1] or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    builder: str
+    outputs: tuple[str, ...]
+    run: tuple[tuple[str, ...], ...]
+    inputs: tuple[Input, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+    source: str = ""  # the recipe file, for messages
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple(i.target for i in self.inputs if i.kind is InputKind.STAGE)
+
+    def normalized(self) -> dict[str, Any]:
+        """What of the recipe can change the stage's outputs (cache key material)."""
+        return {
+            "name": self.name,
+            "builder": self.builder,
+            "outputs": list(self.outputs),
+            "run": [list(argv) for argv in self.run],
+            "inputs": {i.name: i.spec for i in self.inputs},
+            "env": dict(self.env),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """A named build environment: a Debian suite plus a package set (recipes/builder.toml)."""
+
+    name: str
+    suite: str
+    architecture: str
+    mirror: str
+    components: tuple[str, ...] = ("main",)
+    variant: str = "minbase"
+    packages: tuple[str, ...] = ()
+
+    def spec(self) -> dict[str, Any]:
+        """What the lock depends on; the mirror is only where to fetch from, so it is excluded."""
+        return {
+            "suite": self.suite,
+            "architecture": self.architecture,
+            "components": list(self.components),
+            "variant": self.variant,
+            "packages": sorted(self.packages),
+        }
+
+    def spec_digest(self) -> str:
+        return sha256_bytes(canonical_json(self.spec()))
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderConfig:
+    source_date_epoch: int
+    environments: Mapping[str, Environment]
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeSet:
+    root: Path  # the repository root: path: inputs are relative to it
+    recipes_dir: Path
+    builder: BuilderConfig
+    stages: Mapping[str, Stage] = field(default_factory=dict)

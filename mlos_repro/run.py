@@ -1,0 +1,72 @@
+"""The one subprocess wrapper: argv lists, an environment built from nothing, every command logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from mlos_repro.errors import MissingToolError
+
+log = logging.getLogger(__name__)
+
+# Every external tool with the Debian package that provides it, so a missing
+# tool is reported as "install X" instead of a traceback.
+TOOLS: dict[str, str] = {
+    "bwrap": "bubblewrap",
+    "mmdebstrap": "mmdebstrap",
+    "tar": "tar",
+    "podman": "podman",
+    "dpkg-deb": "dpkg",
+}
+
+# Host variables passed to tools that run outside the sandbox (mmdebstrap, tar).
+HOST_ENV_ALLOWLIST = ("PATH", "HOME", "TMPDIR", "http_proxy", "https_proxy", "no_proxy")
+
+
+def require(tool: str) -> str:
+    """The absolute path of `tool`, or MissingToolError naming its package."""
+    path = shutil.which(tool)
+    if path is None:
+        raise MissingToolError(tool, TOOLS.get(tool, tool))
+    return path
+
+
+def host_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in HOST_ENV_ALLOWLIST if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env["LC_ALL"] = "C.UTF-8"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    umask: int = 0o022,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv with exactly `env` (default: a small host allowlist). Never a shell."""
+    args = [os.fspath(a) for a in argv]
+    require(args[0])
+    log.info("+ %s", shlex.join(args))
+    return subprocess.run(
+        args,
+        env=dict(env) if env is not None else host_env(),
+        cwd=cwd,
+        umask=umask,
+        stdout=stdout,
+        stderr=stderr,
+        stdin=subprocess.DEVNULL,
+        check=check,
+    )

@@ -1,0 +1,53 @@
+"""Sandboxes: where a stage's commands run. A backend turns a SandboxSpec into argv (data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+HOSTNAME = "mlos-build"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything a sandbox may see. Anything not named here is invisible."""
+
+    root: Path  # the builder environment's root filesystem (read-only)
+    inputs: Mapping[str, Path]  # NAME -> host path, read-only at /in/NAME
+    out: Path  # host dir, writable at /out
+    build: Path  # host dir, writable at /build (the working directory)
+    env: Mapping[str, str]
+    hostname: str = HOSTNAME
+    workdir: str = "/build"
+    extra_ro: Mapping[str, Path] = field(default_factory=dict)
+
+
+def stage_environment(stage: str, source_date_epoch: int,
+                      recipe_env: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The exact environment of the recipe contract."""
+    env = {
+        "PATH": PATH,
+        "HOME": "/build",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch),
+        "MLOS_STAGE": stage,
+    }
+    env.update(recipe_env)
+    return env
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
+        """The host command line that runs `command` inside the sandbox."""
+        ...
+
+    def prepare(self, spec: SandboxSpec) -> None:
+        """Anything needed once per environment before argv() is run (e.g. an image import)."""
+        ...

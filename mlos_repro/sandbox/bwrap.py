@@ -1,0 +1,67 @@
+"""bubblewrap: the default sandbox. The policy is the argv built here, nothing else.
+
+The sandbox root is a fresh tmpfs; the environment's top-level directories are bound into
+it read-only, so /in, /out and /build can be created without touching the environment,
+and the root is remounted read-only last.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlos_repro.sandbox import SandboxSpec
+
+# Provided fresh by bwrap, never taken from the environment.
+SKIP_TOP = frozenset({"dev", "proc", "sys", "tmp", "run", "in", "out", "build"})
+
+
+class Bwrap:
+    name = "bwrap"
+
+    def prepare(self, spec: SandboxSpec) -> None:
+        return None
+
+    def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
+        return bwrap_argv(spec, command)
+
+
+def root_binds(root: Path) -> list[str]:
+    """Bind every top-level entry of the environment root read-only; keep symlinks (usrmerge)."""
+    args: list[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in SKIP_TOP:
+            continue
+        if entry.is_symlink():
+            args += ["--symlink", os.readlink(entry.path), f"/{entry.name}"]
+        elif entry.is_dir():
+            args += ["--ro-bind", entry.path, f"/{entry.name}"]
+    return args
+
+
+def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
+    args = [
+        "bwrap",
+        "--unshare-all",  # no network, own pid/ipc/uts/cgroup namespaces
+        "--die-with-parent",
+        "--new-session",
+        "--hostname", spec.hostname,
+        "--clearenv",
+        *root_binds(spec.root),
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--tmpfs", "/run",
+        "--dir", "/in",
+    ]
+    for name in sorted(spec.inputs):
+        args += ["--ro-bind", str(spec.inputs[name]), f"/in/{name}"]
+    for target in sorted(spec.extra_ro):
+        args += ["--ro-bind", str(spec.extra_ro[target]), target]
+    args += ["--bind", str(spec.out), "/out", "--bind", str(spec.build), spec.workdir,
+             "--chdir", spec.workdir]
+    for key in sorted(spec.env):
+        args += ["--setenv", key, spec.env[key]]
+    args += ["--remount-ro", "/", "--", *command]
+    return args

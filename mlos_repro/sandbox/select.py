@@ -1,0 +1,17 @@
+"""Choose a sandbox backend by name."""
+
+from __future__ import annotations
+
+from mlos_repro import run
+from mlos_repro.errors import BadInputError
+from mlos_repro.sandbox import Sandbox
+from mlos_repro.sandbox.bwrap import Bwrap
+
+BACKENDS = ("bwrap",)
+
+
+def sandbox(name: str) -> Sandbox:
+    if name == "bwrap":
+        run.require("bwrap")
+        return Bwrap()
+    raise BadInputError(f"unknown sandbox {name!r}", f"choose one of: {', '.join(BACKENDS)}")
