@@ -68,7 +68,9 @@ class Store:
     def _sweep_tmp(self) -> None:
         """Remove work directories of builds that died (their owner pid is gone)."""
         for entry in (self.root / "tmp").iterdir():
-            pid = entry.name.split("-", 2)[1] if entry.name.count("-") >= 2 else ""
+            # Names are PURPOSE-PID-RANDOM (see tempdir); PURPOSE may itself contain '-'.
+            parts = entry.name.rsplit("-", 2)
+            pid = parts[1] if len(parts) == 3 else ""
             if pid.isdigit() and not _pid_alive(int(pid)):
                 _force_rmtree(entry)
 

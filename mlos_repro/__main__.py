@@ -1,0 +1,3 @@
+from mlos_repro.cli import main
+
+main()

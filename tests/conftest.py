@@ -1,0 +1,61 @@
+"""Shared fixtures: a repository skeleton with the project's pinned builder environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+MLOS = [sys.executable, "-m", "mlos_repro"]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def mlos(*args: str | os.PathLike[str], store: Path | None = None, cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> Result:
+    """Run the real command line, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
+    if store is not None:
+        full_env["MLOS_REPRO_STORE"] = str(store)
+    full_env.update(env or {})
+    p = subprocess.run([*MLOS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                       env=full_env)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def write_repo(root: Path, stages: str, *, lock: bool = True) -> Path:
+    """A repository at root with the project's builder.toml (+ lock) and the given stage TOML."""
+    recipes = root / "recipes"
+    recipes.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT / "recipes" / "builder.toml", recipes / "builder.toml")
+    if lock:
+        shutil.copy(PROJECT / "recipes" / "builder.lock", recipes / "builder.lock")
+    (recipes / "stages.toml").write_text(textwrap.dedent(stages))
+    return recipes
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Callable[..., Path]:
+    def make(stages: str, **kw: bool) -> Path:
+        return write_repo(tmp_path / "repo", stages, **kw)
+    return make
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh token: recipes that embed it miss a store shared across runs."""
+    return uuid.uuid4().hex

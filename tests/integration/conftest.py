@@ -1,0 +1,43 @@
+"""Integration fixtures: the real store, fetched and with the builder environment assembled once.
+
+The store is the one `make build` uses (or $MLOS_REPRO_TEST_STORE), so the expensive parts —
+the locked .debs and the assembled environment — are shared across tests and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlos_repro.env.lockfile import read_lock
+from mlos_repro.store import default_root
+from tests.conftest import PROJECT, mlos
+
+
+@pytest.fixture(scope="session")
+def shared_store() -> Path:
+    if shutil.which("bwrap") is None or shutil.which("mmdebstrap") is None:
+        pytest.fail("integration tests need bubblewrap and mmdebstrap: run scripts/install-deps")
+    store = Path(os.environ.get("MLOS_REPRO_TEST_STORE") or default_root())
+    fetched = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store)
+    assert fetched.code == 0, fetched.stderr
+    env = mlos("env", "default", "--recipes", PROJECT / "recipes", "--store", store, "--json")
+    assert env.code == 0, env.stderr
+    return store
+
+
+@pytest.fixture(scope="session")
+def env_digest(shared_store: Path) -> str:
+    env = mlos("env", "default", "--recipes", PROJECT / "recipes", "--store", shared_store, "--json")
+    digest: str = json.loads(env.stdout)["digest"]
+    return digest
+
+
+def locked_blobs() -> list[tuple[str, str]]:
+    """(package file name, sha256) of every .deb of the default environment."""
+    env = read_lock(PROJECT / "recipes" / "builder.lock")["default"]
+    return [(p.filename, p.sha256) for p in env.packages]

@@ -1,0 +1,126 @@
+"""Failing stages exit 4 with what a user needs; nothing partial is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import MLOS, mlos
+
+
+def test_missing_output_exits_4_naming_it(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "forgetful"
+        outputs = ["made.txt", "never.txt"]
+        run = [["sh", "-c", "echo made > /out/made.txt"]]
+    """)
+    out = recipes.parent / "out"
+    result = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store)
+    assert result.code == 4, result.stderr
+    assert "stage 'forgetful'" in result.stderr
+    assert "declared output(s) not produced: never.txt" in result.stderr
+    assert not out.exists()
+
+
+def test_failing_command_exits_4_with_log_tail(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "broken"
+        outputs = ["x"]
+        run = [["sh", "-c", "echo step-one-ok"],
+               ["sh", "-c", "for i in $(seq 1 40); do echo line-$i; done; echo compiler says no >&2; exit 3"]]
+    """)
+    result = mlos("build", "--recipes", recipes, "--out", recipes.parent / "out",
+                  "--store", shared_store)
+    assert result.code == 4
+    err = result.stderr
+    assert "exited with status 3" in err and "seq 1 40" in err
+    assert "compiler says no" in err and "line-40" in err
+    assert "line-10" not in err  # only the tail: the last 25 lines
+    log = re.search(r"full log: (\S+)", err)
+    assert log is not None
+    full = Path(log.group(1)).read_text()
+    assert "step-one-ok" in full and "line-1\n" in full
+
+
+def test_missing_tool_exits_3_naming_the_package(shared_store: Path, repo: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    recipes = repo('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n')
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    result = mlos("build", "--recipes", recipes, "--store", shared_store, env={"PATH": str(empty)})
+    assert result.code == 3
+    assert "bwrap" in result.stderr and "apt-get install bubblewrap" in result.stderr
+
+
+def test_unfetched_pinned_input_says_run_fetch(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo(f"""
+        [[stage]]
+        name = "needs-download"
+        outputs = ["x"]
+        run = [["true"]]
+        [stage.inputs]
+        tarball = "url:https://example.org/never-fetched.tar.gz#sha256={'e' * 64}"
+    """)
+    result = mlos("build", "--recipes", recipes, "--out", recipes.parent / "out",
+                  "--store", shared_store)
+    assert result.code == 2
+    assert "'tarball'" in result.stderr and "mlos-repro fetch" in result.stderr
+
+
+def test_killed_build_leaves_the_store_consistent(shared_store: Path, repo: Callable[..., Path],
+                                                  tmp_path: Path, unique: str) -> None:
+    recipes = repo(f"""
+        [[stage]]
+        name = "slow"
+        outputs = ["slow.txt"]
+        run = [["sh", "-c", "echo {unique} > /out/slow.txt; sleep 4"]]
+    """)
+    out = recipes.parent / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
+    args = [*MLOS, "build", "--recipes", str(recipes), "--out", str(out), "--store", str(shared_store)]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    work = shared_store / "tmp"
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(f"stage-slow-{proc.pid}-") for p in work.iterdir()):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+
+    result = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store, "--json")
+    assert result.code == 0, result.stderr
+    stage = json.loads(result.stdout)["stages"]["slow"]
+    assert stage["cached"] is False  # the killed run left no cache entry
+    assert (out / "slow" / "slow.txt").read_text() == f"{unique}\n"
+    assert not any(p.name.startswith(f"stage-slow-{proc.pid}-") for p in work.iterdir())
+
+
+def test_two_builds_share_one_store(shared_store: Path, repo: Callable[..., Path],
+                                    tmp_path: Path, unique: str) -> None:
+    recipes = repo(f"""
+        [[stage]]
+        name = "shared"
+        outputs = ["s.txt"]
+        run = [["sh", "-c", "sleep 2; echo {unique} > /out/s.txt"]]
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
+    procs = [subprocess.Popen([*MLOS, "build", "--recipes", str(recipes), "--out", str(tmp_path / f"o{i}"),
+                               "--store", str(shared_store), "--json"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1] for r in results]
+    cached = sorted(json.loads(r[0])["stages"]["shared"]["cached"] for r in results)
+    assert cached == [False, True]  # it ran once; the other build waited and took it from the store
+    assert (tmp_path / "o0" / "manifest.json").read_bytes() == (tmp_path / "o1" / "manifest.json").read_bytes()

@@ -1,0 +1,20 @@
+"""mypy --strict and ruff are part of the suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import PROJECT
+
+
+def test_mypy_strict() -> None:
+    p = subprocess.run([sys.executable, "-m", "mypy", "--strict"], cwd=PROJECT,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ruff() -> None:
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "mlos_repro", "tests", "benchmarks"],
+                       cwd=PROJECT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -1,0 +1,131 @@
+"""Bad recipes exit 2 and name the file and key at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mlos_repro.errors import RecipeError
+from mlos_repro.recipe import InputKind, load_recipes
+from tests.conftest import mlos
+
+GOOD = """
+[[stage]]
+name = "a"
+outputs = ["a.txt"]
+run = [["sh", "-c", "echo a > /out/a.txt"]]
+
+[[stage]]
+name = "b"
+outputs = ["b.txt", "sub/dir"]
+run = [["true"]]
+env = {{ FOO = "bar" }}
+[stage.inputs]
+up = "stage:a"
+src = "path:recipes/builder.toml"
+tarball = "url:https://example.org/x-1.0.tar.gz#sha256={}"
+pkg = "deb:linux-source-6.1=6.1.158-1#sha256={}"
+""".format("ab" * 32, "cd" * 32)
+
+
+def test_a_valid_recipe_loads(repo: Callable[..., Path]) -> None:
+    recipes = load_recipes(repo(GOOD))
+    b = recipes.stages["b"]
+    assert b.upstream == ("a",)
+    kinds = {i.name: i.kind for i in b.inputs}
+    assert kinds == {"up": InputKind.STAGE, "src": InputKind.PATH, "tarball": InputKind.URL,
+                     "pkg": InputKind.DEB}
+    pkg = next(i for i in b.inputs if i.name == "pkg")
+    assert (pkg.target, pkg.version, pkg.sha256) == ("linux-source-6.1", "6.1.158-1", "cd" * 32)
+    assert b.env == (("FOO", "bar"),)
+
+
+BAD = {
+    "unknown key": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\ncolour = "red"\n',
+                    "stage 'a'.colour", "unknown key"),
+    "duplicate stage": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                        '[[stage]]\nname = "a"\noutputs = ["y"]\nrun = [["true"]]\n',
+                        "stage 'a'.name", "duplicate stage name"),
+    "unknown input stage": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                            '[stage.inputs]\nk = "stage:nope"\n',
+                            "stage 'a'.inputs.k", "unknown stage 'nope'"),
+    "cycle": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:b"\n'
+              '[[stage]]\nname = "b"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:c"\n'
+              '[[stage]]\nname = "c"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:a"\n',
+              "inputs", "dependency cycle: "),
+    "malformed digest": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+                         'u = "url:https://example.org/f.tgz#sha256=1234"\n',
+                         "stage 'a'.inputs.u", "malformed sha256"),
+    "unpinned url": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+                     'u = "url:https://example.org/f.tgz"\n',
+                     "stage 'a'.inputs.u", "must be pinned"),
+    "output escapes": ('[[stage]]\nname = "a"\noutputs = ["../etc/passwd"]\nrun = [["true"]]\n',
+                       "stage 'a'.outputs[0]", "escapes /out"),
+    "absolute output": ('[[stage]]\nname = "a"\noutputs = ["/etc/passwd"]\nrun = [["true"]]\n',
+                        "stage 'a'.outputs[0]", "escapes /out"),
+    "empty run": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = []\n',
+                  "stage 'a'.run", "non-empty list of argv"),
+    "shell string run": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = ["make all"]\n',
+                         "stage 'a'.run[0]", "argv"),
+    "path escapes": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+                     'p = "path:../outside"\n', "stage 'a'.inputs.p", "stays inside"),
+    "unknown builder": ('[[stage]]\nname = "a"\nbuilder = "nope"\noutputs = ["x"]\nrun = [["true"]]\n',
+                        "stage 'a'.builder", "unknown environment 'nope'"),
+    "reserved env": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                     'env = { SOURCE_DATE_EPOCH = "1" }\n',
+                     "stage 'a'.env.SOURCE_DATE_EPOCH", "fixed by the sandbox"),
+    "bad toml": ('[[stage]\nname = "a"\n', "recipes/stages.toml", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipe_exits_2_naming_file_and_key(case: str, repo: Callable[..., Path]) -> None:
+    text, key, message = BAD[case]
+    recipes = repo(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipes(recipes)
+    problem = next((p for p in info.value.problems if message in p), None)
+    assert problem is not None, info.value.problems
+    assert problem.startswith("recipes/stages.toml")
+    assert key in problem
+
+    result = mlos("build", "--recipes", recipes, "--out", recipes.parent / "out",
+                  "--store", recipes.parent / "store")
+    assert result.code == 2, result.stderr
+    assert "recipes/stages.toml" in result.stderr and message in result.stderr
+    assert not (recipes.parent / "out").exists()
+
+
+def test_cycle_is_named(repo: Callable[..., Path]) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipes(repo(BAD["cycle"][0]))
+    cycle = next(p for p in info.value.problems if "cycle" in p).split("dependency cycle: ")[1]
+    nodes = cycle.split(" -> ")
+    assert nodes[0] == nodes[-1] and set(nodes) == {"a", "b", "c"}
+
+
+def test_every_problem_is_reported_at_once(repo: Callable[..., Path]) -> None:
+    text = BAD["unknown key"][0] + BAD["empty run"][0].replace('"a"', '"z"')
+    with pytest.raises(RecipeError) as info:
+        load_recipes(repo(text))
+    assert len(info.value.problems) == 2
+
+
+def test_builder_toml_problems_are_named(repo: Callable[..., Path]) -> None:
+    recipes = repo(GOOD)
+    (recipes / "builder.toml").write_text(
+        'source_date_epoch = "yesterday"\n[environment.default]\nsuite = "bookworm"\n'
+        'architecture = "amd64"\nmirror = "http://deb.debian.org/debian"\npackges = ["gcc"]\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipes(recipes)
+    text = "\n".join(info.value.problems)
+    assert "recipes/builder.toml: source_date_epoch" in text
+    assert "recipes/builder.toml: environment.default.packges: unknown key" in text
+
+
+def test_missing_recipe_dir_is_bad_input(tmp_path: Path) -> None:
+    result = mlos("build", "--recipes", tmp_path / "nope", "--store", tmp_path / "s")
+    assert result.code == 2
+    assert "does not exist" in result.stderr
