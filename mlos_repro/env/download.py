@@ -17,8 +17,12 @@ log = logging.getLogger(__name__)
 TIMEOUT = 120
 
 
-def download(store: Store, url: str, expected: str | None) -> str:
-    """Fetch url into the store; a digest mismatch is refused and nothing is stored."""
+def download(store: Store, url: str, expected: str | None, what: str = "") -> str:
+    """Fetch url into the store; a digest mismatch is refused and nothing is stored.
+
+    `what` names the thing for messages (e.g. the locked package), the URL is added to it.
+    """
+    label = f"{what} ({url})" if what else url
     log.info("GET %s", url)
     fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="dl-")
     tmp = Path(name)
@@ -30,11 +34,11 @@ def download(store: Store, url: str, expected: str | None) -> str:
                 out.write(chunk)
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
-        raise BadInputError(f"{url}: download failed ({e})",
+        raise BadInputError(f"{label}: download failed ({e})",
                             "check the network or the mirror setting; fetch again later") from None
     if expected is not None and h.hexdigest() != expected:
         tmp.unlink()
         raise DigestMismatchError(
-            f"{url}: sha256 is {h.hexdigest()}, but {expected} was pinned; refused, not stored",
+            f"{label}: sha256 is {h.hexdigest()}, but {expected} was pinned; refused, not stored",
             "the download is corrupt or the pin is wrong; check the source and re-pin")
-    return store.adopt_file(tmp, expected, what=url)
+    return store.adopt_file(tmp, expected, what=label)

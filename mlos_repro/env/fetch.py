@@ -35,7 +35,8 @@ def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> Fe
             if store.has_blob(pkg.sha256):
                 report.present += 1
                 continue
-            download(store, _join(mirror or env.mirror, pkg.filename), pkg.sha256)
+            download(store, _join(mirror or env.mirror, pkg.filename), pkg.sha256,
+                     what=f"environment {name!r}: {pkg.filename}")
             report.downloaded.append(pkg.filename)
     indexes: dict[str, dict[tuple[str, str], str]] = {}
     for stage in sorted(recipes.stages.values(), key=lambda s: s.name):
@@ -51,7 +52,7 @@ def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> Fe
                 url = inp.target
             else:
                 url = _deb_url(env, inp, indexes, mirror or env.mirror, store)
-            download(store, url, inp.sha256)
+            download(store, url, inp.sha256, what=f"stage {stage.name!r}: input {inp.name!r}")
             report.downloaded.append(url)
     return report
 

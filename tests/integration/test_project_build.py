@@ -1,0 +1,25 @@
+"""The project's default graph builds, and rebuilds bit for bit without the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import PROJECT, mlos
+
+
+def test_default_graph_is_reproducible(shared_store: Path, tmp_path: Path) -> None:
+    first = mlos("build", "--recipes", PROJECT / "recipes", "--out", tmp_path / "a",
+                 "--store", shared_store)
+    assert first.code == 0, first.stderr
+    second = mlos("build", "--no-cache", "--recipes", PROJECT / "recipes", "--out", tmp_path / "b",
+                  "--store", shared_store, "--json")
+    assert second.code == 0, second.stderr
+    assert not any(s["cached"] for s in json.loads(second.stdout)["stages"].values())
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+
+    hello = tmp_path / "a" / "toolchain" / "hello"
+    run = subprocess.run([hello], capture_output=True, text=True, check=True)
+    assert run.stdout.startswith("MLOS toolchain check: 12.")
+    assert "gcc-12 12.2.0" in (tmp_path / "a" / "toolchain" / "toolchain.txt").read_text()
