@@ -81,8 +81,9 @@ def bench_sandbox(store_root: Path, work: Path) -> None:
     out, build = work / "sb-out", work / "sb-build"
     out.mkdir()
     build.mkdir()
-    spec = SandboxSpec(root=env.root, inputs={}, out=out, build=build,
-                       env=stage_environment("bench", 0))
+    spec = SandboxSpec(root=env.root, env_digest=env.digest,
+                       env_tarball=store_root / "blobs" / "sha256" / env.digest, inputs={},
+                       out=out, build=build, env=stage_environment("bench", 0))
     command = ["sh", "-c", "echo hi > /out/x"]
     n = 50
     sandboxed = timed(lambda: run(bwrap_argv(spec, command), env={"PATH": host_env()["PATH"]}), n)
@@ -100,8 +101,8 @@ def bench_sandbox(store_root: Path, work: Path) -> None:
             "--store", str(store_root)]
     run(args)
     engine = statistics.median(timed(lambda: run(args), 3))
-    bare20 = statistics.median(timed(lambda: [run(["sh", "-c", "echo x | sha256sum > /dev/null"])
-                                              for _ in range(20)], 3))
+    bare_stage = ["sh", "-c", "echo x | sha256sum > /dev/null"]
+    bare20 = statistics.median(timed(lambda: [run(bare_stage) for _ in range(20)], 3))
     per_stage = (engine - bare20) / 20
     print(f"   engine, 20 stages --no-cache: {engine:7.3f} s; the same 20 commands bare: {bare20:7.3f} s")
     print(f"   => engine overhead per stage (incl. cache key, store, start-up share): "

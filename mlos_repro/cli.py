@@ -85,8 +85,8 @@ def main(verbose: int) -> None:
               show_default=True, help="Where OUT/<stage>/<output> and OUT/manifest.json are written.")
 @store_option
 @click.option("--no-cache", is_flag=True, help="Run every selected stage even if the store has it.")
-@click.option("--sandbox", "sandbox_name", default="bwrap", show_default=True,
-              help="Sandbox backend.")
+@click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
+              show_default=True, help="Sandbox backend; both give identical outputs.")
 @json_option
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: Path | None,

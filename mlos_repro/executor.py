@@ -148,17 +148,19 @@ class Executor:
             out, build = work / "out", work / "build"
             out.mkdir()
             build.mkdir()
-            spec = SandboxSpec(root=env.root, inputs=self._stage_inputs(stage, digests, done, work),
-                               out=out, build=build,
-                               env=stage_environment(stage.name, sde, stage.env))
+            spec = SandboxSpec(root=env.root, env_digest=env.digest,
+                               env_tarball=self.store.blob_path(env.digest),
+                               inputs=self._stage_inputs(stage, digests, done, work),
+                               out=out, build=build, env=stage_environment(stage.name, sde, stage.env))
             self.sandbox.prepare(spec)
             log_file = work / "stage.log"
             with log_file.open("wb") as logf:
                 for command in stage.run:
                     logf.write(f"+ {shlex.join(command)}\n".encode())
                     logf.flush()
-                    status = run.run(self.sandbox.argv(spec, command), env={"PATH": run.host_env()["PATH"]},
-                                     stdout=logf, stderr=logf, check=False).returncode
+                    argv = self.sandbox.argv(spec, command)
+                    status = run.run(argv, env=run.host_env(), stdout=logf, stderr=logf,
+                                     check=False).returncode
                     if status != 0:
                         logf.close()
                         raise self._failure(stage, log_file,

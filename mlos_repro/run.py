@@ -22,6 +22,7 @@ TOOLS: dict[str, str] = {
     "mmdebstrap": "mmdebstrap",
     "tar": "tar",
     "podman": "podman",
+    "runc": "runc",
     "dpkg-deb": "dpkg",
 }
 

@@ -16,6 +16,8 @@ class SandboxSpec:
     """Everything a sandbox may see. Anything not named here is invisible."""
 
     root: Path  # the builder environment's root filesystem (read-only)
+    env_digest: str  # sha256 of the environment tarball: its identity
+    env_tarball: Path  # the tarball itself, for backends that import images
     inputs: Mapping[str, Path]  # NAME -> host path, read-only at /in/NAME
     out: Path  # host dir, writable at /out
     build: Path  # host dir, writable at /build (the working directory)

@@ -53,6 +53,7 @@ def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         "--dev", "/dev",
         "--tmpfs", "/tmp",
         "--tmpfs", "/run",
+        "--dir", "/sys",  # present but empty: the host's devices are none of a stage's business
         "--dir", "/in",
     ]
     for name in sorted(spec.inputs):

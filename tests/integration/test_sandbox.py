@@ -45,7 +45,8 @@ def http_port() -> Iterator[int]:
     server.shutdown()
 
 
-def test_a_stage_sees_only_what_is_declared(shared_store: Path, repo: Callable[..., Path],
+@pytest.mark.parametrize("backend", ["bwrap", "podman"])
+def test_a_stage_sees_only_what_is_declared(backend: str, shared_store: Path, repo: Callable[..., Path],
                                             tmp_path: Path, http_port: int) -> None:
     secret = tmp_path / "host-secret.txt"
     secret.write_text("do not leak")
@@ -53,7 +54,8 @@ def test_a_stage_sees_only_what_is_declared(shared_store: Path, repo: Callable[.
     (recipes.parent / "data").mkdir()
     (recipes.parent / "data" / "msg").write_text("hi")
     out = tmp_path / "out"
-    result = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store,
+    result = mlos("build", "--no-cache", "--sandbox", backend, "--recipes", recipes, "--out", out,
+                  "--store", shared_store,
                   env={"MLOS_LEAK_CHECK": "leaked", "TZ": "Pacific/Kiritimati"})
     assert result.code == 0, result.stderr
     probe = out / "probe"

@@ -13,7 +13,7 @@ def _spec(tmp_path: Path) -> SandboxSpec:
     for d in ("usr", "etc", "var", "proc", "dev", "tmp"):
         (root / d).mkdir(parents=True)
     (root / "bin").symlink_to("usr/bin")
-    return SandboxSpec(root=root, inputs={"src": tmp_path / "src", "deb": tmp_path / "x.deb"},
+    return SandboxSpec(root=root, env_digest="0" * 64, env_tarball=tmp_path / "env.tar", inputs={"src": tmp_path / "src", "deb": tmp_path / "x.deb"},
                        out=tmp_path / "out", build=tmp_path / "build",
                        env=stage_environment("hello", 1700000000, (("EXTRA", "1"),)))
 
