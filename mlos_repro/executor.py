@@ -194,8 +194,12 @@ def write_out(store: Store, result: BuildResult, out_dir: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
-        for o, digest in res.entry.outputs.items():
-            store.materialize(digest, res.entry.kinds[o], staging / o)
+        try:
+            for o, digest in res.entry.outputs.items():
+                store.materialize(digest, res.entry.kinds[o], staging / o)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         final = out_dir / name
         if final.exists():
             old = out_dir / f".{name}.old-{os.getpid()}"
