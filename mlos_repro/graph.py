@@ -11,7 +11,7 @@ from mlos_repro.errors import BadInputError
 from mlos_repro.recipe.model import Stage
 
 # Bump when the sandbox contract changes in a way that can change outputs.
-SANDBOX_CONTRACT = 1
+SANDBOX_CONTRACT = 2
 
 
 def select(stages: Mapping[str, Stage], wanted: Iterable[str]) -> list[str]:

@@ -25,7 +25,7 @@ from mlos_repro.store import Store
 log = logging.getLogger(__name__)
 
 # Bump when the assembly recipe below changes, so memoised digests are not reused.
-ASSEMBLY_VERSION = 1
+ASSEMBLY_VERSION = 2
 HOSTNAME = "mlos-build"
 
 # mmdebstrap copies a few host files into the chroot; make them the same everywhere.
@@ -46,7 +46,16 @@ class EnvRef:
 def assembly_key(env: Environment, locked: LockedEnvironment, source_date_epoch: int) -> str:
     return sha256_bytes(canonical_json({
         "assembly": ASSEMBLY_VERSION, "lock": locked.digest(), "suite": env.suite,
-        "source_date_epoch": source_date_epoch}))
+        "locales": sorted(env.locales), "source_date_epoch": source_date_epoch}))
+
+
+def _locale_hooks(env: Environment) -> list[str]:
+    """Compile each locale into its own directory (no locale-archive: one file per locale)."""
+    hooks = []
+    for name in sorted(env.locales):
+        lang, _, charset = name.partition(".")
+        hooks.append(f'chroot "$1" localedef --no-archive -c -i {lang} -f {charset} {name}')
+    return hooks
 
 
 def environment(env: Environment, locked: LockedEnvironment, source_date_epoch: int,
@@ -77,7 +86,7 @@ def assemble(env: Environment, locked: LockedEnvironment, source_date_epoch: int
             "mmdebstrap", "--quiet", "--mode=auto", f"--variant={env.variant}",
             f"--architectures={env.architecture}", "--format=tar",
             "--aptopt=Acquire::Languages \"none\"",
-            *[f"--customize-hook={hook}" for hook in NORMALISE_HOOKS],
+            *[f"--customize-hook={hook}" for hook in (*NORMALISE_HOOKS, *_locale_hooks(env))],
         ]
         if env.packages:
             argv.append(f"--include={','.join(env.packages)}")

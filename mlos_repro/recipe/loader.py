@@ -15,7 +15,8 @@ from mlos_repro.recipe.model import BuilderConfig, Environment, Input, InputKind
 
 BUILDER_FILE = "builder.toml"
 STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description"}
-ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages"}
+ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales"}
+LOCALE_RE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8$")
 RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -104,12 +105,17 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
             if not isinstance(v, str) or not v:
                 problems.add(f"{key}.{field}", "required, a non-empty string")
             values[field] = v if isinstance(v, str) else ""
-        for field in ("components", "packages"):
+        for field in ("components", "packages", "locales"):
             v = table.get(field, ["main"] if field == "components" else [])
             if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
                 problems.add(f"{key}.{field}", "must be a list of non-empty strings")
                 v = []
             values[field] = tuple(v)
+        for loc in values["locales"]:
+            if not LOCALE_RE.match(loc):
+                problems.add(f"{key}.locales", f"{loc!r} is not a UTF-8 locale name like et_EE.UTF-8")
+        if values["locales"] and "locales" not in values["packages"]:
+            problems.add(f"{key}.locales", "generating locales needs the package 'locales' in packages")
         variant = table.get("variant", "minbase")
         if variant not in ("essential", "minbase", "buildd", "apt", "required", "important", "standard"):
             problems.add(f"{key}.variant", f"unknown mmdebstrap variant {variant!r}")

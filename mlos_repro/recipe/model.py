@@ -75,6 +75,7 @@ class Environment:
     components: tuple[str, ...] = ("main",)
     variant: str = "minbase"
     packages: tuple[str, ...] = ()
+    locales: tuple[str, ...] = ()  # generated at assembly, e.g. "et_EE.UTF-8" (needs `locales`)
 
     def spec(self) -> dict[str, Any]:
         """What the lock depends on; the mirror is only where to fetch from, so it is excluded."""

@@ -24,6 +24,8 @@ class SandboxSpec:
     env: Mapping[str, str]
     hostname: str = HOSTNAME
     workdir: str = "/build"
+    uid: int = 0  # inside the sandbox's user namespace
+    gid: int = 0
     extra_ro: Mapping[str, Path] = field(default_factory=dict)
 
 

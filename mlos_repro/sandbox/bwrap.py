@@ -44,6 +44,9 @@ def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
     args = [
         "bwrap",
         "--unshare-all",  # no network, own pid/ipc/uts/cgroup namespaces
+        # Root inside a user namespace: capabilities over the sandbox's own namespaces only,
+        # never over the host's devices or files (bwrap run as root would otherwise keep them).
+        "--unshare-user", "--uid", str(spec.uid), "--gid", str(spec.gid),
         "--die-with-parent",
         "--new-session",
         "--hostname", spec.hostname,

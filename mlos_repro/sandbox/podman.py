@@ -63,7 +63,7 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         "--volume", f"{spec.root}/etc/hostname:/etc/hostname:ro",
         "--volume", f"{spec.root}/etc/resolv.conf:/etc/resolv.conf:ro",
         *LIMITS,
-        "--user", "0:0", "--umask", "0022",
+        "--user", f"{spec.uid}:{spec.gid}", "--umask", "0022",
         "--unsetenv-all",
     ]
     for name in sorted(spec.inputs):

@@ -27,6 +27,8 @@ def test_isolation_flags(tmp_path: Path) -> None:
     assert argv[0] == "bwrap"
     assert "--unshare-all" in argv  # includes the network namespace: no network
     assert "--share-net" not in argv
+    assert argv[argv.index("--unshare-user") + 1:argv.index("--unshare-user") + 5] == \
+        ["--uid", "0", "--gid", "0"]
     assert "--clearenv" in argv
     assert argv[argv.index("--hostname") + 1] == "mlos-build"
     assert argv[-2:] == ["--", "make"]
