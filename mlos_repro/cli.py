@@ -87,36 +87,113 @@ def main(verbose: int) -> None:
 @click.option("--no-cache", is_flag=True, help="Run every selected stage even if the store has it.")
 @click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
               show_default=True, help="Sandbox backend; both give identical outputs.")
+@click.option("--verify", is_flag=True,
+              help="Rebuild every selected stage, uncached, in a varied environment; compare every "
+                   "output and write OUT/verify.json and OUT/reports/. Exit 1 if anything differs.")
+@click.option("--vary", "vary_spec", default=None, metavar="SPEC",
+              help="Variations for --verify, reprotest style: e.g. '-time,-fileordering' turns "
+                   "those off, '-all,+umask' only varies the umask. Default: all.")
+@click.option("--diffoscope-timeout", default=300.0, show_default=True, metavar="SECONDS",
+              help="Time limit of one diffoscope run in --verify reports.")
+@click.option("--diffoscope-max-size", default=256 << 20, show_default=True, metavar="BYTES",
+              help="Differing members larger than this are reported by digest only.")
 @json_option
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: Path | None,
-          no_cache: bool, sandbox_name: str, as_json: bool) -> None:
+          no_cache: bool, sandbox_name: str, verify: bool, vary_spec: str | None,
+          diffoscope_timeout: float, diffoscope_max_size: int, as_json: bool) -> None:
     """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
 
     Cached stages are taken from the store; each stage's log is kept there.
-    Writes OUT/<stage>/<output> and OUT/manifest.json.
+    Writes OUT/<stage>/<output> and OUT/manifest.json. With --verify, every stage is
+    built a second time with the variations listed by --vary and judged bit for bit.
     """
     from mlos_repro.executor import Executor, write_out
     from mlos_repro.recipe import load_recipes
     from mlos_repro.sandbox.select import sandbox
+    from mlos_repro.verify.variations import parse_vary
 
+    enabled = parse_vary(vary_spec)
+    if vary_spec is not None and not verify:
+        raise click.UsageError("--vary applies to --verify only")
     recipes = load_recipes(recipes_dir)
     store = _store(store_dir)
     executor = Executor(recipes, store, sandbox(sandbox_name), use_cache=not no_cache,
                         progress=ui.progress)
     result = executor.build(stages)
     manifest = write_out(store, result, out_dir)
-    if as_json:
-        ui.emit_json({
-            "manifest": str(manifest),
-            "environments": result.environments,
-            "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
-                           "seconds": round(r.seconds, 3)} for n, r in result.stages.items()},
-        })
-    else:
+    summary: dict[str, Any] = {
+        "manifest": str(manifest),
+        "environments": result.environments,
+        "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
+                       "seconds": round(r.seconds, 3)} for n, r in result.stages.items()},
+    }
+    if not as_json:
         built = sum(1 for r in result.stages.values() if not r.cached)
         ui.info(f"{len(result.stages)} stages ({built} built, {len(result.stages) - built} cached); "
                 f"manifest: {manifest}")
+    if verify:
+        from mlos_repro.verify.rebuild import verify as verify_build
+        from mlos_repro.verify.report import DiffoscopeSettings
+        from mlos_repro.verify.variations import Host, plan
+
+        builders = [recipes.stages[n].builder for n in result.stages] or ["default"]
+        host = Host.probe(executor.env(builders[0]).root, sandbox_name)
+        the_plan = plan(enabled, host)
+        ui.variations(the_plan)
+        checked = verify_build(executor, store, result, the_plan, out_dir,
+                               DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size))
+        summary["verify"] = str(out_dir / "verify.json")
+        summary["reproducible"] = checked.reproducible
+        if not as_json:
+            ui.verdicts(checked)
+    if as_json:
+        ui.emit_json(summary)
+    if verify and not summary["reproducible"]:
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))
+
+
+@main.command()
+@click.argument("first", type=click.Path(exists=True, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write REPORT/<name>.txt and .html, with diffoscope on the differing members.")
+@click.option("--diffoscope-timeout", default=300.0, show_default=True, metavar="SECONDS")
+@click.option("--diffoscope-max-size", default=256 << 20, show_default=True, metavar="BYTES")
+@json_option
+@_handle_errors
+def diff(first: Path, second: Path, report_dir: Path | None, diffoscope_timeout: float,
+         diffoscope_max_size: int, as_json: bool) -> None:
+    """Compare two files or directories layer by layer and name what differs inside.
+
+    Recurses through .deb (ar), tar (gzip/xz/zstd/bzip2), cpio and compressed files, down to
+    the innermost differing member and what differs (content, mode, owner, mtime, order).
+    Exit 0 when identical, 1 when they differ.
+    """
+    import tempfile
+
+    from mlos_repro.verify import report
+    from mlos_repro.verify.layers import Comparison
+
+    with tempfile.TemporaryDirectory(prefix="mlos-diff-") as tmp:
+        work = Path(tmp)
+        diffs = Comparison(work / "layers").paths(first, second, first.name)
+        paths: tuple[Path, Path] | None = None
+        if diffs and report_dir is not None:
+            paths = report.write(first.name, diffs, report_dir / first.name, work,
+                                 report.DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size))
+        if as_json:
+            ui.emit_json({"identical": not diffs, "differences": [d.to_json() for d in diffs],
+                          "report": None if paths is None else {"txt": str(paths[0]),
+                                                                "html": str(paths[1])}})
+        elif diffs:
+            sys.stdout.write(report.summary(f"{first} vs {second}", diffs))
+            if paths:
+                ui.info(f"report: {paths[0]}")
+        else:
+            ui.info("identical")
+    if diffs:
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))
 
 
 @main.command()

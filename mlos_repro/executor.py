@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ from mlos_repro import run
 from mlos_repro.digest import canonical_json
 from mlos_repro.env.assemble import EnvRef, environment
 from mlos_repro.env.lockfile import locked_environment
-from mlos_repro.errors import BadInputError, StageFailedError
+from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
 from mlos_repro.graph import cache_key, select
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.store import OutputKind, StageEntry, Store, digest_of_output_set
+from mlos_repro.verify.disorder import shuffled
+from mlos_repro.verify.variations import BuildVariant, apply_variant
 
 log = logging.getLogger(__name__)
 LOG_TAIL = 25
@@ -141,17 +144,45 @@ class Executor:
                 mounts[inp.name] = self.store.blob_path(digest.removeprefix("sha256:"))
         return mounts
 
+    def rebuild_varied(self, control: BuildResult, variant: BuildVariant,
+                       on_error: Callable[[str, MlosReproError], None]) -> dict[str, StageEntry]:
+        """Run every stage of `control` again under `variant`, from the control build's inputs.
+
+        Each stage gets the first build's upstream outputs, so a difference is attributed to
+        the stage that produced it rather than cascading. Nothing is recorded in the cache.
+        A stage that fails under the variant is passed to on_error and the rest go on.
+        """
+        varied: dict[str, StageEntry] = {}
+        for name in control.stages:
+            stage = self.recipes.stages[name]
+            env = self.env(stage.builder)
+            digests = self._input_digests(stage, control)
+            key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
+            self.progress(name, "varied", 0.0)
+            start = time.monotonic()
+            try:
+                varied[name] = self._run_stage(stage, env, key, digests, control, variant)
+            except MlosReproError as e:
+                on_error(name, e)
+                continue
+            self.progress(name, "done", time.monotonic() - start)
+        return varied
+
     def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],
-                   done: BuildResult) -> StageEntry:
+                   done: BuildResult, variant: BuildVariant | None = None) -> StageEntry:
         sde = self.recipes.builder.source_date_epoch
-        with self.store.tempdir(f"stage-{stage.name}") as work:
+        with self.store.tempdir(f"stage-{stage.name}") as work, contextlib.ExitStack() as mounts:
             out, build = work / "out", work / "build"
             out.mkdir()
             build.mkdir()
+            inputs = self._stage_inputs(stage, digests, done, work)
             spec = SandboxSpec(root=env.root, env_digest=env.digest,
-                               env_tarball=self.store.blob_path(env.digest),
-                               inputs=self._stage_inputs(stage, digests, done, work),
+                               env_tarball=self.store.blob_path(env.digest), inputs=inputs,
                                out=out, build=build, env=stage_environment(stage.name, sde, stage.env))
+            if variant is not None:
+                if variant.fileordering:
+                    spec = replace(spec, inputs=mounts.enter_context(shuffled(inputs, work / "disorder")))
+                spec = apply_variant(spec, variant)
             self.sandbox.prepare(spec)
             log_file = work / "stage.log"
             with log_file.open("wb") as logf:
@@ -160,7 +191,7 @@ class Executor:
                     logf.flush()
                     argv = self.sandbox.argv(spec, command)
                     status = run.run(argv, env=run.host_env(), stdout=logf, stderr=logf,
-                                     check=False).returncode
+                                     umask=spec.umask, check=False).returncode
                     if status != 0:
                         logf.close()
                         raise self._failure(stage, log_file,

@@ -24,6 +24,11 @@ TOOLS: dict[str, str] = {
     "podman": "podman",
     "runc": "runc",
     "dpkg-deb": "dpkg",
+    "diffoscope": "diffoscope-minimal",
+    "disorderfs": "disorderfs",
+    "fusermount3": "fuse3",
+    "zstd": "zstd",
+    "taskset": "util-linux",
 }
 
 # Host variables passed to tools that run outside the sandbox (mmdebstrap, tar).
@@ -56,6 +61,7 @@ def run(
     stdout: IO[bytes] | int | None = None,
     stderr: IO[bytes] | int | None = None,
     check: bool = True,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv with exactly `env` (default: a small host allowlist). Never a shell."""
     args = [os.fspath(a) for a in argv]
@@ -70,4 +76,5 @@ def run(
         stderr=stderr,
         stdin=subprocess.DEVNULL,
         check=check,
+        timeout=timeout,
     )

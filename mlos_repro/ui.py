@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from mlos_repro.verify.rebuild import VerifyResult
+    from mlos_repro.verify.variations import Plan
 
 err = Console(stderr=True, highlight=False)
 
-_STYLE = {"cached": "dim", "running": "yellow", "done": "green"}
+_STYLE = {"cached": "dim", "running": "yellow", "varied": "magenta", "done": "green"}
 
 
 def progress(stage: str, state: str, seconds: float) -> None:
@@ -32,3 +37,37 @@ def info(message: str) -> None:
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def variations(plan: Plan) -> None:
+    from mlos_repro.verify.variations import describe
+
+    err.print(f"[bold]second build varies:[/bold] {escape(', '.join(plan.applied) or 'nothing')}")
+    for name in plan.applied:
+        err.print(f"  [magenta]{name}[/magenta]: {escape(describe(name))}")
+    for name, reason in plan.skipped:
+        err.print(f"  [yellow]skipped {name}[/yellow]: {escape(reason)}")
+    if plan.disabled:
+        err.print(f"  [dim]turned off: {escape(', '.join(plan.disabled))}[/dim]")
+
+
+def verdicts(result: VerifyResult) -> None:
+    table = Table(title="bit-for-bit verdicts")
+    table.add_column("stage")
+    table.add_column("output")
+    table.add_column("verdict")
+    table.add_column("first difference / report")
+    colour = {"identical": "green", "differs": "red", "failed": "red"}
+    for o in result.outputs:
+        detail = ""
+        if o.differences:
+            d = o.differences[0]
+            more = f" (+{len(o.differences) - 1} more)" if len(o.differences) > 1 else ""
+            detail = f"{d.where}: {d.aspect}{more}\n{o.report_txt}"
+        elif o.error:
+            detail = o.error.splitlines()[0]
+        table.add_row(escape(o.stage), escape(o.output), f"[{colour[o.verdict]}]{o.verdict}[/]",
+                      escape(detail))
+    err.print(table)
+    ok = result.reproducible
+    err.print("[green]reproducible[/green]" if ok else "[red]NOT reproducible[/red]")

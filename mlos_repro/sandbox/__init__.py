@@ -26,6 +26,9 @@ class SandboxSpec:
     workdir: str = "/build"
     uid: int = 0  # inside the sandbox's user namespace
     gid: int = 0
+    umask: int = 0o022
+    wrapper: tuple[str, ...] = ()  # run inside the sandbox in front of every command
+    host_wrapper: tuple[str, ...] = ()  # run on the host in front of the sandbox itself
     extra_ro: Mapping[str, Path] = field(default_factory=dict)
 
 

@@ -42,6 +42,7 @@ def root_binds(root: Path) -> list[str]:
 
 def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
     args = [
+        *spec.host_wrapper,
         "bwrap",
         "--unshare-all",  # no network, own pid/ipc/uts/cgroup namespaces
         # Root inside a user namespace: capabilities over the sandbox's own namespaces only,
@@ -67,5 +68,5 @@ def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
              "--chdir", spec.workdir]
     for key in sorted(spec.env):
         args += ["--setenv", key, spec.env[key]]
-    args += ["--remount-ro", "/", "--", *command]
+    args += ["--remount-ro", "/", "--", *spec.wrapper, *command]
     return args

@@ -53,6 +53,7 @@ def image_name(spec: SandboxSpec) -> str:
 
 def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
     args = [
+        *spec.host_wrapper,
         "podman", *RUNTIME_OPTS, "run", "--rm", "--quiet", "--pull=never",
         "--network=none", "--no-hosts", "--http-proxy=false",
         "--hostname", spec.hostname,
@@ -63,7 +64,7 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         "--volume", f"{spec.root}/etc/hostname:/etc/hostname:ro",
         "--volume", f"{spec.root}/etc/resolv.conf:/etc/resolv.conf:ro",
         *LIMITS,
-        "--user", f"{spec.uid}:{spec.gid}", "--umask", "0022",
+        "--user", f"{spec.uid}:{spec.gid}", "--umask", f"{spec.umask:04o}",
         "--unsetenv-all",
     ]
     for name in sorted(spec.inputs):
@@ -72,5 +73,6 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         args += ["--volume", f"{spec.extra_ro[target]}:{target}:ro"]
     args += ["--volume", f"{spec.out}:/out", "--volume", f"{spec.build}:{spec.workdir}",
              "--workdir", spec.workdir, image_name(spec),
-             "/usr/bin/env", "-i", "--", *[f"{k}={spec.env[k]}" for k in sorted(spec.env)], *command]
+             "/usr/bin/env", "-i", "--", *[f"{k}={spec.env[k]}" for k in sorted(spec.env)],
+             *spec.wrapper, *command]
     return args
