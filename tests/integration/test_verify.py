@@ -1,0 +1,194 @@
+"""build --verify: variations catch the leaks they vary, reports name the file and the value."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mlos_repro.verify.variations import NAMES
+from tests.conftest import mlos
+
+REPRODUCIBLE = r"""
+[[stage]]
+name = "clean"
+outputs = ["sorted.txt", "pkg.tar.gz", "hello"]
+run = [["sh", "-c", '''
+  set -e
+  LC_ALL=C.UTF-8 ls /in/src | LC_ALL=C.UTF-8 sort > /out/sorted.txt
+  mkdir -p d/usr/lib
+  echo ID=mlos > d/usr/lib/os-release
+  tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner --mode=go-w -C d -cf - . | gzip -n > /out/pkg.tar.gz
+  cc -O2 -o /out/hello /in/src/hello.c
+  chmod 0755 /out/hello
+''']]
+[stage.inputs]
+src = "path:data"
+"""
+
+# One deliberately unreproducible stage per variation: (shell snippet, what the report shows).
+LEAKS: dict[str, tuple[str, str]] = {
+    "environment": ("env | grep '^MLOS_VARIED' || echo none", "MLOS_VARIED_ENV=1"),
+    "exec_path": ('echo "$PATH"', "/nonexistent/mlos-varied/bin"),
+    "home": ('echo "$HOME"', "/nonexistent/mlos-varied-home"),
+    "locales": ("printf 'z\\nt\\ns\\n' | sort | tr '\\n' ' '", "s z t"),
+    "timezone": ("date -d @0 +hour=%H", "hour=14"),
+    "time": ("date +year=%Y", "year={next_year}"),
+    "build_path": ("pwd", "/build/mlos-varied/build-path"),
+    "fileordering": ("ls -f /in/src | tr '\\n' ' '", ""),
+    "user_group": ("id -u", "1000"),
+    "hostname": ("hostname", "mlos-varied-host"),
+    "domain_host": ("domainname", "mlos-varied.example"),
+    "kernel": ("uname -r", "2.6."),
+    "aslr": ("cat /proc/self/personality", "0040000"),
+    "num_cpus": ("nproc", "+1"),
+    "umask": ("umask", "0002"),
+}
+
+
+def _data(recipes: Path, files: int = 24) -> None:
+    data = recipes.parent / "data"
+    data.mkdir()
+    for i in range(files):
+        (data / f"f{i:02d}").write_text(f"{i}\n")
+    (data / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("hi");return 0;}\n')
+
+
+def _verify(recipes: Path, store: Path, *extra: str) -> tuple[int, dict[str, object], str]:
+    out = recipes.parent / "out"
+    result = mlos("build", "--verify", "--recipes", recipes, "--out", out, "--store", store, *extra)
+    report = json.loads((out / "verify.json").read_text()) if (out / "verify.json").exists() else {}
+    return result.code, report, result.stderr
+
+
+def test_a_reproducible_stage_passes_every_variation(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo(REPRODUCIBLE)
+    _data(recipes)
+    code, report, err = _verify(recipes, shared_store)
+    assert code == 0, err
+    assert report["reproducible"] is True
+    variations = report["variations"]
+    assert isinstance(variations, dict)
+    applied = [v["name"] for v in variations["applied"]]
+    skipped = [v["name"] for v in variations["skipped"]]
+    assert sorted(applied + skipped) == sorted(NAMES)  # nothing silently dropped
+    outputs = report["outputs"]
+    assert isinstance(outputs, list)
+    assert {o["output"]: o["verdict"] for o in outputs} == {
+        "sorted.txt": "identical", "pkg.tar.gz": "identical", "hello": "identical"}
+    assert "reproducible" in err
+
+
+@pytest.mark.parametrize("variation", sorted(LEAKS))
+def test_each_variation_catches_its_leak(variation: str, shared_store: Path,
+                                         repo: Callable[..., Path]) -> None:
+    snippet, shown = LEAKS[variation]
+    recipes = repo(f"""
+        [[stage]]
+        name = "leak"
+        outputs = ["leak.txt"]
+        run = [["sh", "-c", {json.dumps("{ " + snippet + "; } > /out/leak.txt")}]]
+        [stage.inputs]
+        src = "path:data"
+    """)
+    _data(recipes)
+    code, report, err = _verify(recipes, shared_store, f"--vary=-all,+{variation}")
+    variations = report["variations"]
+    assert isinstance(variations, dict)
+    if variation in [s["name"] for s in variations["skipped"]]:
+        pytest.fail(f"{variation} was skipped on this host: {variations['skipped']}")
+    assert [v["name"] for v in variations["applied"]] == [variation]
+    assert code == 1, err
+    outputs = report["outputs"]
+    assert isinstance(outputs, list)
+    (leak,) = outputs
+    assert leak["verdict"] == "differs"
+    assert leak["differences"][0]["path"] == "leak/leak.txt"
+    text = Path(leak["report"]["txt"]).read_text()
+    assert "leak/leak.txt" in text
+    expected = shown.format(next_year=time.gmtime().tm_year + 1)
+    if variation == "time":  # 398 days ahead: next year, or the one after in December
+        years = {int(y) for y in re.findall(r"\+year=(\d{4})", text)}
+        assert years and min(years) >= time.gmtime().tm_year + 1, text
+    else:
+        assert expected in text, text
+    assert Path(leak["report"]["html"]).read_text().startswith("<!DOCTYPE html>") or \
+        "<html" in Path(leak["report"]["html"]).read_text()
+
+
+def test_a_deb_whose_data_tar_differs_in_one_mtime(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo(r"""
+        [[stage]]
+        name = "pkg"
+        outputs = ["mlos-demo_1.0_all.deb"]
+        run = [["sh", "-c", '''
+          set -e
+          mkdir -p p/DEBIAN p/usr/share/mlos-demo
+          printf 'Package: mlos-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: MLOS <mlos@example.org>\nDescription: demo\n' > p/DEBIAN/control
+          echo data > p/usr/share/mlos-demo/readme
+          echo stamp > p/usr/share/mlos-demo/stamp
+          find p -exec touch -h -d @$SOURCE_DATE_EPOCH {} +
+          # dpkg-deb clamps mtimes to SOURCE_DATE_EPOCH: leak a year well before it.
+          touch -d "$(( $(date +%Y) - 10 ))-06-01 00:00 UTC" p/usr/share/mlos-demo/stamp
+          dpkg-deb --root-owner-group -Zxz --build p /out/mlos-demo_1.0_all.deb
+        ''']]
+    """)
+    code, report, err = _verify(recipes, shared_store, "--vary=-all,+time")
+    assert code == 1, err
+    outputs = report["outputs"]
+    assert isinstance(outputs, list)
+    diffs = outputs[0]["differences"]
+    assert [(d["path"], d["aspect"]) for d in diffs] == [
+        ("pkg/mlos-demo_1.0_all.deb → data.tar.xz → usr/share/mlos-demo/stamp", "mtime")]
+
+
+def test_vary_switches_and_skips_are_reported(shared_store: Path, repo: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    recipes = repo(REPRODUCIBLE)
+    _data(recipes)
+    code, report, err = _verify(recipes, shared_store, "--vary=-time,-fileordering")
+    assert code == 0, err
+    variations = report["variations"]
+    assert isinstance(variations, dict)
+    applied = {v["name"] for v in variations["applied"]}
+    assert "time" not in applied and "fileordering" not in applied and "umask" in applied
+    assert set(variations["disabled"]) == {"time", "fileordering"}
+
+    # A host without disorderfs: the variation is skipped, with the reason, not dropped.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        for tool in os.listdir(d) if os.path.isdir(d) else []:
+            if tool != "disorderfs" and not (bin_dir / tool).exists():
+                (bin_dir / tool).symlink_to(os.path.join(d, tool))
+    out = recipes.parent / "out2"
+    result = mlos("build", "--verify", "--vary=-all,+fileordering,+umask", "--recipes", recipes,
+                  "--out", out, "--store", shared_store, env={"PATH": str(bin_dir)})
+    assert result.code == 0, result.stderr
+    skipped = json.loads((out / "verify.json").read_text())["variations"]["skipped"]
+    assert skipped == [{"name": "fileordering",
+                        "reason": "disorderfs is not installed (apt-get install disorderfs)"}]
+    assert "skipped fileordering" in result.stderr
+
+    bad = mlos("build", "--verify", "--vary=-colour", "--recipes", recipes, "--store", shared_store)
+    assert bad.code == 2 and "unknown variation 'colour'" in bad.stderr
+
+
+def test_a_stage_failing_only_when_varied_is_a_failed_verdict(shared_store: Path,
+                                                             repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "rootonly"
+        outputs = ["x"]
+        run = [["sh", "-c", "test $(id -u) = 0 && echo ok > /out/x"]]
+    """)
+    code, report, err = _verify(recipes, shared_store, "--vary=-all,+user_group")
+    assert code == 1
+    outputs = report["outputs"]
+    assert isinstance(outputs, list)
+    assert outputs[0]["verdict"] == "failed" and "exited with status 1" in outputs[0]["error"]
