@@ -188,7 +188,7 @@ def test_a_stage_failing_only_when_varied_is_a_failed_verdict(shared_store: Path
         run = [["sh", "-c", "test $(id -u) = 0 && echo ok > /out/x"]]
     """)
     code, report, err = _verify(recipes, shared_store, "--vary=-all,+user_group")
-    assert code == 1
+    assert code == 1, err
     outputs = report["outputs"]
     assert isinstance(outputs, list)
     assert outputs[0]["verdict"] == "failed" and "exited with status 1" in outputs[0]["error"]
