@@ -304,12 +304,16 @@ class CompressedReader:
 
 def reader_for(path: Path) -> Reader | None:
     """The reader that understands path's bytes, or None."""
+    from mlos_repro.verify.images import image_reader_for
+
     if not path.is_file():
         return None
     with path.open("rb") as f:
         head = f.read(8)
     if head.startswith(b"!<arch>\n"):
         return ArReader()
+    if (image := image_reader_for(path)) is not None:
+        return image
     try:
         inner = _peek(path, 512)
     except (OSError, EOFError, lzma.LZMAError):

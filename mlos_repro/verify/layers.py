@@ -27,7 +27,8 @@ Extract = Callable[[set[str], int], dict[str, Path]]
 @dataclass(frozen=True, slots=True)
 class Difference:
     path: tuple[str, ...]
-    aspect: str  # content, mode, owner, mtime, type, target, size, order, added, removed, container
+    # content, mode, owner, mtime, type, target, id, order, added, removed, container
+    aspect: str
     first: str
     second: str
     # For content leaves: the two files (extracted when nested), and whether the leaf is a
@@ -103,7 +104,7 @@ class Comparison:
         for name in sorted(set(a_by) & set(b_by)):
             ma, mb = a_by[name], b_by[name]
             out.extend(_metadata(path, ma, mb))
-            if ma.type == mb.type == "file" and ma.sha256 != mb.sha256:
+            if ma.type == mb.type == "file" and ma.sha256 != mb.sha256:  # meta: reported above
                 differing.append(name)
         if differing:
             files_a = extract(set(differing), 0)
@@ -129,6 +130,10 @@ def _metadata(path: tuple[str, ...], a: Member, b: Member) -> Iterator[Differenc
     where = (*path, a.name.rstrip("/") or a.name)
     if a.type != b.type:
         yield Difference(where, "type", a.type, b.type)
+        return
+    if a.type == "meta":  # an identifier of the container (GUID, serial, UUID, seed)
+        if a.target != b.target:
+            yield Difference(where, "id", a.target, b.target)
         return
     if a.mode != b.mode:
         yield Difference(where, "mode", f"{a.mode:04o}", f"{b.mode:04o}")

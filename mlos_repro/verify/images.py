@@ -1,0 +1,304 @@
+"""Readers for file-system images: squashfs, ISO 9660 (+ El Torito), FAT, ext4, GPT disks.
+
+Where a tool can stream an image as a tar (sqfs2tar, bsdtar), the tar reader does the work;
+ext4 is read through fuse2fs (no root needed, no copy), FAT through mtools, and a GPT disk is
+split into its partitions, read in place. Random identifiers (GUIDs, serials, UUIDs, hash
+seeds) become "meta" members, so a difference in them is named like any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from mlos_repro import run
+from mlos_repro.digest import sha256_bytes, sha256_file
+from mlos_repro.errors import MissingToolError
+from mlos_repro.verify.formats import CHUNK, Member, Reader, TarReader, _hash_stream, _safe_name
+
+run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
+                  "xorriso": "xorriso", "mcopy": "mtools", "mdir": "mtools", "fuse2fs": "fuse2fs"})
+
+
+BOOT_PREFIX = "[el-torito]/"
+
+
+def _meta(name: str, value: str) -> Member:
+    return Member(name, "meta", 0, 0, 0, 0, len(value), sha256_bytes(value.encode()), value)
+
+
+class _PipedTar(TarReader):
+    """A tar reader over a tool's stdout."""
+
+    argv: tuple[str, ...] = ()
+
+    @contextlib.contextmanager
+    def _stream(self, path: Path) -> Iterator[IO[bytes]]:
+        run.require(self.argv[0])
+        proc = subprocess.Popen([a.replace("{}", str(path)) for a in self.argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()
+
+    def _each(self, path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+        with self._stream(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for info in tar:
+                yield info, tar
+
+
+class SquashfsReader(_PipedTar):
+    kind = "squashfs"
+    argv = ("sqfs2tar", "--no-skip", "{}")
+
+
+class IsoReader(_PipedTar):
+    """ISO 9660 with Rock Ridge through bsdtar, plus the El Torito boot images through xorriso."""
+
+    kind = "iso9660"
+    argv = ("bsdtar", "-cf", "-", "--format=pax", "@{}")
+
+    def members(self, path: Path) -> Iterator[Member]:
+        yield from super().members(path)
+        with tempfile.TemporaryDirectory(prefix="mlos-eltorito-") as tmp:
+            for name, file in self._boot_images(path, Path(tmp)).items():
+                yield Member(name, "file", 0o644, 0, 0, 0, file.stat().st_size, sha256_file(file))
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        found = super().extract(path, names, dest)
+        if any(n.startswith(BOOT_PREFIX) for n in names):
+            images = self._boot_images(path, dest / "el-torito")
+            found.update({n: f for n, f in images.items() if n in names})
+        return found
+
+    def _boot_images(self, path: Path, into: Path) -> dict[str, Path]:
+        """El Torito images as pseudo-members `[el-torito]/NAME`: they may lie outside the tree."""
+        if shutil.which("xorriso") is None:
+            return {}
+        into.mkdir(parents=True, exist_ok=True)
+        run.run(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images", str(into)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        return {BOOT_PREFIX + p.name: p for p in sorted(into.iterdir()) if p.is_file()}
+
+
+class FatReader:
+    """A FAT image through mtools; the volume serial and label are meta members."""
+
+    kind = "fat"
+
+    def _files(self, path: Path) -> list[str]:
+        run.require("mdir")
+        proc = run.run(["mdir", "-/", "-b", "-a", "-i", str(path), "::/"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, check=False, env=_mtools_env())
+        return sorted(line[3:] if line.startswith("::/") else line
+                      for line in proc.stdout.decode(errors="replace").splitlines() if line.strip())
+
+    def members(self, path: Path) -> Iterator[Member]:
+        with path.open("rb") as f:
+            boot = f.read(512)
+        fat32 = boot[82:87] == b"FAT32"
+        serial = boot[67:71] if fat32 else boot[39:43]
+        label = (boot[71:82] if fat32 else boot[43:54]).decode(errors="replace").strip()
+        yield _meta("(volume serial)", serial[::-1].hex().upper())
+        yield _meta("(volume label)", label)
+        for name in self._files(path):
+            if name.endswith("/"):
+                yield Member(name.rstrip("/"), "dir", 0o755, 0, 0, 0, 0)
+                continue
+            with self._cat(path, name) as stream:
+                digest = _hash_stream(stream)
+            yield Member(name, "file", 0o644, 0, 0, 0, 0, digest)
+
+    @contextlib.contextmanager
+    def _cat(self, path: Path, name: str) -> Iterator[IO[bytes]]:
+        proc = subprocess.Popen(["mcopy", "-n", "-i", str(path), f"::/{name}", "-"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_mtools_env())
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        finally:
+            proc.stdout.close()
+            proc.wait()
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        found = {}
+        for index, name in enumerate(sorted(names)):
+            if name.startswith("("):
+                continue
+            target = dest / _safe_name(index, name)
+            with self._cat(path, name) as stream, target.open("wb") as out:
+                _hash_stream(stream, out)
+            found[name] = target
+        return found
+
+
+def _mtools_env() -> dict[str, str]:
+    return run.host_env({"MTOOLS_SKIP_CHECK": "1"})
+
+
+class Ext4Reader:
+    """ext4 through fuse2fs, read-only, no root needed; UUID and hash seed are meta members."""
+
+    kind = "ext4"
+
+    @contextlib.contextmanager
+    def _mounted(self, path: Path) -> Iterator[Path]:
+        run.require("fuse2fs")
+        mnt = Path(tempfile.mkdtemp(prefix="mlos-ext4-"))
+        proc = run.run(["fuse2fs", str(path), str(mnt), "-o", "ro,fakeroot"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            mnt.rmdir()
+            raise MissingToolError("fuse2fs", "fuse2fs") if shutil.which("fuse2fs") is None else \
+                OSError(f"fuse2fs could not mount {path}: {proc.stderr.decode(errors='replace')}")
+        try:
+            yield mnt
+        finally:
+            run.run(["fusermount3", "-u", str(mnt)], check=False, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+
+    def members(self, path: Path) -> Iterator[Member]:
+        with path.open("rb") as f:
+            f.seek(1024)
+            sb = f.read(1024)
+        yield _meta("(filesystem uuid)", str(uuid.UUID(bytes=sb[104:120])))
+        yield _meta("(volume label)", sb[120:136].rstrip(b"\0").decode(errors="replace"))
+        yield _meta("(htree hash seed)", str(uuid.UUID(bytes=sb[236:252])))
+        with self._mounted(path) as root:
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for name in sorted(dirnames + filenames):
+                    full = Path(dirpath) / name
+                    st = full.lstat()
+                    rel = full.relative_to(root).as_posix()
+                    if rel == "lost+found":
+                        continue
+                    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) \
+                        else "file" if stat.S_ISREG(st.st_mode) else "other"
+                    yield Member(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                 int(st.st_mtime), st.st_size if kind == "file" else 0,
+                                 sha256_file(full) if kind == "file" else "",
+                                 os.readlink(full) if kind == "symlink" else "")
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        found = {}
+        with self._mounted(path) as root:
+            for index, name in enumerate(sorted(names)):
+                if (root / name).is_file():
+                    target = dest / _safe_name(index, name)
+                    shutil.copyfile(root / name, target)
+                    found[name] = target
+        return found
+
+
+SECTOR = 512
+
+
+class GptReader:
+    """A GPT disk: protective MBR (boot code), each partition as a member, GUIDs as meta."""
+
+    kind = "gpt"
+
+    def _table(self, path: Path) -> tuple[str, list[tuple[str, str, int, int]]]:
+        with path.open("rb") as f:
+            f.seek(SECTOR)
+            header = f.read(92)
+            disk_guid = str(uuid.UUID(bytes_le=header[56:72]))
+            entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+            f.seek(entries_lba * SECTOR)
+            table = f.read(count * size)
+        parts = []
+        for i in range(count):
+            e = table[i * size:(i + 1) * size]
+            if e[:16] == b"\0" * 16:
+                continue
+            first, last = struct.unpack_from("<QQ", e, 32)
+            label = e[56:128].decode("utf-16-le", errors="replace").rstrip("\0") or "part"
+            parts.append((f"p{i + 1}-{label}", str(uuid.UUID(bytes_le=e[16:32])), first, last))
+        return disk_guid, parts
+
+    def members(self, path: Path) -> Iterator[Member]:
+        disk_guid, parts = self._table(path)
+        yield _meta("(disk guid)", disk_guid)
+        with path.open("rb") as f:
+            mbr = f.read(440)
+        yield Member("(mbr boot code)", "file", 0o644, 0, 0, 0, 440, sha256_bytes(mbr))
+        for name, part_guid, first, last in parts:
+            yield _meta(f"{name} (partition guid)", part_guid)
+            length = (last - first + 1) * SECTOR
+            with path.open("rb") as f:
+                f.seek(first * SECTOR)
+                digest = _hash_stream(f, limit=length)
+            yield Member(name, "file", 0o644, 0, 0, 0, length, digest)
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        _, parts = self._table(path)
+        found = {}
+        for index, (name, _, first, last) in enumerate(parts):
+            if name not in names:
+                continue
+            target = dest / _safe_name(index, name)
+            with path.open("rb") as src, target.open("wb") as out:
+                src.seek(first * SECTOR)
+                remaining = (last - first + 1) * SECTOR
+                while remaining > 0:
+                    chunk = src.read(min(CHUNK * 8, remaining))
+                    if not chunk:
+                        break
+                    if chunk.count(0) == len(chunk):
+                        out.seek(len(chunk), os.SEEK_CUR)  # keep holes sparse
+                    else:
+                        out.write(chunk)
+                    remaining -= len(chunk)
+                out.truncate()
+            found[name] = target
+        if "(mbr boot code)" in names:
+            target = dest / "mbr-boot-code"
+            with path.open("rb") as src:
+                target.write_bytes(src.read(440))
+            found["(mbr boot code)"] = target
+        return found
+
+
+def image_reader_for(path: Path) -> Reader | None:
+    with path.open("rb") as f:
+        head = f.read(4)
+        f.seek(510)
+        mbr_sig = f.read(2)
+        f.seek(54)
+        fat16 = f.read(3)
+        f.seek(82)
+        fat32 = f.read(3)
+        f.seek(SECTOR)
+        gpt = f.read(8)
+        f.seek(1080)
+        ext_magic = f.read(2)
+        f.seek(32769)
+        iso = f.read(5)
+    if head == b"hsqs":
+        return SquashfsReader()
+    if iso == b"CD001":
+        return IsoReader()
+    if gpt == b"EFI PART":
+        return GptReader()
+    if ext_magic == b"\x53\xef":
+        return Ext4Reader()
+    if mbr_sig == b"\x55\xaa" and b"FAT" in (fat16, fat32):
+        return FatReader()
+    return None
