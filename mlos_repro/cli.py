@@ -173,11 +173,11 @@ def diff(first: Path, second: Path, report_dir: Path | None, diffoscope_timeout:
     import tempfile
 
     from mlos_repro.verify import report
-    from mlos_repro.verify.layers import Comparison
+    from mlos_repro.verify.layers import compare_paths
 
     with tempfile.TemporaryDirectory(prefix="mlos-diff-") as tmp:
         work = Path(tmp)
-        diffs = Comparison(work / "layers").paths(first, second, first.name)
+        diffs = compare_paths(first, second, first.name, work / "layers")
         paths: tuple[Path, Path] | None = None
         if diffs and report_dir is not None:
             paths = report.write(first.name, diffs, report_dir / first.name, work,

@@ -22,6 +22,7 @@ from mlos_repro.graph import cache_key, select
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.store import OutputKind, StageEntry, Store, digest_of_output_set
+from mlos_repro.verify import manifest
 from mlos_repro.verify.disorder import shuffled
 from mlos_repro.verify.variations import BuildVariant, apply_variant
 
@@ -202,10 +203,14 @@ class Executor:
                                     f"declared output(s) not produced: {', '.join(missing)}")
             outputs: dict[str, str] = {}
             kinds: dict[str, str] = {}
+            members: dict[str, str] = {}
             for o in stage.outputs:
                 outputs[o], kinds[o] = self.store.put_output(out / o)
+                # The layered listing, so a later comparison reads manifests, not images.
+                listing = manifest.build(out / o, outputs[o].removeprefix("sha256:"), work / "members" / o)
+                members[o] = self.store.put_bytes(canonical_json(listing))
             log_digest = self.store.put_file(log_file)
-        return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest)
+        return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest, members=members)
 
     def _failure(self, stage: Stage, log_file: Path, what: str) -> StageFailedError:
         log_digest = self.store.put_file(log_file)

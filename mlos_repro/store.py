@@ -23,7 +23,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,11 @@ class StageEntry:
     outputs: Mapping[str, str]  # output name -> "sha256:HEX" (of the file, or of a tree listing)
     kinds: Mapping[str, str]  # output name -> OutputKind
     log: str  # sha256 hex of the stage log
+    members: Mapping[str, str] = field(default_factory=dict)  # output -> member manifest blob
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "outputs": dict(self.outputs), "kinds": dict(self.kinds),
-                "log": self.log}
+                "log": self.log, "members": dict(self.members)}
 
 
 class Store:
@@ -221,7 +222,7 @@ class Store:
         except FileNotFoundError:
             return None
         entry = StageEntry(key=data["key"], outputs=data["outputs"], kinds=data["kinds"],
-                           log=data["log"])
+                           log=data["log"], members=data.get("members", {}))
         # A cache entry is only as good as its blobs: a missing blob means a miss.
         for digest in entry.outputs.values():
             if not self.has_blob(digest.removeprefix("sha256:")):

@@ -37,6 +37,7 @@ class Member:
     size: int
     sha256: str = ""  # files only
     target: str = ""  # symlinks and hard links
+    nested: bool = False  # the content starts like a container we may understand
 
 
 class Reader(Protocol):
@@ -54,18 +55,43 @@ class _Readable(Protocol):
 
 
 def _hash_stream(f: _Readable, out: IO[bytes] | None = None, limit: int | None = None) -> str:
+    return _hash_and_hint(f, out, limit)[0]
+
+
+def _hash_and_hint(f: _Readable, out: IO[bytes] | None = None, limit: int | None = None
+                   ) -> tuple[str, bool]:
+    """sha256 of the stream, and whether its first bytes look like a container."""
     h = hashlib.sha256()
     remaining = limit
+    nested: bool | None = None
     while remaining is None or remaining > 0:
         chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
         if not chunk:
             break
+        if nested is None:
+            nested = looks_nested(chunk)
         h.update(chunk)
         if out is not None:
             out.write(chunk)
         if remaining is not None:
             remaining -= len(chunk)
-    return h.hexdigest()
+    return h.hexdigest(), bool(nested)
+
+
+def looks_nested(head: bytes) -> bool:
+    """A cheap test on the first bytes: might this be a container a reader understands?"""
+    return (head.startswith((b"!<arch>\n", b"070701", b"070702", b"hsqs"))
+            or compression_of(head) is not None
+            or head[257:262] == b"ustar"
+            or head[32769:32774] == b"CD001"
+            or head[512:520] == b"EFI PART"
+            or head[1080:1082] == b"\x53\xef"
+            or (head[510:512] == b"\x55\xaa" and b"FAT" in (head[54:57], head[82:85])))
+
+
+def file_hint(path: Path) -> bool:
+    with path.open("rb") as f:
+        return looks_nested(f.read(40 << 10))
 
 
 def _safe_name(index: int, name: str) -> str:
@@ -145,13 +171,13 @@ class TarReader:
 
     def members(self, path: Path) -> Iterator[Member]:
         for info, tar in self._each(path):
-            digest = ""
+            digest, nested = "", False
             if info.isfile():
                 fobj = tar.extractfile(info)
                 assert fobj is not None
-                digest = _hash_stream(fobj)
+                digest, nested = _hash_and_hint(fobj)
             yield Member(_tar_name(info.name), _TAR_TYPES.get(info.type, "other"), info.mode,
-                         info.uid, info.gid, int(info.mtime), info.size, digest, info.linkname)
+                         info.uid, info.gid, int(info.mtime), info.size, digest, info.linkname, nested)
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -192,9 +218,9 @@ class ArReader:
 
     def members(self, path: Path) -> Iterator[Member]:
         for member, f in self._each(path):
-            digest = _hash_stream(f, limit=member.size)
+            digest, nested = _hash_and_hint(f, limit=member.size)
             yield Member(member.name, member.type, member.mode, member.uid, member.gid,
-                         member.mtime, member.size, digest)
+                         member.mtime, member.size, digest, nested=nested)
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -250,18 +276,19 @@ class CpioReader:
                 if name == "TRAILER!!!":
                     return
                 kind = _CPIO_TYPES.get(stat.S_IFMT(mode), "other")
-                digest, target, extracted = "", "", None
+                digest, target, extracted, nested = "", "", None, False
                 if kind == "symlink":
                     target = f.read(size).decode(errors="replace")
                 elif dest is not None and name in names and kind == "file":
                     extracted = dest / _safe_name(index, name)
                     with extracted.open("wb") as out:
-                        digest = _hash_stream(f, out, limit=size)
+                        digest, nested = _hash_and_hint(f, out, limit=size)
                 else:
-                    digest = _hash_stream(f, limit=size)
+                    digest, nested = _hash_and_hint(f, limit=size)
                 f.align()
                 yield Member(name, kind, stat.S_IMODE(mode), uid, gid, mtime, size,
-                             digest if kind == "file" else "", target), extracted
+                             digest if kind == "file" else "", target, nested and kind == "file"), \
+                    extracted
                 index += 1
 
     def members(self, path: Path) -> Iterator[Member]:

@@ -24,7 +24,16 @@ from typing import IO
 from mlos_repro import run
 from mlos_repro.digest import sha256_bytes, sha256_file
 from mlos_repro.errors import MissingToolError
-from mlos_repro.verify.formats import CHUNK, Member, Reader, TarReader, _hash_stream, _safe_name
+from mlos_repro.verify.formats import (
+    CHUNK,
+    Member,
+    Reader,
+    TarReader,
+    _hash_and_hint,
+    _hash_stream,
+    _safe_name,
+    file_hint,
+)
 
 run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
                   "xorriso": "xorriso", "mcopy": "mtools", "mdir": "mtools", "fuse2fs": "fuse2fs"})
@@ -76,7 +85,8 @@ class IsoReader(_PipedTar):
         yield from super().members(path)
         with tempfile.TemporaryDirectory(prefix="mlos-eltorito-") as tmp:
             for name, file in self._boot_images(path, Path(tmp)).items():
-                yield Member(name, "file", 0o644, 0, 0, 0, file.stat().st_size, sha256_file(file))
+                yield Member(name, "file", 0o644, 0, 0, 0, file.stat().st_size, sha256_file(file),
+                             nested=file_hint(file))
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found = super().extract(path, names, dest)
@@ -194,7 +204,8 @@ class Ext4Reader:
                     yield Member(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                                  int(st.st_mtime), st.st_size if kind == "file" else 0,
                                  sha256_file(full) if kind == "file" else "",
-                                 os.readlink(full) if kind == "symlink" else "")
+                                 os.readlink(full) if kind == "symlink" else "",
+                                 kind == "file" and file_hint(full))
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found = {}
@@ -244,8 +255,8 @@ class GptReader:
             length = (last - first + 1) * SECTOR
             with path.open("rb") as f:
                 f.seek(first * SECTOR)
-                digest = _hash_stream(f, limit=length)
-            yield Member(name, "file", 0o644, 0, 0, 0, length, digest)
+                digest, nested = _hash_and_hint(f, limit=length)
+            yield Member(name, "file", 0o644, 0, 0, 0, length, digest, nested=nested)
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         _, parts = self._table(path)
@@ -287,8 +298,9 @@ def image_reader_for(path: Path) -> Reader | None:
         fat32 = f.read(3)
         f.seek(SECTOR)
         gpt = f.read(8)
-        f.seek(1080)
-        ext_magic = f.read(2)
+        f.seek(1024)
+        ext_sb = f.read(64)
+        ext_magic = ext_sb[56:58]
         f.seek(32769)
         iso = f.read(5)
     if head == b"hsqs":
@@ -297,7 +309,9 @@ def image_reader_for(path: Path) -> Reader | None:
         return IsoReader()
     if gpt == b"EFI PART":
         return GptReader()
-    if ext_magic == b"\x53\xef":
+    # The magic is two bytes only: also ask for a sane block size and inode count.
+    if ext_magic == b"\x53\xef" and len(ext_sb) == 64 and \
+            struct.unpack_from("<I", ext_sb, 24)[0] <= 6 and struct.unpack_from("<I", ext_sb, 0)[0] > 0:
         return Ext4Reader()
     if mbr_sig == b"\x55\xaa" and b"FAT" in (fat16, fat32):
         return FatReader()

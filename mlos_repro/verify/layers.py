@@ -1,41 +1,60 @@
 """The layered comparison: name the innermost member that differs, and how.
 
-Two files are compared by digest; if they differ and both are a container we understand,
-their member lists are compared (content, mode, owner, mtime, order, added/removed), and
-every member whose content differs is extracted from both sides and compared the same way,
-recursively. What remains are leaf differences, e.g.
-`pkg.deb → data.tar.xz → usr/lib/os-release: content`. Everything streams; only members
-that differ are extracted, to a work directory.
+Two sides are compared by digest; if they differ and both are a container we understand,
+their member lists are compared (content, mode, owner, mtime, order, added/removed, ids),
+and every member whose content differs is compared the same way, recursively. What remains
+are leaf differences, e.g. `pkg.deb → data.tar.xz → usr/lib/os-release: content`.
+
+A side is either a file read now (FileSide: streamed, only differing members extracted) or
+a member manifest recorded at build time (ManifestSide: no bytes read at all until
+diffoscope needs a leaf, which is then extracted along its path only).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import struct
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from mlos_repro.digest import sha256_file
-from mlos_repro.verify.formats import Member, reader_for
+from mlos_repro.errors import MlosReproError
+from mlos_repro.verify.formats import Member, Reader, file_hint, reader_for
 
 ARROW = " → "
-# Extract the named file members of side 0 (first) or 1 (second); name -> extracted file.
-Extract = Callable[[set[str], int], dict[str, Path]]
+# What a broken or unexpected nested container may raise; it is then compared as a leaf.
+READ_ERRORS = (OSError, EOFError, ValueError, struct.error, tarfile.TarError, MlosReproError)
 
 
-@dataclass(frozen=True, slots=True)
+class Side(Protocol):
+    digest: str
+
+    def kind(self) -> str | None:
+        """The container kind, or None for a leaf."""
+        ...
+
+    def listing(self) -> list[Member]: ...
+
+    def children(self, names: set[str]) -> dict[str, Side]: ...
+
+    def file(self) -> Path | None:
+        """The bytes, as a file, for diffoscope (extracted on demand)."""
+        ...
+
+
+@dataclass
 class Difference:
     path: tuple[str, ...]
     # content, mode, owner, mtime, type, target, id, order, added, removed, container
     aspect: str
     first: str
     second: str
-    # For content leaves: the two files (extracted when nested), and whether the leaf is a
-    # binary format the layered comparison does not understand (diffoscope gets it whole).
-    first_file: Path | None = None
-    second_file: Path | None = None
-    opaque: bool = False
+    sides: tuple[Side, Side] | None = field(default=None, repr=False, compare=False)
+    opaque: bool = False  # a binary leaf whose format we do not understand
 
     @property
     def where(self) -> str:
@@ -46,77 +65,193 @@ class Difference:
                 "second": self.second}
 
 
-class Comparison:
-    """Compares files or directories; extracted members go under `work`."""
+class FileSide:
+    """A file on disk; containers are read with the readers, members extracted on demand."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, path: Path, work: Path, digest: str | None = None) -> None:
+        self.path = path
         self.work = work
-        self._n = 0
+        self.digest = digest or sha256_file(path)
+        self._reader: Reader | bool | None = False
+        self._listing: list[Member] | None = None
 
-    def _scratch(self) -> Path:
-        self._n += 1
-        d = self.work / f"layer-{self._n:04d}"
-        d.mkdir(parents=True)
-        return d
+    def _read(self) -> Reader | None:
+        if self._reader is False:
+            try:
+                self._reader = reader_for(self.path)
+                if self._reader is not None:
+                    self._listing = list(self._reader.members(self.path))
+            except READ_ERRORS:
+                self._reader, self._listing = None, None
+        return self._reader if not isinstance(self._reader, bool) else None
 
-    def paths(self, a: Path, b: Path, label: str) -> list[Difference]:
-        if a.is_dir() and b.is_dir():
-            return self.members_of((label,), list(_dir_members(a)), list(_dir_members(b)),
-                                   lambda names, side: _dir_files(a if side == 0 else b, names))
-        if a.is_dir() != b.is_dir():
-            return [Difference((label,), "type", _kind(a), _kind(b))]
-        return self.files(a, b, (label,))
+    def kind(self) -> str | None:
+        reader = self._read()
+        return reader.kind if reader is not None else None
 
-    def files(self, a: Path, b: Path, path: tuple[str, ...], digests: tuple[str, str] | None = None
-              ) -> list[Difference]:
-        da, db = digests or (sha256_file(a), sha256_file(b))
-        if da == db:
-            return []
-        ra, rb = reader_for(a), reader_for(b)
-        if ra is None or rb is None or ra.kind != rb.kind:
-            opaque = not (ra is None and rb is None and _is_text(a) and _is_text(b))
-            return [Difference(path, "content", f"sha256:{da}", f"sha256:{db}", a, b, opaque=opaque)]
-        first, second = list(ra.members(a)), list(rb.members(b))
-        dirs = (self._scratch(), self._scratch())
+    def listing(self) -> list[Member]:
+        self._read()
+        return self._listing or []
 
-        def extract(names: set[str], side: int) -> dict[str, Path]:
-            reader, src = (ra, a) if side == 0 else (rb, b)
-            return reader.extract(src, names, dirs[side])
+    def children(self, names: set[str]) -> dict[str, Side]:
+        reader = self._read()
+        if reader is None:
+            return {}
+        digests = {m.name: m.sha256 for m in self.listing()}
+        dest = _scratch(self.work)
+        try:
+            found = reader.extract(self.path, names, dest)
+        except READ_ERRORS:
+            return {}
+        return {n: FileSide(p, self.work, digests.get(n) or None) for n, p in found.items()}
 
-        found = self.members_of(path, first, second, extract)
-        if not found:
-            found = [Difference(path, "container", f"sha256:{da}", f"sha256:{db}")]
-        return found
+    def file(self) -> Path | None:
+        return self.path
 
-    def members_of(self, path: tuple[str, ...], first: list[Member], second: list[Member],
-                   extract: Extract) -> list[Difference]:
-        out: list[Difference] = []
-        a_by, b_by = _index(first), _index(second)
-        for name in sorted(set(a_by) - set(b_by)):
-            out.append(Difference((*path, name), "removed", _summary(a_by[name]), "(absent)"))
-        for name in sorted(set(b_by) - set(a_by)):
-            out.append(Difference((*path, name), "added", "(absent)", _summary(b_by[name])))
-        common = [m.name for m in first if m.name in b_by]
-        if common != [m.name for m in second if m.name in a_by]:
-            out.append(Difference(path, "order", _order_excerpt(common, [m.name for m in second
-                                                                            if m.name in a_by]), ""))
-        differing: list[str] = []
-        for name in sorted(set(a_by) & set(b_by)):
-            ma, mb = a_by[name], b_by[name]
-            out.extend(_metadata(path, ma, mb))
-            if ma.type == mb.type == "file" and ma.sha256 != mb.sha256:  # meta: reported above
-                differing.append(name)
-        if differing:
-            files_a = extract(set(differing), 0)
-            files_b = extract(set(differing), 1)
-            for name in differing:
-                fa, fb = files_a.get(name), files_b.get(name)
-                if fa is None or fb is None:
-                    out.append(Difference((*path, name), "content", f"sha256:{a_by[name].sha256}",
-                                          f"sha256:{b_by[name].sha256}"))
-                    continue
-                out.extend(self.files(fa, fb, (*path, name), (a_by[name].sha256, b_by[name].sha256)))
+
+class ManifestSide:
+    """A node of a member manifest recorded at build time."""
+
+    def __init__(self, node: dict[str, Any], digest: str, locate: _Locate) -> None:
+        self.node = node
+        self.digest = digest
+        self.locate = locate
+
+    def kind(self) -> str | None:
+        kind: str | None = self.node.get("kind")
+        return kind
+
+    def listing(self) -> list[Member]:
+        return [member_from_json(m) for m in self.node.get("members", [])]
+
+    def children(self, names: set[str]) -> dict[str, Side]:
+        out: dict[str, Side] = {}
+        for m in self.node.get("members", []):
+            if m["name"] in names and m["name"] not in out:
+                out[m["name"]] = ManifestSide(m.get("inner") or {"kind": None}, m["sha256"],
+                                              self.locate.child(m["name"]))
         return out
+
+    def file(self) -> Path | None:
+        return self.locate.file()
+
+
+class _Locate:
+    """The path of a manifest node inside the root file, resolved only when bytes are needed."""
+
+    def __init__(self, root: Path, work: Path, chain: tuple[str, ...] = ()) -> None:
+        self.root, self.work, self.chain = root, work, chain
+
+    def child(self, name: str) -> _Locate:
+        return _Locate(self.root, self.work, (*self.chain, name))
+
+    def file(self) -> Path | None:
+        current = self.root
+        for name in self.chain:
+            if current.is_dir():
+                current = current / name
+                continue
+            reader = reader_for(current)
+            if reader is None:
+                return None
+            found = reader.extract(current, {name}, _scratch(self.work))
+            if name not in found:
+                return None
+            current = found[name]
+        return current if current.is_file() else None
+
+
+def manifest_side(manifest: dict[str, Any], root: Path, work: Path) -> ManifestSide:
+    return ManifestSide(manifest["root"], manifest["sha256"], _Locate(root, work))
+
+
+def member_from_json(m: dict[str, Any]) -> Member:
+    return Member(m["name"], m["type"], m["mode"], m["uid"], m["gid"], m["mtime"], m["size"],
+                  m.get("sha256", ""), m.get("target", ""), bool(m.get("inner")))
+
+
+def _scratch(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    n = sum(1 for _ in work.iterdir())
+    d = work / f"layer-{n:05d}"
+    d.mkdir()
+    return d
+
+
+class DirSide:
+    """A directory as the store sees it: names, types, modes and contents (no owners, mtimes)."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.root = root
+        self.work = work
+        self.digest = "dir:" + str(root)
+
+    def kind(self) -> str | None:
+        return "directory"
+
+    def listing(self) -> list[Member]:
+        return list(dir_members(self.root))
+
+    def children(self, names: set[str]) -> dict[str, Side]:
+        return {n: FileSide(self.root / n, self.work) for n in names if (self.root / n).is_file()}
+
+    def file(self) -> Path | None:
+        return None
+
+
+def compare_paths(a: Path, b: Path, label: str, work: Path) -> list[Difference]:
+    if a.is_dir() and b.is_dir():
+        return compare(DirSide(a, work), DirSide(b, work), (label,))
+    if a.is_dir() != b.is_dir():
+        return [Difference((label,), "type", _kind(a), _kind(b))]
+    return compare(FileSide(a, work), FileSide(b, work), (label,))
+
+
+def compare(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
+    if a.digest == b.digest:
+        return []
+    ka, kb = a.kind(), b.kind()
+    if ka is None or kb is None or ka != kb:
+        return [_leaf(a, b, path, both_unknown=ka is None and kb is None)]
+    out = _members(a, b, path)
+    if not out:
+        out = [Difference(path, "container", f"sha256:{a.digest}", f"sha256:{b.digest}", (a, b))]
+    return out
+
+
+def _leaf(a: Side, b: Side, path: tuple[str, ...], both_unknown: bool) -> Difference:
+    fa, fb = (a.file(), b.file()) if isinstance(a, FileSide) and isinstance(b, FileSide) else (None, None)
+    opaque = not both_unknown or (fa is not None and fb is not None and not (_is_text(fa) and _is_text(fb)))
+    return Difference(path, "content", f"sha256:{a.digest}", f"sha256:{b.digest}", (a, b), opaque)
+
+
+def _members(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
+    first, second = a.listing(), b.listing()
+    out: list[Difference] = []
+    a_by, b_by = _index(first), _index(second)
+    for name in sorted(set(a_by) - set(b_by)):
+        out.append(Difference((*path, name), "removed", _summary(a_by[name]), "(absent)"))
+    for name in sorted(set(b_by) - set(a_by)):
+        out.append(Difference((*path, name), "added", "(absent)", _summary(b_by[name])))
+    common_a = [m.name for m in first if m.name in b_by]
+    common_b = [m.name for m in second if m.name in a_by]
+    if common_a != common_b:
+        out.append(Difference(path, "order", _order_excerpt(common_a, common_b), ""))
+    differing: list[str] = []
+    for name in sorted(set(a_by) & set(b_by)):
+        ma, mb = a_by[name], b_by[name]
+        out.extend(_metadata(path, ma, mb))
+        if ma.type == mb.type == "file" and ma.sha256 != mb.sha256:  # meta: reported above
+            differing.append(name)
+    if differing:
+        ca, cb = a.children(set(differing)), b.children(set(differing))
+        for name in differing:
+            if name in ca and name in cb:
+                out.extend(compare(ca[name], cb[name], (*path, name)))
+            else:
+                out.append(Difference((*path, name), "content", f"sha256:{a_by[name].sha256}",
+                                      f"sha256:{b_by[name].sha256}"))
+    return out
 
 
 def _index(members: list[Member]) -> dict[str, Member]:
@@ -168,8 +303,7 @@ def _is_text(p: Path) -> bool:
     return b"\0" not in head
 
 
-def _dir_members(root: Path) -> Iterator[Member]:
-    """A directory as the store sees it: names, types, modes and contents (no owners, mtimes)."""
+def dir_members(root: Path) -> Iterator[Member]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
@@ -182,8 +316,4 @@ def _dir_members(root: Path) -> Iterator[Member]:
                 yield Member(rel, "dir", stat.S_IMODE(st.st_mode), 0, 0, 0, 0)
             elif stat.S_ISREG(st.st_mode):
                 yield Member(rel, "file", stat.S_IMODE(st.st_mode), 0, 0, 0, st.st_size,
-                             sha256_file(full))
-
-
-def _dir_files(root: Path, names: set[str]) -> dict[str, Path]:
-    return {name: root / name for name in names}
+                             sha256_file(full), nested=file_hint(full))

@@ -12,7 +12,7 @@ from mlos_repro.errors import MlosReproError
 from mlos_repro.executor import BuildResult, Executor
 from mlos_repro.store import Store
 from mlos_repro.verify import report
-from mlos_repro.verify.layers import Comparison, Difference
+from mlos_repro.verify.layers import Difference, compare, compare_paths, manifest_side
 from mlos_repro.verify.variations import Plan, describe
 
 
@@ -88,7 +88,14 @@ def verify(executor: Executor, store: Store, control: BuildResult, plan: Plan, o
                 a = _materialized(store, first, res.entry.kinds[output], work / "first" / output)
                 b = _materialized(store, second, entry.kinds[output], work / "second" / output)
                 label = f"{name}/{output}"
-                verdict.differences = Comparison(work / "layers").paths(a, b, label)
+                ma, mb = res.entry.members.get(output), entry.members.get(output)
+                if ma and mb:
+                    # Both builds recorded member manifests: compare those, not the bytes.
+                    sa = manifest_side(json.loads(store.blob_path(ma).read_bytes()), a, work / "layers")
+                    sb = manifest_side(json.loads(store.blob_path(mb).read_bytes()), b, work / "layers")
+                    verdict.differences = compare(sa, sb, (label,))
+                else:
+                    verdict.differences = compare_paths(a, b, label, work / "layers")
                 dest = out_dir / "reports" / name / output
                 verdict.report_txt, verdict.report_html = report.write(
                     label, verdict.differences, dest, work, settings)

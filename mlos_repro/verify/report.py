@@ -60,7 +60,7 @@ def _leaves(diffs: list[Difference], work: Path, settings: DiffoscopeSettings
             ) -> tuple[list[str], tuple[Path, Path] | None]:
     """Lay the differing leaves out as two directories (first/, second/) for diffoscope."""
     notes: list[str] = []
-    leaves = [d for d in diffs if d.aspect == "content" and d.first_file and d.second_file]
+    leaves = [d for d in diffs if d.aspect == "content" and d.sides is not None]
     if not leaves:
         return notes, None
     root = work / "diffoscope"
@@ -68,15 +68,19 @@ def _leaves(diffs: list[Difference], work: Path, settings: DiffoscopeSettings
     first.mkdir(parents=True)
     second.mkdir(parents=True)
     for i, d in enumerate(leaves):
-        assert d.first_file is not None and d.second_file is not None
-        size = max(d.first_file.stat().st_size, d.second_file.stat().st_size)
+        assert d.sides is not None
+        fa, fb = d.sides[0].file(), d.sides[1].file()
+        if fa is None or fb is None:
+            notes.append(f"{d.where}: its bytes could not be extracted; only digests are reported")
+            continue
+        size = max(fa.stat().st_size, fb.stat().st_size)
         if size > settings.max_size:
             notes.append(f"{d.where} is {size} bytes, over the diffoscope size cap "
                          f"({settings.max_size}); only its digests are reported")
             continue
         name = f"{i:03d}-" + "__".join(p.replace("/", "_") for p in d.path[-2:])
-        _link_or_copy(d.first_file, first / name)
-        _link_or_copy(d.second_file, second / name)
+        _link_or_copy(fa, first / name)
+        _link_or_copy(fb, second / name)
     if not any(first.iterdir()):
         return notes, None
     return notes, (first, second)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro.verify.layers import Comparison
+from mlos_repro.verify.layers import compare_paths
 from tests.conftest import mlos
 
 
@@ -60,7 +60,7 @@ def _ar(members: list[tuple[str, bytes]]) -> bytes:
 def _compare(tmp_path: Path, a: bytes, b: bytes, name: str = "art") -> list[tuple[str, str]]:
     (tmp_path / "a").write_bytes(a)
     (tmp_path / "b").write_bytes(b)
-    diffs = Comparison(tmp_path / "work").paths(tmp_path / "a", tmp_path / "b", name)
+    diffs = compare_paths(tmp_path / "a", tmp_path / "b", name, tmp_path / "work")
     return [(d.where, d.aspect) for d in diffs]
 
 
@@ -112,7 +112,7 @@ def test_same_members_different_bytes_names_the_container(tmp_path: Path) -> Non
 def test_opaque_binary_is_handed_whole_to_diffoscope(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"\x7fELF\x00\x01binary")
     (tmp_path / "b").write_bytes(b"\x7fELF\x00\x02binary")
-    (d,) = Comparison(tmp_path / "w").paths(tmp_path / "a", tmp_path / "b", "prog")
+    (d,) = compare_paths(tmp_path / "a", tmp_path / "b", "prog", tmp_path / "w")
     assert d.aspect == "content" and d.opaque
 
 
@@ -142,3 +142,27 @@ def test_diff_directories(tmp_path: Path) -> None:
     result = mlos("diff", tmp_path / "a", tmp_path / "b", "--json")
     assert result.code == 1
     assert [d["path"] for d in json.loads(result.stdout)["differences"]] == ["a → sub/f"]
+
+
+def test_manifests_name_the_file_without_the_bytes_and_locate_leaves(tmp_path: Path) -> None:
+    from mlos_repro.digest import sha256_file
+    from mlos_repro.verify import manifest
+    from mlos_repro.verify.layers import compare, manifest_side
+
+    def bundle(value: bytes) -> bytes:
+        initrd = gzip.compress(_cpio([("init", b"#!/bin/sh\n"), ("etc/hostname", value)]), mtime=0)
+        return _tar([("boot/initrd.img", initrd, 0o644, 0), ("boot/vmlinuz", b"kernel", 0o644, 0)], "gz")
+
+    sides = []
+    for name, value in (("a", b"mlos\n"), ("b", b"leaked\n")):
+        path = tmp_path / f"{name}.tar.gz"
+        path.write_bytes(bundle(value))
+        listing = manifest.build(path, sha256_file(path), tmp_path / f"m-{name}")
+        json.dumps(listing)  # it is plain JSON
+        sides.append(manifest_side(listing, path, tmp_path / f"w-{name}"))
+    (diff,) = compare(sides[0], sides[1], ("bundle",))
+    assert (diff.where, diff.aspect) == ("bundle → boot/initrd.img → etc/hostname", "content")
+    assert diff.sides is not None
+    first, second = (s.file() for s in diff.sides)
+    assert first is not None and second is not None
+    assert (first.read_bytes(), second.read_bytes()) == (b"mlos\n", b"leaked\n")

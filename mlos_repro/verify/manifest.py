@@ -1,0 +1,71 @@
+"""Member manifests: every output's layered listing, recorded when the stage is built.
+
+A manifest is canonical JSON: {"v": 1, "sha256": HEX, "root": NODE}, where a NODE is
+{"kind": KIND-or-null, "members": [MEMBER...]} and a MEMBER carries name, type, mode,
+owner, mtime, size, sha256, target and, for a member that is itself a container we
+understand, its own NODE under "inner". Comparing two manifests names the differing
+file without reading either artifact again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlos_repro.verify.formats import Member, reader_for
+from mlos_repro.verify.layers import READ_ERRORS, dir_members
+
+MANIFEST_VERSION = 1
+
+
+def build(path: Path, digest: str, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    return {"v": MANIFEST_VERSION, "sha256": digest, "root": _node(path, work, 0)}
+
+
+def _member(m: Member) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": m.name, "type": m.type, "mode": m.mode, "uid": m.uid,
+                             "gid": m.gid, "mtime": m.mtime, "size": m.size}
+    if m.sha256:
+        entry["sha256"] = m.sha256
+    if m.target:
+        entry["target"] = m.target
+    return entry
+
+
+def _node(path: Path, work: Path, depth: int) -> dict[str, Any]:
+    if path.is_dir():
+        members = list(dir_members(path))
+        nested = {m.name: path / m.name for m in members if m.nested}
+        return _entries("directory", members, nested, work, depth, cleanup=False)
+    try:
+        reader = reader_for(path)
+        if reader is None:
+            return {"kind": None}
+        members = list(reader.members(path))
+        wanted = {m.name for m in members if m.nested and m.type == "file"}
+        scratch = work / f"d{depth}-{len(list(work.iterdir()))}"
+        scratch.mkdir()
+        nested = reader.extract(path, wanted, scratch) if wanted else {}
+    except READ_ERRORS:
+        return {"kind": None}
+    try:
+        return _entries(reader.kind, members, nested, work, depth, cleanup=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _entries(kind: str, members: list[Member], nested: dict[str, Path], work: Path, depth: int,
+             cleanup: bool) -> dict[str, Any]:
+    entries = []
+    for m in members:
+        entry = _member(m)
+        if m.name in nested:
+            inner = _node(nested[m.name], work, depth + 1)
+            if inner.get("kind") is not None:
+                entry["inner"] = inner
+            if cleanup:
+                nested[m.name].unlink(missing_ok=True)
+        entries.append(entry)
+    return {"kind": kind, "members": entries}
