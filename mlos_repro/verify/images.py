@@ -265,19 +265,7 @@ class GptReader:
             if name not in names:
                 continue
             target = dest / _safe_name(index, name)
-            with path.open("rb") as src, target.open("wb") as out:
-                src.seek(first * SECTOR)
-                remaining = (last - first + 1) * SECTOR
-                while remaining > 0:
-                    chunk = src.read(min(CHUNK * 8, remaining))
-                    if not chunk:
-                        break
-                    if chunk.count(0) == len(chunk):
-                        out.seek(len(chunk), os.SEEK_CUR)  # keep holes sparse
-                    else:
-                        out.write(chunk)
-                    remaining -= len(chunk)
-                out.truncate()
+            _copy_range(path, target, first * SECTOR, (last - first + 1) * SECTOR)
             found[name] = target
         if "(mbr boot code)" in names:
             target = dest / "mbr-boot-code"
@@ -285,6 +273,27 @@ class GptReader:
                 target.write_bytes(src.read(440))
             found["(mbr boot code)"] = target
         return found
+
+
+def _copy_range(src: Path, dest: Path, offset: int, length: int) -> None:
+    """Copy a byte range in the kernel (copy_file_range), falling back to read/write."""
+    with src.open("rb") as fin, dest.open("wb") as fout:
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            fin.seek(offset + done)
+            fout.seek(done)
+            while done < length:
+                chunk = fin.read(min(CHUNK * 8, length - done))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                done += len(chunk)
 
 
 def image_reader_for(path: Path) -> Reader | None:

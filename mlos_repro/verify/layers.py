@@ -16,10 +16,12 @@ import os
 import stat
 import struct
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mlos_repro.digest import sha256_file
 from mlos_repro.errors import MlosReproError
@@ -31,7 +33,12 @@ READ_ERRORS = (OSError, EOFError, ValueError, struct.error, tarfile.TarError, Ml
 
 
 class Side(Protocol):
-    digest: str
+    @property
+    def digest(self) -> str: ...
+
+    def known_digest(self) -> str | None:
+        """The digest if it costs nothing to know (recorded, or listed by the parent)."""
+        ...
 
     def kind(self) -> str | None:
         """The container kind, or None for a leaf."""
@@ -71,9 +78,18 @@ class FileSide:
     def __init__(self, path: Path, work: Path, digest: str | None = None) -> None:
         self.path = path
         self.work = work
-        self.digest = digest or sha256_file(path)
+        self._digest = digest
         self._reader: Reader | bool | None = False
         self._listing: list[Member] | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = sha256_file(self.path)
+        return self._digest
+
+    def known_digest(self) -> str | None:
+        return self._digest
 
     def _read(self) -> Reader | None:
         if self._reader is False:
@@ -114,8 +130,15 @@ class ManifestSide:
 
     def __init__(self, node: dict[str, Any], digest: str, locate: _Locate) -> None:
         self.node = node
-        self.digest = digest
+        self._digest = digest
         self.locate = locate
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    def known_digest(self) -> str | None:
+        return self._digest
 
     def kind(self) -> str | None:
         kind: str | None = self.node.get("kind")
@@ -172,10 +195,7 @@ def member_from_json(m: dict[str, Any]) -> Member:
 
 def _scratch(work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
-    n = sum(1 for _ in work.iterdir())
-    d = work / f"layer-{n:05d}"
-    d.mkdir()
-    return d
+    return Path(tempfile.mkdtemp(prefix="layer-", dir=work))  # both sides extract at once
 
 
 class DirSide:
@@ -184,7 +204,13 @@ class DirSide:
     def __init__(self, root: Path, work: Path) -> None:
         self.root = root
         self.work = work
-        self.digest = "dir:" + str(root)
+
+    @property
+    def digest(self) -> str:
+        return "directory:" + str(self.root)  # never equal: members decide
+
+    def known_digest(self) -> str | None:
+        return None
 
     def kind(self) -> str | None:
         return "directory"
@@ -208,15 +234,30 @@ def compare_paths(a: Path, b: Path, label: str, work: Path) -> list[Difference]:
 
 
 def compare(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
-    if a.digest == b.digest:
+    """Both sides are read in parallel (two threads: hashing and the tools release the GIL)."""
+    da, db = a.known_digest(), b.known_digest()
+    if da is not None and da == db:
         return []
-    ka, kb = a.kind(), b.kind()
+    ka, kb = _both(a.kind, b.kind)
     if ka is None or kb is None or ka != kb:
-        return [_leaf(a, b, path, both_unknown=ka is None and kb is None)]
+        da, db = _both(lambda: a.digest, lambda: b.digest)
+        return [] if da == db else [_leaf(a, b, path, both_unknown=ka is None and kb is None)]
     out = _members(a, b, path)
     if not out:
-        out = [Difference(path, "container", f"sha256:{a.digest}", f"sha256:{b.digest}", (a, b))]
+        # Same members, same metadata: identical, or different only in the container's own bytes.
+        da, db = _both(lambda: a.digest, lambda: b.digest)
+        if da != db:
+            out = [Difference(path, "container", f"sha256:{da}", f"sha256:{db}", (a, b))]
     return out
+
+
+T = TypeVar("T")
+
+
+def _both(fa: Callable[[], T], fb: Callable[[], T]) -> tuple[T, T]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first, second = pool.submit(fa), pool.submit(fb)
+        return first.result(), second.result()
 
 
 def _leaf(a: Side, b: Side, path: tuple[str, ...], both_unknown: bool) -> Difference:
@@ -244,7 +285,7 @@ def _members(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
         if ma.type == mb.type == "file" and ma.sha256 != mb.sha256:  # meta: reported above
             differing.append(name)
     if differing:
-        ca, cb = a.children(set(differing)), b.children(set(differing))
+        ca, cb = _both(lambda: a.children(set(differing)), lambda: b.children(set(differing)))
         for name in differing:
             if name in ca and name in cb:
                 out.extend(compare(ca[name], cb[name], (*path, name)))

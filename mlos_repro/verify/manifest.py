@@ -10,6 +10,7 @@ file without reading either artifact again.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,7 @@ def _node(path: Path, work: Path, depth: int) -> dict[str, Any]:
             return {"kind": None}
         members = list(reader.members(path))
         wanted = {m.name for m in members if m.nested and m.type == "file"}
-        scratch = work / f"d{depth}-{len(list(work.iterdir()))}"
-        scratch.mkdir()
+        scratch = Path(tempfile.mkdtemp(prefix=f"d{depth}-", dir=work))
         nested = reader.extract(path, wanted, scratch) if wanted else {}
     except READ_ERRORS:
         return {"kind": None}
