@@ -1,4 +1,4 @@
-"""The project's default graph builds, and rebuilds bit for bit without the cache."""
+"""The project's default graph builds, rebuilds bit for bit without the cache, and verifies."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ def test_default_graph_is_reproducible(shared_store: Path, tmp_path: Path) -> No
     assert second.code == 0, second.stderr
     assert not any(s["cached"] for s in json.loads(second.stdout)["stages"].values())
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+
+    verified = mlos("build", "--verify", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
+                    "--store", shared_store)
+    assert verified.code == 0, verified.stderr
+    report = json.loads((tmp_path / "v" / "verify.json").read_text())
+    assert report["reproducible"] is True and report["outputs"]
+    assert all(o["verdict"] == "identical" for o in report["outputs"])
 
     hello = tmp_path / "a" / "toolchain" / "hello"
     run = subprocess.run([hello], capture_output=True, text=True, check=True)
