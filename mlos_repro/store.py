@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import stat
@@ -29,6 +30,8 @@ from typing import Any
 
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError, DigestMismatchError
+
+log = logging.getLogger(__name__)
 
 
 class OutputKind:
@@ -73,7 +76,10 @@ class Store:
             parts = entry.name.rsplit("-", 2)
             pid = parts[1] if len(parts) == 3 else ""
             if pid.isdigit() and not _pid_alive(int(pid)):
-                _force_rmtree(entry)
+                try:
+                    _force_rmtree(entry)
+                except OSError as e:  # e.g. a FUSE mount a killed verify left behind
+                    log.warning("cannot remove %s from a dead build: %s", entry, e)
 
     @contextlib.contextmanager
     def tempdir(self, purpose: str) -> Iterator[Path]:

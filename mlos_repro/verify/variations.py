@@ -113,7 +113,7 @@ def _fileordering(host: Host) -> str | None:
 def _cpus(host: Host) -> str | None:
     if host.cpus < 2:
         return "the host has a single CPU: there is no other count to vary to"
-    return None
+    return _bwrap_only(host)
 
 
 def _tz(host: Host) -> str | None:
@@ -149,7 +149,7 @@ VARIATIONS: tuple[Variation, ...] = (
               lambda v: replace(v, fileordering=True), _fileordering),
     # Identity.
     Variation("user_group", "uid/gid 1000 instead of 0 (in the sandbox's user namespace)",
-              lambda v: replace(v, uid=1000, gid=1000)),
+              lambda v: replace(v, uid=1000, gid=1000), _bwrap_only),
     Variation("hostname", "hostname mlos-varied-host", lambda v: replace(v, hostname="mlos-varied-host")),
     Variation("domain_host", "domain name mlos-varied.example",
               lambda v: replace(v, domainname="mlos-varied.example"), _bwrap_only),

@@ -41,3 +41,21 @@ def test_podman_and_bwrap_outputs_are_identical(shared_store: Path, repo: Callab
     assert "MLOS_STAGE=compile" in facts and "HOSTNAME" not in facts and "container=" not in facts
     assert outs["bwrap"] == outs["podman"], (
         (tmp_path / "bwrap" / "compile" / "facts.txt").read_text() + "\n---\n" + facts)
+
+
+def test_verify_under_podman_reports_what_it_cannot_vary(shared_store: Path, repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "leak"
+        outputs = ["umask.txt"]
+        run = [["sh", "-c", "umask > /out/umask.txt"]]
+    """)
+    out = recipes.parent / "out"
+    result = mlos("build", "--verify", "--sandbox", "podman", "--recipes", recipes, "--out", out,
+                  "--store", shared_store)
+    assert result.code == 1, result.stderr
+    report = json.loads((out / "verify.json").read_text())
+    skipped = {s["name"]: s["reason"] for s in report["variations"]["skipped"]}
+    assert skipped["user_group"] == "not supported by the podman sandbox"
+    assert "umask" in [a["name"] for a in report["variations"]["applied"]]
+    assert "+0002" in Path(report["outputs"][0]["report"]["txt"]).read_text()
