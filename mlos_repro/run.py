@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -50,6 +51,24 @@ def host_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def stream(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None
+           ) -> Iterator[IO[bytes]]:
+    """Run argv and read its stdout as a stream; the process is ended when the reader is done."""
+    args = [os.fspath(a) for a in argv]
+    require(args[0])
+    log.info("+ %s", shlex.join(args))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, env=dict(env) if env is not None else host_env())
+    assert proc.stdout is not None
+    try:
+        yield proc.stdout
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        proc.wait()
 
 
 def run(

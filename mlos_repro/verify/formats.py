@@ -11,11 +11,11 @@ import bz2
 import gzip
 import hashlib
 import lzma
+import os
 import shutil
 import stat
-import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,23 +58,34 @@ def _hash_stream(f: _Readable, out: IO[bytes] | None = None, limit: int | None =
     return _hash_and_hint(f, out, limit)[0]
 
 
-def _hash_and_hint(f: _Readable, out: IO[bytes] | None = None, limit: int | None = None
-                   ) -> tuple[str, bool]:
-    """sha256 of the stream, and whether its first bytes look like a container."""
+def _hash_and_hint(f: _Readable, out: IO[bytes] | None = None, limit: int | None = None,
+                   keep: Callable[[], IO[bytes]] | None = None) -> tuple[str, bool]:
+    """sha256 of the stream, and whether its first bytes look like a container.
+
+    With `keep`, a stream that looks like a container is also written to the file keep()
+    opens, so that the caller need not read the outer container a second time for it.
+    """
     h = hashlib.sha256()
     remaining = limit
     nested: bool | None = None
-    while remaining is None or remaining > 0:
-        chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
-        if not chunk:
-            break
-        if nested is None:
-            nested = looks_nested(chunk)
-        h.update(chunk)
-        if out is not None:
-            out.write(chunk)
-        if remaining is not None:
-            remaining -= len(chunk)
+    own: IO[bytes] | None = None
+    try:
+        while remaining is None or remaining > 0:
+            chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            if not chunk:
+                break
+            if nested is None:
+                nested = looks_nested(chunk)
+                if nested and keep is not None and out is None:
+                    out = own = keep()
+            h.update(chunk)
+            if out is not None:
+                out.write(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    finally:
+        if own is not None:
+            own.close()
     return h.hexdigest(), bool(nested)
 
 
@@ -98,6 +109,29 @@ def _safe_name(index: int, name: str) -> str:
     """A flat, collision-free file name for an extracted member."""
     tail = name.rstrip("/").rsplit("/", 1)[-1] or "member"
     return f"{index:05d}-{tail}"
+
+
+def walk_members(root: Path, *, exact: bool) -> Iterator[Member]:
+    """A directory tree as members, sorted. exact=False drops owners and mtimes (how the store
+    sees a tree); exact=True keeps them (a mounted file system)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            st = full.lstat()
+            rel = full.relative_to(root).as_posix()
+            uid, gid, mtime = (st.st_uid, st.st_gid, int(st.st_mtime)) if exact else (0, 0, 0)
+            if stat.S_ISLNK(st.st_mode):
+                yield Member(rel, "symlink", 0o777, uid, gid, mtime, 0, target=os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                yield Member(rel, "dir", stat.S_IMODE(st.st_mode), uid, gid, mtime, 0)
+            elif stat.S_ISREG(st.st_mode):
+                with full.open("rb") as f:
+                    digest, nested = _hash_and_hint(f)
+                yield Member(rel, "file", stat.S_IMODE(st.st_mode), uid, gid, mtime, st.st_size,
+                             digest, nested=nested)
+            else:
+                yield Member(rel, "other", stat.S_IMODE(st.st_mode), uid, gid, mtime, 0)
 
 
 # -- compression ----------------------------------------------------------------
@@ -129,16 +163,8 @@ def decompressed(path: Path) -> Iterator[IO[bytes]]:
         with bz2.open(path, "rb") as b:
             yield cast(IO[bytes], b)
     elif comp == "zstd":
-        argv = ["zstd", "-dc", "--", str(path)]
-        run.require("zstd")
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout
-        finally:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
+        with run.stream(["zstd", "-dc", "--", str(path)]) as z:
+            yield z
     else:
         with path.open("rb") as f:
             yield f
@@ -162,7 +188,13 @@ def _tar_name(name: str) -> str:
 
 
 class TarReader:
+    """Also keeps the members that look like containers while listing, when `keep` is set."""
+
     kind = "tar"
+
+    def __init__(self) -> None:
+        self.keep: Path | None = None
+        self.kept: dict[str, Path] = {}
 
     def _each(self, path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
         with decompressed(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
@@ -170,12 +202,20 @@ class TarReader:
                 yield info, tar
 
     def members(self, path: Path) -> Iterator[Member]:
-        for info, tar in self._each(path):
+        for index, (info, tar) in enumerate(self._each(path)):
             digest, nested = "", False
+            name = _tar_name(info.name)
             if info.isfile():
                 fobj = tar.extractfile(info)
                 assert fobj is not None
-                digest, nested = _hash_and_hint(fobj)
+                keeper = None
+                if self.keep is not None and name not in self.kept:
+                    target = self.keep / _safe_name(index, name)
+
+                    def keeper(target: Path = target, name: str = name) -> IO[bytes]:
+                        self.kept[name] = target
+                        return target.open("wb")
+                digest, nested = _hash_and_hint(fobj, keep=keeper)
             yield Member(_tar_name(info.name), _TAR_TYPES.get(info.type, "other"), info.mode,
                          info.uid, info.gid, int(info.mtime), info.size, digest, info.linkname, nested)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import struct
 import subprocess
 import tarfile
@@ -33,6 +32,7 @@ from mlos_repro.verify.formats import (
     _hash_stream,
     _safe_name,
     file_hint,
+    walk_members,
 )
 
 run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
@@ -51,21 +51,9 @@ class _PipedTar(TarReader):
 
     argv: tuple[str, ...] = ()
 
-    @contextlib.contextmanager
-    def _stream(self, path: Path) -> Iterator[IO[bytes]]:
-        run.require(self.argv[0])
-        proc = subprocess.Popen([a.replace("{}", str(path)) for a in self.argv],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout
-        finally:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
-
     def _each(self, path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-        with self._stream(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        argv = [a.replace("{}", str(path)) for a in self.argv]
+        with run.stream(argv) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for info in tar:
                 yield info, tar
 
@@ -133,16 +121,8 @@ class FatReader:
                 digest = _hash_stream(stream)
             yield Member(name, "file", 0o644, 0, 0, 0, 0, digest)
 
-    @contextlib.contextmanager
-    def _cat(self, path: Path, name: str) -> Iterator[IO[bytes]]:
-        proc = subprocess.Popen(["mcopy", "-n", "-i", str(path), f"::/{name}", "-"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_mtools_env())
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout
-        finally:
-            proc.stdout.close()
-            proc.wait()
+    def _cat(self, path: Path, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return run.stream(["mcopy", "-n", "-i", str(path), f"::/{name}", "-"], env=_mtools_env())
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found = {}
@@ -191,21 +171,9 @@ class Ext4Reader:
         yield _meta("(volume label)", sb[120:136].rstrip(b"\0").decode(errors="replace"))
         yield _meta("(htree hash seed)", str(uuid.UUID(bytes=sb[236:252])))
         with self._mounted(path) as root:
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for name in sorted(dirnames + filenames):
-                    full = Path(dirpath) / name
-                    st = full.lstat()
-                    rel = full.relative_to(root).as_posix()
-                    if rel == "lost+found":
-                        continue
-                    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) \
-                        else "file" if stat.S_ISREG(st.st_mode) else "other"
-                    yield Member(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                 int(st.st_mtime), st.st_size if kind == "file" else 0,
-                                 sha256_file(full) if kind == "file" else "",
-                                 os.readlink(full) if kind == "symlink" else "",
-                                 kind == "file" and file_hint(full))
+            for member in walk_members(root, exact=True):
+                if member.name.split("/", 1)[0] != "lost+found":
+                    yield member
 
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found = {}

@@ -12,8 +12,7 @@ diffoscope needs a leaf, which is then extracted along its path only).
 
 from __future__ import annotations
 
-import os
-import stat
+import contextlib
 import struct
 import tarfile
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from mlos_repro.digest import sha256_file
 from mlos_repro.errors import MlosReproError
-from mlos_repro.verify.formats import Member, Reader, file_hint, reader_for
+from mlos_repro.verify.formats import Member, Reader, TarReader, reader_for, walk_members
 
 ARROW = " → "
 # What a broken or unexpected nested container may raise; it is then compared as a leaf.
@@ -95,6 +94,8 @@ class FileSide:
         if self._reader is False:
             try:
                 self._reader = reader_for(self.path)
+                if isinstance(self._reader, TarReader):
+                    self._reader.keep = _scratch(self.work)  # nested containers, kept while listing
                 if self._reader is not None:
                     self._listing = list(self._reader.members(self.path))
             except READ_ERRORS:
@@ -114,11 +115,10 @@ class FileSide:
         if reader is None:
             return {}
         digests = {m.name: m.sha256 for m in self.listing()}
-        dest = _scratch(self.work)
-        try:
-            found = reader.extract(self.path, names, dest)
-        except READ_ERRORS:
-            return {}
+        found = {n: p for n, p in getattr(reader, "kept", {}).items() if n in names}
+        if names - set(found):
+            with contextlib.suppress(*READ_ERRORS):
+                found.update(reader.extract(self.path, names - set(found), _scratch(self.work)))
         return {n: FileSide(p, self.work, digests.get(n) or None) for n, p in found.items()}
 
     def file(self) -> Path | None:
@@ -345,16 +345,5 @@ def _is_text(p: Path) -> bool:
 
 
 def dir_members(root: Path) -> Iterator[Member]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath) / name
-            st = full.lstat()
-            rel = full.relative_to(root).as_posix()
-            if stat.S_ISLNK(st.st_mode):
-                yield Member(rel, "symlink", 0o777, 0, 0, 0, 0, target=os.readlink(full))
-            elif stat.S_ISDIR(st.st_mode):
-                yield Member(rel, "dir", stat.S_IMODE(st.st_mode), 0, 0, 0, 0)
-            elif stat.S_ISREG(st.st_mode):
-                yield Member(rel, "file", stat.S_IMODE(st.st_mode), 0, 0, 0, st.st_size,
-                             sha256_file(full), nested=file_hint(full))
+    """A directory as the store sees it: names, types, modes and contents."""
+    return walk_members(root, exact=False)

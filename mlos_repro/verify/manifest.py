@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.verify.formats import Member, reader_for
+from mlos_repro.verify.formats import Member, TarReader, reader_for
 from mlos_repro.verify.layers import READ_ERRORS, dir_members
 
 MANIFEST_VERSION = 1
@@ -44,10 +44,14 @@ def _node(path: Path, work: Path, depth: int) -> dict[str, Any]:
         reader = reader_for(path)
         if reader is None:
             return {"kind": None}
+        scratch = Path(tempfile.mkdtemp(prefix=f"d{depth}-", dir=work))
+        if isinstance(reader, TarReader):
+            reader.keep = scratch  # nested containers are kept while listing: one pass
         members = list(reader.members(path))
         wanted = {m.name for m in members if m.nested and m.type == "file"}
-        scratch = Path(tempfile.mkdtemp(prefix=f"d{depth}-", dir=work))
-        nested = reader.extract(path, wanted, scratch) if wanted else {}
+        nested = {n: p for n, p in getattr(reader, "kept", {}).items() if n in wanted}
+        if wanted - set(nested):
+            nested.update(reader.extract(path, wanted - set(nested), scratch))
     except READ_ERRORS:
         return {"kind": None}
     try:
