@@ -121,7 +121,7 @@ def bench_env(store_root: Path, work: Path) -> None:
             f"--include={','.join(env_spec.packages)}", env_spec.suite, "/dev/null",
             f"deb [trusted=yes] copy://{mirror} {env_spec.suite} main"]
     bare = timed(lambda: run(argv, env=host_env({"SOURCE_DATE_EPOCH": str(sde)})), 1)[0]
-    print("3. builder environment assembly from a warm store (147 .debs)")
+    print(f"3. builder environment assembly from a warm store ({len(locked.packages)} .debs)")
     print(f"   mlos-repro (mirror, mmdebstrap, hash, extract): {ours:6.1f} s")
     print(f"   baseline: mmdebstrap alone on the same mirror:  {bare:6.1f} s   ratio {ours / bare:5.2f}x")
 
