@@ -30,6 +30,7 @@ lint: deps
 bench: deps
 	$(VENV)/bin/python benchmarks/engine.py
 	$(VENV)/bin/python benchmarks/diff.py
+	$(VENV)/bin/python benchmarks/kernel.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -54,7 +54,10 @@ if [ "${MLOS_KERNEL_STOP_AFTER:-}" = config ]; then
 fi
 
 echo "== build"
-export KBUILD_BUILD_TIMESTAMP="$(date -u -d "@$SOURCE_DATE_EPOCH" '+%a %b %e %H:%M:%S UTC %Y')"
+# In the C locale: day and month names would otherwise follow LANG (build --verify caught
+# "E dets 1" under et_EE), and usr/gen_initramfs.sh, failing to parse that, would stamp the
+# built-in initramfs with the current time instead.
+export KBUILD_BUILD_TIMESTAMP="$(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" '+%a %b %e %H:%M:%S UTC %Y')"
 export KBUILD_BUILD_USER=mlos KBUILD_BUILD_HOST=mlos-build KBUILD_BUILD_VERSION=1
 export KDEB_CHANGELOG_DIST=mlos
 make -s ARCH=x86_64 -j"$jobs" bzImage

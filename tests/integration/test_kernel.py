@@ -211,3 +211,14 @@ def test_a_patch_archive_without_signature_is_refused(shared_store: Path, tmp_pa
     result = mlos("build", "--recipes", recipes, "--out", tmp_path / "out", "--store", shared_store)
     assert result.code == 4
     assert "the patch archive has no signature" in result.stderr
+
+
+def test_the_kernel_build_is_reproducible(kernel_out: Path, shared_store: Path, tmp_path: Path) -> None:
+    """Every variation of build --verify, on the real kernel build (the slowest test)."""
+    result = mlos("build", "kernel", "--verify", "--recipes", PROJECT / "recipes", "--out", tmp_path,
+                  "--store", shared_store)
+    report = json.loads((tmp_path / "verify.json").read_text())
+    verdicts = {o["output"]: o["verdict"] for o in report["outputs"]}
+    assert verdicts == {"bzImage": "identical", "config": "identical", "System.map": "identical",
+                        "debs": "identical", "kernel.json": "identical"}, report["outputs"]
+    assert result.code == 0, result.stderr
