@@ -42,28 +42,31 @@ def mirror(shared_store: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
     server.shutdown()
 
 
-def test_fetch_downloads_every_locked_deb_once(mirror: tuple[Path, str], tmp_path: Path) -> None:
+def test_fetch_downloads_every_locked_deb_once(mirror: tuple[Path, str], tmp_path: Path,
+                                               repo: Callable[..., Path]) -> None:
     _, url = mirror
     store = tmp_path / "store"
-    first = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store, "--mirror", url, "--json")
+    recipes = repo("")  # no stages: the default environment only
+    first = mlos("fetch", "--recipes", recipes, "--store", store, "--mirror", url, "--json")
     assert first.code == 0, first.stderr
     env = read_lock(PROJECT / "recipes" / "builder.lock")["default"]
     assert len(json.loads(first.stdout)["downloaded"]) == len(env.packages)
     for pkg in env.packages:
         blob = store / "blobs" / "sha256" / pkg.sha256
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == pkg.sha256
-    again = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store, "--mirror", url, "--json")
+    again = mlos("fetch", "--recipes", recipes, "--store", store, "--mirror", url, "--json")
     assert json.loads(again.stdout) == {"downloaded": [], "present": len(env.packages)}
 
 
-def test_a_tampered_deb_is_refused_and_not_stored(mirror: tuple[Path, str], tmp_path: Path) -> None:
+def test_a_tampered_deb_is_refused_and_not_stored(mirror: tuple[Path, str], tmp_path: Path,
+                                                  repo: Callable[..., Path]) -> None:
     root, url = mirror
     env = read_lock(PROJECT / "recipes" / "builder.lock")["default"]
     victim = next(p for p in env.packages if p.name == "hostname")
     (root / victim.filename).unlink()
     (root / victim.filename).write_bytes(b"!<arch>\nnot the pinned package\n")
     store = tmp_path / "store"
-    result = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store, "--mirror", url)
+    result = mlos("fetch", "--recipes", repo(""), "--store", store, "--mirror", url)
     assert result.code == 1, result.stderr
     assert victim.filename in result.stderr and "refused, not stored" in result.stderr
     assert not (store / "blobs" / "sha256" / victim.sha256).exists()

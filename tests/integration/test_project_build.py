@@ -1,4 +1,8 @@
-"""The project's default graph builds, rebuilds bit for bit without the cache, and verifies."""
+"""The project's default graph builds; the toolchain stage rebuilds bit for bit and verifies.
+
+The kernel stage is built here too (from the store, where tests/integration/test_kernel.py
+put it); its own reproducibility test is there, so it is not rebuilt twice more here.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,21 @@ from pathlib import Path
 from tests.conftest import PROJECT, mlos
 
 
-def test_default_graph_is_reproducible(shared_store: Path, tmp_path: Path) -> None:
+def test_default_graph_builds_and_toolchain_is_reproducible(shared_store: Path, tmp_path: Path) -> None:
     first = mlos("build", "--recipes", PROJECT / "recipes", "--out", tmp_path / "a",
-                 "--store", shared_store)
+                 "--store", shared_store, "--json")
     assert first.code == 0, first.stderr
-    second = mlos("build", "--no-cache", "--recipes", PROJECT / "recipes", "--out", tmp_path / "b",
-                  "--store", shared_store, "--json")
+    assert {"toolchain", "kernel"} <= set(json.loads(first.stdout)["stages"])
+    second = mlos("build", "toolchain", "--no-cache", "--recipes", PROJECT / "recipes",
+                  "--out", tmp_path / "b", "--store", shared_store, "--json")
     assert second.code == 0, second.stderr
     assert not any(s["cached"] for s in json.loads(second.stdout)["stages"].values())
-    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    manifest_a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest_b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest_a["stages"]["toolchain"] == manifest_b["stages"]["toolchain"]
 
-    verified = mlos("build", "--verify", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
-                    "--store", shared_store)
+    verified = mlos("build", "toolchain", "--verify", "--recipes", PROJECT / "recipes",
+                    "--out", tmp_path / "v", "--store", shared_store)
     assert verified.code == 0, verified.stderr
     report = json.loads((tmp_path / "v" / "verify.json").read_text())
     assert report["reproducible"] is True and report["outputs"]
