@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,10 +146,15 @@ def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
 
 
 @pytest.fixture
-def signed_patchset(tmp_path: Path) -> tuple[Path, Path, Path]:
+def signed_patchset(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     """(archive, detached armored signature, public key) made with a throwaway key."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
+    yield from _signed_patchset(tmp_path, home)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+def _signed_patchset(tmp_path: Path, home: Path) -> Iterator[tuple[Path, Path, Path]]:
     _gpg(home, "--quick-gen-key", "MLOS test patches <patches@mlos.example>", "ed25519", "sign", "1d")
     src = tmp_path / "patchset"
     src.mkdir()
@@ -163,7 +169,7 @@ def signed_patchset(tmp_path: Path) -> tuple[Path, Path, Path]:
     _gpg(home, "--armor", "--detach-sign", "--output", str(sig), str(archive))
     key = tmp_path / "patches.asc"
     key.write_bytes(_gpg(home, "--armor", "--export"))
-    return archive, sig, key
+    yield archive, sig, key
 
 
 def _with_patchset(tmp_path: Path, archive: Path, sig: Path | None, key: Path,
