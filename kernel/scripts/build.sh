@@ -59,7 +59,7 @@ echo "== build"
 # built-in initramfs with the current time instead.
 export KBUILD_BUILD_TIMESTAMP="$(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" '+%a %b %e %H:%M:%S UTC %Y')"
 export KBUILD_BUILD_USER=mlos KBUILD_BUILD_HOST=mlos-build KBUILD_BUILD_VERSION=1
-export KDEB_CHANGELOG_DIST=mlos
+export KDEB_CHANGELOG_DIST=mlos DEBEMAIL="MLOS Linux maintainers <kernel@mlos.example>"
 make -s ARCH=x86_64 -j"$jobs" bzImage
 release=$(cat include/config/kernel.release)  # written by the build, with CONFIG_LOCALVERSION
 make -s ARCH=x86_64 -j"$jobs" KDEB_PKGVERSION="$release-1" bindeb-pkg >/dev/null
