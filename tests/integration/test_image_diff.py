@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def _esp(dest: Path, payload: str, serial: str) -> None:
     cfg.unlink()
 
 
+def _shared_esp(tmp: Path) -> Path:
+    """One ESP image per test: FAT stamps creation times that mcopy cannot set."""
+    esp = tmp / "esp.img"
+    if not esp.exists():
+        _esp(esp, "menuentry mlos {}\n", "1234ABCD")
+    return esp
+
+
 def _iso(tmp: Path, name: str, os_release: str) -> Path:
     root = tmp / f"{name}-root"
     (root / "usr/lib").mkdir(parents=True)
@@ -41,7 +50,7 @@ def _iso(tmp: Path, name: str, os_release: str) -> Path:
     tree = tmp / f"{name}-tree"
     (tree / "live").mkdir(parents=True)
     _squashfs(root, tree / "live/filesystem.squashfs")
-    _esp(tree / "efi.img", "menuentry mlos {}\n", "1234ABCD")
+    shutil.copyfile(_shared_esp(tmp), tree / "efi.img")
     iso = tmp / f"{name}.iso"
     _mkiso(tree, iso)
     return iso
@@ -94,8 +103,7 @@ def _disk(tmp: Path, name: str, hostname: str, part_uuid: str) -> Path:
              'start=2048, size=8192, type=U, name="ESP", uuid=aaaaaaaa-0000-0000-0000-000000000001\n'
              f'start=10240, type=L, name="root", uuid={part_uuid}\n')
     subprocess.run(["sfdisk", "-q", str(disk)], input=table.encode(), check=True)
-    esp = tmp / f"{name}-esp.img"
-    _esp(esp, "menuentry mlos {}\n", "1234ABCD")
+    esp = _shared_esp(tmp)
     _sh("dd", f"if={esp}", f"of={disk}", "bs=512", "seek=2048", "conv=notrunc")
     _sh("mkfs.ext4", "-q", "-F", "-U", "01234567-89ab-cdef-0123-456789abcdef",
         "-E", f"offset={10240 * 512},hash_seed=01234567-89ab-cdef-0123-456789abcdef",
