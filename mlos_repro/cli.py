@@ -51,6 +51,9 @@ store_option = click.option(
 mirror_option = click.option(
     "--mirror", default=None,
     help="Debian mirror to use instead of the one in builder.toml (e.g. a snapshot.debian.org URL).")
+profile_option = click.option(
+    "--profile", default=None, metavar="NAME",
+    help="Recipe profile: small (the default) or release (recipes/builder.toml lists them).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print a machine-readable result on stdout.")
 
@@ -81,6 +84,7 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("stages", nargs=-1)
 @recipes_option
+@profile_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="Where OUT/<stage>/<output> and OUT/manifest.json are written.")
 @store_option
@@ -99,8 +103,8 @@ def main(verbose: int) -> None:
               help="Differing members larger than this are reported by digest only.")
 @json_option
 @_handle_errors
-def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: Path | None,
-          no_cache: bool, sandbox_name: str, verify: bool, vary_spec: str | None,
+def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
+          store_dir: Path | None, no_cache: bool, sandbox_name: str, verify: bool, vary_spec: str | None,
           diffoscope_timeout: float, diffoscope_max_size: int, as_json: bool) -> None:
     """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
 
@@ -116,7 +120,7 @@ def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: 
     enabled = parse_vary(vary_spec)
     if vary_spec is not None and not verify:
         raise click.UsageError("--vary applies to --verify only")
-    recipes = load_recipes(recipes_dir)
+    recipes = load_recipes(recipes_dir, profile)
     store = _store(store_dir)
     executor = Executor(recipes, store, sandbox(sandbox_name), use_cache=not no_cache,
                         progress=ui.progress)
@@ -124,6 +128,7 @@ def build(stages: tuple[str, ...], recipes_dir: Path, out_dir: Path, store_dir: 
     manifest = write_out(store, result, out_dir)
     summary: dict[str, Any] = {
         "manifest": str(manifest),
+        "profile": recipes.profile,
         "environments": result.environments,
         "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
                        "seconds": round(r.seconds, 3)} for n, r in result.stages.items()},
@@ -198,11 +203,13 @@ def diff(first: Path, second: Path, report_dir: Path | None, diffoscope_timeout:
 
 @main.command()
 @recipes_option
+@profile_option
 @store_option
 @mirror_option
 @json_option
 @_handle_errors
-def fetch(recipes_dir: Path, store_dir: Path | None, mirror: str | None, as_json: bool) -> None:
+def fetch(recipes_dir: Path, profile: str | None, store_dir: Path | None, mirror: str | None,
+          as_json: bool) -> None:
     """Download every locked .deb and pinned url:/deb: input into the store.
 
     Each download is checked against its pinned sha256; a mismatch is refused and not stored.
@@ -210,7 +217,7 @@ def fetch(recipes_dir: Path, store_dir: Path | None, mirror: str | None, as_json
     from mlos_repro.env.fetch import fetch_all
     from mlos_repro.recipe import load_recipes
 
-    report = fetch_all(load_recipes(recipes_dir), _store(store_dir), mirror)
+    report = fetch_all(load_recipes(recipes_dir, profile), _store(store_dir), mirror)
     if as_json:
         ui.emit_json({"present": report.present, "downloaded": report.downloaded})
     else:

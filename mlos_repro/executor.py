@@ -42,9 +42,11 @@ class StageResult:
 class BuildResult:
     stages: dict[str, StageResult] = field(default_factory=dict)
     environments: dict[str, str] = field(default_factory=dict)
+    profile: str = ""
 
     def manifest(self) -> dict[str, Any]:
-        return {"stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
+        return {"profile": self.profile,
+                "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
                            for n, r in sorted(self.stages.items())}}
 
 
@@ -74,7 +76,7 @@ class Executor:
         return self._envs[name]
 
     def build(self, wanted: Iterable[str] = ()) -> BuildResult:
-        result = BuildResult()
+        result = BuildResult(profile=self.recipes.profile)
         for name in select(self.recipes.stages, wanted):
             stage = self.recipes.stages[name]
             env = self.env(stage.builder)

@@ -4,6 +4,7 @@
 # further patches with its own `series`). Outputs under /out (see recipes/kernel.toml).
 # MLOS_KERNEL_STOP_AFTER=patches stops after patching and writes /out/patched-files.txt;
 # MLOS_KERNEL_STOP_AFTER=config stops after the checked configuration (/out/config).
+# MLOS_PROFILE=release starts from Debian's configuration in /in/debconfig (linux-config-6.1).
 set -eu
 K=/in/kernel
 profile=${MLOS_PROFILE:-small}
@@ -37,8 +38,14 @@ small)
 	make -s ARCH=x86_64 tinyconfig
 	fragments="$K/config/small.config"
 	;;
+release)
+	# Debian's own amd64 configuration from the pinned linux-config-6.1 package
+	dpkg-deb --fsys-tarfile /in/debconfig | tar -xO ./usr/src/linux-config-6.1/config.amd64_none_amd64.xz \
+		| xz -d > .config
+	fragments="$K/config/release.config"
+	;;
 *)
-	echo "error: unknown MLOS_PROFILE '$profile' (this stage knows: small)" >&2
+	echo "error: unknown MLOS_PROFILE '$profile' (this stage knows: small, release)" >&2
 	exit 2
 	;;
 esac

@@ -6,15 +6,25 @@ import graphlib
 import posixpath
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlos_repro.digest import is_sha256
 from mlos_repro.errors import RecipeError
-from mlos_repro.recipe.model import BuilderConfig, Environment, Input, InputKind, RecipeSet, Stage
+from mlos_repro.recipe.model import (
+    DEFAULT_PROFILES,
+    BuilderConfig,
+    Environment,
+    Input,
+    InputKind,
+    RecipeSet,
+    Stage,
+)
 
 BUILDER_FILE = "builder.toml"
-STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description"}
+STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile"}
+PROFILE_KEYS = {"builder", "env", "inputs"}
 ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales"}
 LOCALE_RE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8$")
 RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
@@ -31,31 +41,47 @@ class _Problems:
         self.items.append(f"{where}: {message}")
 
 
-def load_recipes(recipes_dir: Path) -> RecipeSet:
-    """Load recipes_dir/builder.toml and every other recipes_dir/*.toml; raise RecipeError."""
+def load_recipes(recipes_dir: Path, profile: str | None = None) -> RecipeSet:
+    """Load recipes_dir/builder.toml and every other recipes_dir/*.toml; raise RecipeError.
+
+    Every profile is checked; the stages returned are those of `profile` (default: the first
+    profile builder.toml names), with that profile's overrides applied.
+    """
     recipes_dir = recipes_dir.absolute()
     if not recipes_dir.is_dir():
         raise RecipeError([f"{recipes_dir}: recipe directory does not exist"])
     root = recipes_dir.parent
     problems = _Problems()
     builder = _load_builder(recipes_dir / BUILDER_FILE, root, problems)
-    stages: dict[str, Stage] = {}
+    profiles = builder.profiles if builder is not None else DEFAULT_PROFILES
+    by_profile: dict[str, dict[str, Stage]] = {p: {} for p in profiles}
     for path in sorted(recipes_dir.glob("*.toml")):
         if path.name == BUILDER_FILE:
             continue
-        for stage in _load_stage_file(path, root, problems):
-            if stage.name in stages:
-                problems.add(f"{_rel(path, root)}: stage {stage.name!r}.name",
-                              f"duplicate stage name; first defined in {stages[stage.name].source}")
-                continue
-            stages[stage.name] = stage
-    _check_references(stages, builder, problems)
+        for variants in _load_stage_file(path, root, profiles, problems):
+            for prof, stage in variants.items():
+                stages = by_profile[prof]
+                if stage.name in stages:
+                    problems.add(f"{_rel(path, root)}: stage {stage.name!r}.name",
+                                 f"duplicate stage name in profile {prof!r}; first defined in "
+                                 f"{stages[stage.name].source}")
+                    continue
+                stages[stage.name] = stage
+    for prof, stages in by_profile.items():
+        _check_references(prof, stages, by_profile, builder, problems)
     if not problems.items:
-        _check_cycles(stages, problems)
+        for stages in by_profile.values():
+            _check_cycles(stages, problems)
+    if profile is None:
+        profile = profiles[0]
+    elif profile not in profiles:
+        problems.add(f"{_rel(recipes_dir / BUILDER_FILE, root)}: profiles",
+                     f"unknown profile {profile!r}; the recipes define {', '.join(profiles)}")
     if problems.items:
-        raise RecipeError(problems.items)
+        raise RecipeError(list(dict.fromkeys(problems.items)))
     assert builder is not None
-    return RecipeSet(root=root, recipes_dir=recipes_dir, builder=builder, stages=stages)
+    return RecipeSet(root=root, recipes_dir=recipes_dir, builder=builder,
+                     stages=by_profile[profile], profile=profile)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -81,8 +107,15 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
     if data is None:
         return None
     where = _rel(path, root)
-    for key in sorted(set(data) - {"source_date_epoch", "environment"}):
-        problems.add(f"{where}: {key}", "unknown key (expected source_date_epoch, [environment.NAME])")
+    for key in sorted(set(data) - {"source_date_epoch", "profiles", "environment"}):
+        problems.add(f"{where}: {key}",
+                     "unknown key (expected source_date_epoch, profiles, [environment.NAME])")
+    profiles = data.get("profiles", list(DEFAULT_PROFILES))
+    if (not isinstance(profiles, list) or not profiles
+            or not all(isinstance(p, str) and NAME_RE.match(p) for p in profiles)
+            or len(set(profiles)) != len(profiles)):
+        problems.add(f"{where}: profiles", "must be a list of distinct names, the default first")
+        profiles = list(DEFAULT_PROFILES)
     sde = data.get("source_date_epoch")
     if not isinstance(sde, int) or isinstance(sde, bool) or sde < 0:
         problems.add(f"{where}: source_date_epoch", "must be a non-negative integer (seconds since 1970)")
@@ -120,10 +153,11 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
         if variant not in ("essential", "minbase", "buildd", "apt", "required", "important", "standard"):
             problems.add(f"{key}.variant", f"unknown mmdebstrap variant {variant!r}")
         envs[name] = Environment(name=name, variant=str(variant), **values)
-    return BuilderConfig(source_date_epoch=sde, environments=envs, path=path)
+    return BuilderConfig(source_date_epoch=sde, environments=envs, path=path, profiles=tuple(profiles))
 
 
-def _load_stage_file(path: Path, root: Path, problems: _Problems) -> list[Stage]:
+def _load_stage_file(path: Path, root: Path, profiles: tuple[str, ...],
+                     problems: _Problems) -> list[dict[str, Stage]]:
     data = _read_toml(path, root, problems)
     if data is None:
         return []
@@ -136,10 +170,60 @@ def _load_stage_file(path: Path, root: Path, problems: _Problems) -> list[Stage]
         return []
     stages = []
     for index, table in enumerate(tables):
+        if not isinstance(table, dict):
+            problems.add(f"{where}: stage[{index}]", "must be a table")
+            continue
         stage = _parse_stage(table, f"{where}: stage[{index}]", where, root, problems)
         if stage is not None:
-            stages.append(stage)
+            stages.append(_profile_variants(stage, table, root, profiles, problems))
     return stages
+
+
+def _profile_variants(stage: Stage, table: dict[str, Any], root: Path, profiles: tuple[str, ...],
+                      problems: _Problems) -> dict[str, Stage]:
+    """The stage as each profile it belongs to sees it: [stage.profile.NAME] overrides merged."""
+    key = f"{stage.source}: stage {stage.name!r}"
+    members = table.get("profiles", list(profiles))
+    if not isinstance(members, list) or not members or not all(isinstance(p, str) for p in members):
+        problems.add(f"{key}.profiles", f"must be a non-empty list of profiles ({', '.join(profiles)})")
+        return {}
+    for unknown in [p for p in members if p not in profiles]:
+        problems.add(f"{key}.profiles", f"unknown profile {unknown!r} (recipes/builder.toml defines "
+                                        f"{', '.join(profiles)})")
+    overrides = table.get("profile", {})
+    if not isinstance(overrides, dict):
+        problems.add(f"{key}.profile", "must be a table of [stage.profile.NAME] tables")
+        overrides = {}
+    variants = {}
+    for prof in profiles:
+        override = overrides.get(prof, {})
+        where = f"{key}.profile.{prof}"
+        if prof not in members:
+            if prof in overrides:
+                problems.add(where, f"the stage is not part of profile {prof!r} (see its profiles key)")
+            continue
+        if not isinstance(override, dict):
+            problems.add(where, "must be a table")
+            continue
+        for unknown in sorted(set(override) - PROFILE_KEYS):
+            problems.add(f"{where}.{unknown}",
+                         f"unknown key (a profile may override {', '.join(sorted(PROFILE_KEYS))})")
+        env = dict(stage.env)
+        env.update(_parse_env(override.get("env", {}), f"{where}.env", problems))
+        inputs = {i.name: i for i in stage.inputs}
+        inputs.update((i.name, i) for i in _parse_inputs(override.get("inputs", {}), f"{where}.inputs",
+                                                          root, problems))
+        builder = override.get("builder", stage.builder)
+        if not isinstance(builder, str) or not builder:
+            problems.add(f"{where}.builder", "must name an environment of recipes/builder.toml")
+            builder = stage.builder
+        variants[prof] = replace(stage, builder=builder, env=tuple(sorted(env.items())),
+                                 inputs=tuple(inputs[n] for n in sorted(inputs)),
+                                 profiles=tuple(p for p in profiles if p in members))
+    for unknown in sorted(set(overrides) - set(profiles)):
+        problems.add(f"{key}.profile.{unknown}", f"unknown profile (recipes/builder.toml defines "
+                                                 f"{', '.join(profiles)})")
+    return variants
 
 
 def _parse_stage(table: dict[str, Any], key: str, where: str, root: Path,
@@ -290,17 +374,21 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
     return Input(name=name, kind=kind, spec=spec, target=m["name"], version=m["version"], sha256=frag)
 
 
-def _check_references(stages: dict[str, Stage], builder: BuilderConfig | None,
-                      problems: _Problems) -> None:
+def _check_references(profile: str, stages: dict[str, Stage], by_profile: dict[str, dict[str, Stage]],
+                      builder: BuilderConfig | None, problems: _Problems) -> None:
     for stage in stages.values():
         if builder is not None and stage.builder not in builder.environments:
             problems.add(f"{stage.source}: stage {stage.name!r}.builder",
                          f"unknown environment {stage.builder!r} (recipes/builder.toml defines "
                          f"{', '.join(sorted(builder.environments)) or 'none'})")
         for inp in stage.inputs:
-            if inp.kind is InputKind.STAGE and inp.target not in stages:
-                problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
-                             f"unknown stage {inp.target!r}")
+            if inp.kind is not InputKind.STAGE or inp.target in stages:
+                continue
+            elsewhere = [p for p, s in by_profile.items() if inp.target in s]
+            problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
+                         f"stage {inp.target!r} is not part of profile {profile!r} (only of "
+                         f"{', '.join(elsewhere)}); add {profile!r} to that stage's profiles or "
+                         f"restrict this one's" if elsewhere else f"unknown stage {inp.target!r}")
 
 
 def _check_cycles(stages: dict[str, Stage], problems: _Problems) -> None:

@@ -10,6 +10,10 @@ from typing import Any
 
 from mlos_repro.digest import canonical_json, sha256_bytes
 
+# `small` fits a 2-core CI budget; `release` is the distribution build: the same recipes, other
+# inputs (a stage's [stage.profile.NAME] table overrides its env and inputs).
+DEFAULT_PROFILES = ("small", "release")
+
 
 class InputKind(StrEnum):
     PATH = "path"
@@ -47,6 +51,7 @@ class Stage:
     env: tuple[tuple[str, str], ...] = ()
     description: str = ""
     source: str = ""  # the recipe file, for messages
+    profiles: tuple[str, ...] = ()  # the profiles this stage belongs to; () = every profile
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -96,6 +101,7 @@ class BuilderConfig:
     source_date_epoch: int
     environments: Mapping[str, Environment]
     path: Path
+    profiles: tuple[str, ...] = DEFAULT_PROFILES  # the first is the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +110,4 @@ class RecipeSet:
     recipes_dir: Path
     builder: BuilderConfig
     stages: Mapping[str, Stage] = field(default_factory=dict)
+    profile: str = DEFAULT_PROFILES[0]  # the profile the stages were resolved for

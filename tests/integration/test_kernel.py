@@ -139,6 +139,30 @@ def test_a_dropped_option_is_named(shared_store: Path, tmp_path: Path) -> None:
     assert "small.config asks for CONFIG_KVM=y but the resolved configuration has: absent" in result.stderr
 
 
+def test_the_release_profile_is_debian_config_plus_the_mlos_fragment(shared_store: Path,
+                                                                    tmp_path: Path) -> None:
+    """The project's own kernel recipe in the release profile, stopped after the checked
+    configuration (the full distribution build takes hours on two cores)."""
+    text = (PROJECT / "recipes/kernel.toml").read_text()
+    stopped = text.replace('outputs = ["bzImage", "config", "System.map", "debs", "kernel.json"]',
+                           'outputs = ["config"]').replace(
+        'env = { MLOS_PROFILE = "small" }', 'env = { MLOS_PROFILE = "small", MLOS_KERNEL_STOP_AFTER = "config" }')
+    assert stopped.count("MLOS_KERNEL_STOP_AFTER") == 1 and 'outputs = ["config"]' in stopped
+    recipes = _kernel_repo(tmp_path / "repo", stopped)
+    common = ("--recipes", recipes, "--profile", "release", "--store", shared_store)
+    fetched = mlos("fetch", *common)
+    assert fetched.code == 0, fetched.stderr
+    result = mlos("build", *common, "--out", tmp_path / "out", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["profile"] == "release"
+    config = (tmp_path / "out/kernel/config").read_text().splitlines()
+    for line in (PROJECT / "kernel/config/release.config").read_text().splitlines():
+        if line.startswith("CONFIG_"):
+            assert line in config
+    assert 'CONFIG_MODULE_SIG_KEY=""' in config  # no signing key generated at build time
+    assert "CONFIG_EXT4_FS=m" in config and "CONFIG_MLX5_CORE=m" in config  # Debian's, not tinyconfig's
+
+
 def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
     return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--quiet",
                            "--pinentry-mode", "loopback", "--passphrase", "", *args],

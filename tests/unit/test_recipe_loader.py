@@ -55,6 +55,22 @@ BAD = {
               '[[stage]]\nname = "b"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:c"\n'
               '[[stage]]\nname = "c"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:a"\n',
               "inputs", "dependency cycle: "),
+    "unknown profile": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\nprofiles = ["huge"]\n',
+                        "stage 'a'.profiles", "unknown profile 'huge'"),
+    "override outside the stage's profiles": (
+        '[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\nprofiles = ["release"]\n'
+        '[stage.profile.small]\nenv = { A = "1" }\n',
+        "stage 'a'.profile.small", "not part of profile 'small'"),
+    "unknown override key": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                             '[stage.profile.release]\nrun = [["false"]]\n',
+                             "stage 'a'.profile.release.run", "unknown key"),
+    "bad override input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                           '[stage.profile.release.inputs]\nu = "url:https://example.org/f.tgz"\n',
+                           "stage 'a'.profile.release.inputs.u", "must be pinned with #sha256="),
+    "input from another profile": (
+        '[[stage]]\nname = "big"\noutputs = ["x"]\nrun = [["true"]]\nprofiles = ["release"]\n'
+        '[[stage]]\nname = "b"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:big"\n',
+        "stage 'b'.inputs.i", "stage 'big' is not part of profile 'small' (only of release)"),
     "malformed digest": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
                          'u = "url:https://example.org/f.tgz#sha256=1234"\n',
                          "stage 'a'.inputs.u", "malformed sha256"),
@@ -129,3 +145,48 @@ def test_missing_recipe_dir_is_bad_input(tmp_path: Path) -> None:
     result = mlos("build", "--recipes", tmp_path / "nope", "--store", tmp_path / "s")
     assert result.code == 2
     assert "does not exist" in result.stderr
+
+
+PROFILED = """
+[[stage]]
+name = "kernel"
+outputs = ["k"]
+run = [["true"]]
+env = { MLOS_PROFILE = "small", KEEP = "yes" }
+[stage.inputs]
+src = "path:recipes/builder.toml"
+[stage.profile.release]
+env = { MLOS_PROFILE = "release" }
+inputs.extra = "url:https://example.org/x.tar.gz#sha256=%s"
+
+[[stage]]
+name = "heavy"
+outputs = ["h"]
+run = [["true"]]
+profiles = ["release"]
+[stage.inputs]
+k = "stage:kernel"
+""" % ("ab" * 32)
+
+
+def test_a_profile_overrides_env_and_inputs_and_selects_stages(repo: Callable[..., Path]) -> None:
+    recipes = repo(PROFILED)
+    small = load_recipes(recipes)
+    assert small.profile == "small" and set(small.stages) == {"kernel"}
+    assert dict(small.stages["kernel"].env) == {"MLOS_PROFILE": "small", "KEEP": "yes"}
+    assert [i.name for i in small.stages["kernel"].inputs] == ["src"]
+    release = load_recipes(recipes, "release")
+    assert set(release.stages) == {"kernel", "heavy"}
+    kernel = release.stages["kernel"]
+    assert dict(kernel.env) == {"MLOS_PROFILE": "release", "KEEP": "yes"}
+    assert [i.name for i in kernel.inputs] == ["extra", "src"]
+    assert kernel.normalized() != small.stages["kernel"].normalized()  # distinct cache keys
+
+
+def test_an_unknown_profile_on_the_command_line_is_bad_input(repo: Callable[..., Path]) -> None:
+    recipes = repo(PROFILED)
+    result = mlos("build", "--profile", "huge", "--recipes", recipes, "--out", recipes.parent / "out",
+                  "--store", recipes.parent / "store")
+    assert result.code == 2
+    assert "unknown profile 'huge'; the recipes define small, release" in result.stderr
+    assert not (recipes.parent / "out").exists()
