@@ -101,31 +101,52 @@ def main(verbose: int) -> None:
               help="Time limit of one diffoscope run in --verify reports.")
 @click.option("--diffoscope-max-size", default=256 << 20, show_default=True, metavar="BYTES",
               help="Differing members larger than this are reported by digest only.")
+@click.option("--gnupghome", type=click.Path(path_type=Path), default=None, envvar="MLOS_REPRO_GNUPGHOME",
+              help="GnuPG home holding the archive key that signs APT repositories "
+                   "[default: a development key, made on first use; not for release].")
+@click.option("--archive-key", default=None, metavar="KEYID",
+              help="Which secret key of --gnupghome signs (needed when it holds several).")
 @json_option
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
           store_dir: Path | None, no_cache: bool, sandbox_name: str, verify: bool, vary_spec: str | None,
-          diffoscope_timeout: float, diffoscope_max_size: int, as_json: bool) -> None:
+          diffoscope_timeout: float, diffoscope_max_size: int, gnupghome: Path | None,
+          archive_key: str | None, as_json: bool) -> None:
     """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
 
     Cached stages are taken from the store; each stage's log is kept there.
-    Writes OUT/<stage>/<output> and OUT/manifest.json. With --verify, every stage is
+    Writes OUT/<stage>/<output> and OUT/manifest.json. APT repositories are signed outside
+    the sandbox (InRelease, Release.gpg, the exported keyring). With --verify, every stage is
     built a second time with the variations listed by --vary and judged bit for bit.
     """
     from mlos_repro.executor import Executor, write_out
     from mlos_repro.recipe import load_recipes
     from mlos_repro.sandbox.select import sandbox
+    from mlos_repro.sign.gpg import GpgSigner, development_signer
+    from mlos_repro.sign.repository import sign_repositories
     from mlos_repro.verify.variations import parse_vary
 
     enabled = parse_vary(vary_spec)
     if vary_spec is not None and not verify:
         raise click.UsageError("--vary applies to --verify only")
+    if archive_key is not None and gnupghome is None:
+        raise click.UsageError("--archive-key needs --gnupghome (the GnuPG home holding it)")
     recipes = load_recipes(recipes_dir, profile)
     store = _store(store_dir)
     executor = Executor(recipes, store, sandbox(sandbox_name), use_cache=not no_cache,
                         progress=ui.progress)
     result = executor.build(stages)
-    manifest = write_out(store, result, out_dir)
+
+    def signer() -> GpgSigner:
+        if gnupghome is not None:
+            return GpgSigner(gnupghome, archive_key)
+        gpg = development_signer()
+        ui.warn(f"signing with the development archive key {gpg.fingerprint} (not for release; "
+                "name the archive key with --gnupghome)")
+        return gpg
+
+    signatures = sign_repositories(store, result, signer)
+    manifest = write_out(store, result, out_dir, signatures)
     summary: dict[str, Any] = {
         "manifest": str(manifest),
         "profile": recipes.profile,
@@ -284,3 +305,32 @@ def env_cmd(name: str, recipes_dir: Path, store_dir: Path | None, rebuild: bool,
         ui.emit_json({"name": name, "digest": f"sha256:{ref.digest}", "root": str(ref.root)})
     else:
         sys.stdout.write(f"sha256:{ref.digest}\n")
+
+
+@main.group()
+def keys() -> None:
+    """Create and inspect the keys of an MLOS deployment."""
+
+
+@keys.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--uid", default=None, help="User id of the archive OpenPGP key "
+              "[default: MLOS Linux archive key <archive@mlos.example>].")
+@json_option
+@_handle_errors
+def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
+    """Create the archive OpenPGP key and the attestation keys in DIRECTORY (new or empty,
+    outside any source checkout) and print their fingerprints."""
+    from mlos_repro.sign.keys import DEFAULT_UID, init_keys
+
+    summary = init_keys(directory, uid or DEFAULT_UID)
+    if as_json:
+        ui.emit_json(summary)
+        return
+    archive = summary["archive"]
+    click.echo(f"archive key      {archive['fingerprint']}  {archive['uid']}")
+    click.echo(f"  sign with:     mlos-repro build --gnupghome {directory / 'gnupg'}")
+    click.echo(f"  apt signed-by: {directory / archive['keyring']}")
+    for name, key in summary["attestation"].items():
+        click.echo(f"{name + ' key':<16} {key['keyid']}  ({directory / key['private']})")
+

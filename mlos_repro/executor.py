@@ -8,13 +8,13 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mlos_repro import run
-from mlos_repro.digest import canonical_json
+from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
@@ -49,6 +49,9 @@ class BuildResult:
                 "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
                            for n, r in sorted(self.stages.items())}}
 
+
+# What a source checkout holds that is not source: tool caches, never a build's input.
+CHECKOUT_NOISE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
 # Progress callback: (stage, state, seconds) with state in "cached", "running", "done".
 Progress = Callable[[str, str, float], None]
@@ -94,7 +97,8 @@ class Executor:
             elif inp.kind is InputKind.PATH:
                 path = self.recipes.root / inp.target
                 if path.is_dir():
-                    digests[inp.name] = "tree:" + self.store.put_tree(path, normalise_modes=True)
+                    digests[inp.name] = "tree:" + self.store.put_tree(path, normalise_modes=True,
+                                                                          skip=CHECKOUT_NOISE)
                 else:
                     digests[inp.name] = "sha256:" + self.store.put_file(path)
             else:
@@ -224,8 +228,14 @@ class Executor:
             "fix the stage's run commands or its inputs, then build again")
 
 
-def write_out(store: Store, result: BuildResult, out_dir: Path) -> Path:
-    """Materialise every built stage under OUT/<stage>/ and write OUT/manifest.json atomically."""
+def write_out(store: Store, result: BuildResult, out_dir: Path,
+              extras: Mapping[str, bytes] | None = None) -> Path:
+    """Materialise every built stage under OUT/<stage>/ and write OUT/manifest.json atomically.
+
+    extras are files made outside the sandbox (signatures), by path under OUT/<stage>/; each
+    stage directory appears complete, with its extras, or not at all.
+    """
+    extras = extras or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, res in sorted(result.stages.items()):
         staging = out_dir / f".{name}.partial-{os.getpid()}"
@@ -235,6 +245,11 @@ def write_out(store: Store, result: BuildResult, out_dir: Path) -> Path:
         try:
             for o, digest in res.entry.outputs.items():
                 store.materialize(digest, res.entry.kinds[o], staging / o)
+            for path, data in sorted(extras.items()):
+                stage, _, rel = path.partition("/")
+                if stage == name:
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / rel).write_bytes(data)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -248,7 +263,11 @@ def write_out(store: Store, result: BuildResult, out_dir: Path) -> Path:
             staging.rename(final)
     manifest = out_dir / "manifest.json"
     tmp = out_dir / f".manifest.json.{os.getpid()}"
-    tmp.write_bytes(canonical_json(result.manifest()) + b"\n")
+    manifest_data = result.manifest()
+    if extras:
+        manifest_data["signatures"] = {path: "sha256:" + sha256_bytes(data)
+                                       for path, data in sorted(extras.items())}
+    tmp.write_bytes(canonical_json(manifest_data) + b"\n")
     tmp.replace(manifest)
     return manifest
 

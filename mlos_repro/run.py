@@ -30,6 +30,8 @@ TOOLS: dict[str, str] = {
     "fusermount3": "fuse3",
     "zstd": "zstd",
     "taskset": "util-linux",
+    "gpg": "gnupg",
+    "gpgconf": "gpgconf",
 }
 
 # Host variables passed to tools that run outside the sandbox (mmdebstrap, tar).

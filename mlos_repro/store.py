@@ -157,14 +157,15 @@ class Store:
 
     # -- trees: a directory as a blob listing its entries ---------------------------
 
-    def put_tree(self, directory: Path, *, normalise_modes: bool = False) -> str:
+    def put_tree(self, directory: Path, *, normalise_modes: bool = False,
+                 skip: frozenset[str] = frozenset()) -> str:
         """Store a directory: every file as a blob plus a canonical listing. Returns its digest.
 
         normalise_modes keeps only the executable bit (0755/0644), for checkouts whose modes
-        depend on the user's umask.
+        depend on the user's umask; entries named in skip (and what is below them) are left out.
         """
         entries: list[dict[str, Any]] = []
-        for path in sorted(_walk(directory), key=lambda p: p.relative_to(directory).as_posix()):
+        for path in sorted(_walk(directory, skip), key=lambda p: p.relative_to(directory).as_posix()):
             rel = path.relative_to(directory).as_posix()
             st = path.lstat()
             mode = stat.S_IMODE(st.st_mode)
@@ -252,9 +253,10 @@ def digest_of_output_set(outputs: Mapping[str, str]) -> str:
     return sha256_bytes(canonical_json(dict(outputs)))
 
 
-def _walk(directory: Path) -> Iterator[Path]:
+def _walk(directory: Path, skip: frozenset[str] = frozenset()) -> Iterator[Path]:
     for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in dirs + [f for f in files if f not in skip]:
             yield Path(root) / name
 
 

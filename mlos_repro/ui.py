@@ -31,6 +31,10 @@ def error(message: str, hint: str | None) -> None:
         err.print(f"[cyan]hint:[/cyan] {escape(hint)}", soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True)
+
+
 def info(message: str) -> None:
     err.print(escape(message), soft_wrap=True)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +59,27 @@ def repo(tmp_path: Path) -> Callable[..., Path]:
 def unique() -> str:
     """A fresh token: recipes that embed it miss a store shared across runs."""
     return uuid.uuid4().hex
+
+
+def gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    """gpg in a throwaway home, without passphrases."""
+    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--quiet",
+                           "--pinentry-mode", "loopback", "--passphrase", "", *args],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def gnupg_key(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Make throwaway ed25519 signing keys: gnupg_key(uid) -> a GnuPG home holding it."""
+    homes: list[Path] = []
+
+    def make(uid: str) -> Path:
+        home = tmp_path / f"gnupg-{len(homes)}"
+        home.mkdir(mode=0o700)
+        homes.append(home)
+        gpg(home, "--quick-gen-key", uid, "ed25519", "sign", "1d")
+        return home
+
+    yield make
+    for home in homes:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)

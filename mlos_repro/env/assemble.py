@@ -80,7 +80,7 @@ def assemble(env: Environment, locked: LockedEnvironment, source_date_epoch: int
     """Build the root filesystem tarball from stored .debs; returns its sha256 (a blob)."""
     with store.tempdir(f"env-{env.name}") as tmp:
         mirror = tmp / "mirror"
-        _local_mirror(env, locked, store, mirror)
+        local_mirror(env, locked, store, mirror)
         tarball = tmp / "root.tar"
         argv = [
             "mmdebstrap", "--quiet", "--mode=auto", f"--variant={env.variant}",
@@ -105,7 +105,8 @@ def assemble(env: Environment, locked: LockedEnvironment, source_date_epoch: int
     return digest
 
 
-def _local_mirror(env: Environment, locked: LockedEnvironment, store: Store, mirror: Path) -> None:
+def local_mirror(env: Environment, locked: LockedEnvironment, store: Store, mirror: Path) -> None:
+    """A suite-layout mirror at `mirror` of the locked .debs (hard links into the store)."""
     stanzas: dict[str, list[str]] = {}
     for pkg in locked.packages:
         blob = store.verify_blob(pkg.sha256, f"{env.name}: {pkg.name}_{pkg.version}")

@@ -7,12 +7,12 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, mlos, write_repo
+from tests.conftest import PROJECT, gpg, mlos, write_repo
 
 
 @pytest.fixture(scope="session")
@@ -163,23 +163,10 @@ def test_the_release_profile_is_debian_config_plus_the_mlos_fragment(shared_stor
     assert "CONFIG_EXT4_FS=m" in config and "CONFIG_MLX5_CORE=m" in config  # Debian's, not tinyconfig's
 
 
-def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--quiet",
-                           "--pinentry-mode", "loopback", "--passphrase", "", *args],
-                          input=stdin, capture_output=True, check=True).stdout
-
-
 @pytest.fixture
-def signed_patchset(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+def signed_patchset(tmp_path: Path, gnupg_key: Callable[[str], Path]) -> tuple[Path, Path, Path]:
     """(archive, detached armored signature, public key) made with a throwaway key."""
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    yield from _signed_patchset(tmp_path, home)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-
-
-def _signed_patchset(tmp_path: Path, home: Path) -> Iterator[tuple[Path, Path, Path]]:
-    _gpg(home, "--quick-gen-key", "MLOS test patches <patches@mlos.example>", "ed25519", "sign", "1d")
+    home = gnupg_key("MLOS test patches <patches@mlos.example>")
     src = tmp_path / "patchset"
     src.mkdir()
     (src / "series").write_text("0001-docs.patch\n")
@@ -190,10 +177,10 @@ def _signed_patchset(tmp_path: Path, home: Path) -> Iterator[tuple[Path, Path, P
     subprocess.run(["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "-cf", str(archive),
                     "-C", str(src), "series", "0001-docs.patch"], check=True)
     sig = tmp_path / "patchset.tar.asc"
-    _gpg(home, "--armor", "--detach-sign", "--output", str(sig), str(archive))
+    gpg(home, "--armor", "--detach-sign", "--output", str(sig), str(archive))
     key = tmp_path / "patches.asc"
-    key.write_bytes(_gpg(home, "--armor", "--export"))
-    yield archive, sig, key
+    key.write_bytes(gpg(home, "--armor", "--export"))
+    return archive, sig, key
 
 
 def _with_patchset(tmp_path: Path, archive: Path, sig: Path | None, key: Path,

@@ -1,0 +1,1 @@
+"""Stage tools that build .debs and APT repositories (run inside the sandbox)."""

@@ -1,0 +1,1 @@
+"""Signing, always outside the sandbox, on outputs the store already holds."""
