@@ -245,6 +245,30 @@ def fetch(recipes_dir: Path, profile: str | None, store_dir: Path | None, mirror
         ui.info(f"{len(report.downloaded)} downloaded, {report.present} already in the store")
 
 
+@main.command("pin")
+@click.argument("url")
+@recipes_option
+@store_option
+@_handle_errors
+def pin_cmd(url: str, recipes_dir: Path, store_dir: Path | None) -> None:
+    """Download URL, store it, and write its sha256 into every recipe input naming it.
+
+    Write the input first as NAME = "url:URL#sha256=unpinned"; re-pinning replaces an older
+    digest (and says so). The recipes are checked again afterwards.
+    """
+    from mlos_repro.env.pin import pin
+    from mlos_repro.recipe import load_recipes
+
+    result = pin(recipes_dir, url, _store(store_dir))
+    for path in result.files:
+        ui.info(f"pinned {url}\n  sha256 {result.sha256}\n  in {path}")
+    changed = sorted({p for p in result.previous if p not in ("unpinned", result.sha256)})
+    if changed:
+        ui.warn(f"the pin changed (was {', '.join(changed)}): the archive at {url} is not what was "
+                "pinned before; review before committing")
+    load_recipes(recipes_dir)
+
+
 @main.command()
 @click.argument("environments", nargs=-1)
 @recipes_option

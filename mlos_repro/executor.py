@@ -80,12 +80,25 @@ class Executor:
 
     def build(self, wanted: Iterable[str] = ()) -> BuildResult:
         result = BuildResult(profile=self.recipes.profile)
-        for name in select(self.recipes.stages, wanted):
+        order = select(self.recipes.stages, wanted)
+        self._check_pinned_inputs(order)
+        for name in order:
             stage = self.recipes.stages[name]
             env = self.env(stage.builder)
             result.environments[env.name] = f"sha256:{env.digest}"
             result.stages[name] = self._build_stage(stage, env, result)
         return result
+
+    def _check_pinned_inputs(self, order: Iterable[str]) -> None:
+        """Every url:/deb: input of the build is in the store, before anything is built."""
+        missing = [f"stage {name!r}: input {inp.name!r} ({inp.spec})"
+                   for name in order for inp in self.recipes.stages[name].inputs
+                   if inp.sha256 is not None and not self.store.has_blob(inp.sha256)]
+        if missing:
+            raise BadInputError("pinned inputs are not in the store:\n  " + "\n  ".join(missing),
+                                "run: mlos-repro fetch" + (
+                                    f" --profile {self.recipes.profile}"
+                                    if self.recipes.profile != self.recipes.builder.profiles[0] else ""))
 
     # -- one stage --------------------------------------------------------------
 

@@ -27,9 +27,8 @@ def _join(mirror: str, path: str) -> str:
 
 def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> FetchReport:
     report = FetchReport()
-    used_envs = sorted(({s.builder for s in recipes.stages.values()} | {"default"})
-                       & set(recipes.builder.environments))
-    for name in used_envs:
+    # Every locked environment: some are not builders (`target`, what the images install).
+    for name in sorted(recipes.builder.environments):
         env, locked = locked_environment(recipes.builder, name)
         for pkg in locked.packages:
             if store.has_blob(pkg.sha256):

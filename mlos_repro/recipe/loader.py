@@ -25,6 +25,8 @@ from mlos_repro.recipe.model import (
 BUILDER_FILE = "builder.toml"
 STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile"}
 PROFILE_KEYS = {"builder", "env", "inputs"}
+# A url: input written before its archive could be downloaded: `mlos-repro pin URL` replaces it.
+UNPINNED = "unpinned"
 ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales"}
 LOCALE_RE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8$")
 RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
@@ -77,6 +79,12 @@ def load_recipes(recipes_dir: Path, profile: str | None = None) -> RecipeSet:
     elif profile not in profiles:
         problems.add(f"{_rel(recipes_dir / BUILDER_FILE, root)}: profiles",
                      f"unknown profile {profile!r}; the recipes define {', '.join(profiles)}")
+    for stage in by_profile.get(profile, {}).values():
+        for inp in stage.inputs:
+            if inp.kind is InputKind.URL and inp.sha256 is None:
+                problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
+                             f"{inp.target} is not pinned yet (profile {profile!r} builds this stage); "
+                             f"run: mlos-repro pin {inp.target}")
     if problems.items:
         raise RecipeError(list(dict.fromkeys(problems.items)))
     assert builder is not None
@@ -359,6 +367,9 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
     if not sep:
         problems.add(where, f"{spec!r}: a {kind}: input must be pinned with #sha256=<64 hex digits>")
         return None
+    if frag == UNPINNED and kind is InputKind.URL:
+        # Allowed in a recipe, refused when its stage is built (see load_recipes).
+        return Input(name=name, kind=kind, spec=spec, target=body, sha256=None)
     if not is_sha256(frag):
         problems.add(where, f"{spec!r}: malformed sha256 {frag!r} (need 64 lowercase hex digits)")
         return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro.env.lockfile import read_lock
+from mlos_repro.env.lockfile import LockedPackage, read_lock
 from tests.conftest import PROJECT, mlos
 
 
@@ -23,18 +23,25 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         return None
 
 
+def _unique_packages() -> list[LockedPackage]:
+    unique = {p.sha256: p for env in read_lock(PROJECT / "recipes" / "builder.lock").values()
+              for p in env.packages}
+    return [unique[k] for k in sorted(unique)]
+
+
 @pytest.fixture
 def mirror(shared_store: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local mirror: every locked .deb under its pool path, plus a Packages.xz index."""
+    """A local mirror: every locked .deb of every environment under its pool path, plus a
+    Packages.xz index."""
     root = tmp_path / "mirror"
-    env = read_lock(PROJECT / "recipes" / "builder.lock")["default"]
-    for pkg in env.packages:
+    packages = _unique_packages()
+    for pkg in packages:
         dest = root / pkg.filename
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(shared_store / "blobs" / "sha256" / pkg.sha256, dest)
     index = root / "dists" / "bookworm" / "main" / "binary-amd64" / "Packages.xz"
     index.parent.mkdir(parents=True)
-    index.write_bytes(lzma.compress("\n".join(p.stanza for p in env.packages).encode()))
+    index.write_bytes(lzma.compress("\n".join(p.stanza for p in packages).encode()))
     handler = functools.partial(_Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -46,16 +53,17 @@ def test_fetch_downloads_every_locked_deb_once(mirror: tuple[Path, str], tmp_pat
                                                repo: Callable[..., Path]) -> None:
     _, url = mirror
     store = tmp_path / "store"
-    recipes = repo("")  # no stages: the default environment only
+    recipes = repo("")  # no stages: the locked environments only
     first = mlos("fetch", "--recipes", recipes, "--store", store, "--mirror", url, "--json")
     assert first.code == 0, first.stderr
-    env = read_lock(PROJECT / "recipes" / "builder.lock")["default"]
-    assert len(json.loads(first.stdout)["downloaded"]) == len(env.packages)
-    for pkg in env.packages:
+    unique = _unique_packages()
+    assert len(json.loads(first.stdout)["downloaded"]) == len(unique)  # each shared .deb once
+    for pkg in unique:
         blob = store / "blobs" / "sha256" / pkg.sha256
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == pkg.sha256
+    total = sum(len(env.packages) for env in read_lock(PROJECT / "recipes" / "builder.lock").values())
     again = mlos("fetch", "--recipes", recipes, "--store", store, "--mirror", url, "--json")
-    assert json.loads(again.stdout) == {"downloaded": [], "present": len(env.packages)}
+    assert json.loads(again.stdout) == {"downloaded": [], "present": total}
 
 
 def test_a_tampered_deb_is_refused_and_not_stored(mirror: tuple[Path, str], tmp_path: Path,

@@ -190,3 +190,25 @@ def test_an_unknown_profile_on_the_command_line_is_bad_input(repo: Callable[...,
     assert result.code == 2
     assert "unknown profile 'huge'; the recipes define small, release" in result.stderr
     assert not (recipes.parent / "out").exists()
+
+
+def test_an_unpinned_url_fails_only_the_profiles_that_build_it(repo: Callable[..., Path]) -> None:
+    url = "https://downloads.mlos.example/thing-1.0.tar.gz"
+    text = f"""
+[[stage]]
+name = "thing"
+outputs = ["x"]
+run = [["true"]]
+profiles = ["release"]
+[stage.inputs]
+archive = "url:{url}#sha256=unpinned"
+"""
+    recipes = repo(text)
+    assert "thing" not in load_recipes(recipes).stages
+    with pytest.raises(RecipeError) as info:
+        load_recipes(recipes, "release")
+    (problem,) = info.value.problems
+    assert "stage 'thing'.inputs.archive" in problem and f"run: mlos-repro pin {url}" in problem
+    bad = repo(text.replace("url:", "deb:").replace(url, "thing=1.0"))
+    with pytest.raises(RecipeError, match="malformed sha256 'unpinned'"):
+        load_recipes(bad)
