@@ -57,13 +57,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_pin_fetch_and_repackage(shared_store: Path, server: tuple[str, Path], tmp_path: Path) -> None:
+def _upstream(server: tuple[str, Path], tmp_path: Path, tag: str = "") -> tuple[str, Path, Path, Path]:
+    """(base URL, mlos-core archive, axon archive, recipes) with the archives served; `tag`
+    changes the archives' contents (a fresh download for a store that holds the others)."""
     base, www = server
     core = www / "mlos-core/1.0.0/mlos-core-1.0.0-linux-amd64.tar.gz"
     axon = www / "axon/0.9.0/axon-0.9.0-linux-amd64.tar.gz"
-    _archive(core, "mlos-core-1.0.0", "mlos-core")
-    _archive(axon, "axon-0.9.0", "axon")
-    recipes = _repo(tmp_path, base)
+    _archive(core, "mlos-core-1.0.0", "mlos-core" + tag)
+    _archive(axon, "axon-0.9.0", "axon" + tag)
+    return base, core, axon, _repo(tmp_path, base)
+
+
+def test_pin_fetch_and_repackage(shared_store: Path, server: tuple[str, Path], tmp_path: Path) -> None:
+    base, core, axon, recipes = _upstream(server, tmp_path)
     common = ("--recipes", recipes, "--store", shared_store)
 
     unpinned = mlos("build", "--profile", "release", *common, "--out", tmp_path / "out")
@@ -96,12 +102,7 @@ def test_pin_fetch_and_repackage(shared_store: Path, server: tuple[str, Path], t
 
 def test_a_wrong_pin_is_refused_before_anything_is_built(shared_store: Path, server: tuple[str, Path],
                                                         tmp_path: Path) -> None:
-    base, www = server
-    core = www / "mlos-core/1.0.0/mlos-core-1.0.0-linux-amd64.tar.gz"
-    axon = www / "axon/0.9.0/axon-0.9.0-linux-amd64.tar.gz"
-    _archive(core, "mlos-core-1.0.0", "mlos-core-wrong-pin")
-    _archive(axon, "axon-0.9.0", "axon-wrong-pin")
-    recipes = _repo(tmp_path, base)
+    _, core, axon, recipes = _upstream(server, tmp_path, "-wrong-pin")
     # What the recipe claims: the digest of some other archive than the one served.
     wrong = hashlib.sha256(core.read_bytes() + b"tampered").hexdigest()
     stages = recipes / "stages.toml"
