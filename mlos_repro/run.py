@@ -83,8 +83,11 @@ def run(
     stderr: IO[bytes] | int | None = None,
     check: bool = True,
     timeout: float | None = None,
+    input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv with exactly `env` (default: a small host allowlist). Never a shell."""
+    """Run argv with exactly `env` (default: a small host allowlist). Never a shell.
+
+    stdin is empty unless `input` is given."""
     args = [os.fspath(a) for a in argv]
     require(args[0])
     log.info("+ %s", shlex.join(args))
@@ -95,7 +98,8 @@ def run(
         umask=umask,
         stdout=stdout,
         stderr=stderr,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         check=check,
         timeout=timeout,
     )

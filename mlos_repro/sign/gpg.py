@@ -27,9 +27,9 @@ MAX_SOCKET_PATH = 107
 
 def check_agent_socket(home: Path) -> None:
     """Refuse a GnuPG home whose agent socket path is too long (gpg only says "No agent")."""
-    result = subprocess.run([run.require("gpgconf"), "--homedir", str(home), "--list-dirs", "agent-socket"],
-                            capture_output=True, text=True, check=False)
-    socket = result.stdout.strip()
+    result = run.run(["gpgconf", "--homedir", home, "--list-dirs", "agent-socket"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    socket = result.stdout.decode().strip()
     if result.returncode == 0 and len(socket.encode()) > MAX_SOCKET_PATH:
         raise SigningError(f"GnuPG home {home} is too deep: its agent socket {socket} is longer than "
                            f"{MAX_SOCKET_PATH} bytes, so gpg-agent cannot start",
@@ -55,9 +55,9 @@ class GpgSigner:
         self.fingerprint, self.uid = self._resolve(key)
 
     def _gpg(self, *args: str, stdin: bytes | None = None, what: str) -> bytes:
-        argv = [run.require("gpg"), "--homedir", str(self.home), "--batch", "--no-tty", *args]
-        result = subprocess.run(argv, input=stdin, capture_output=True,
-                                env=run.host_env({"GNUPGHOME": str(self.home)}), check=False)
+        argv = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", *args]
+        result = run.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=run.host_env({"GNUPGHOME": str(self.home)}), check=False)
         if result.returncode != 0:
             tail = "\n".join(result.stderr.decode(errors="replace").strip().splitlines()[-5:])
             raise SigningError(f"gpg could not {what} (GnuPG home {self.home}):\n{tail}",
@@ -116,7 +116,7 @@ def generate_key(home: Path, uid: str) -> None:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     check_agent_socket(home)
-    argv = [run.require("gpg"), "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode",
+    argv = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode",
             "loopback", "--passphrase", "", "--quick-generate-key", uid, "ed25519", "sign", "never"]
     result = run.run(argv, env=run.host_env({"GNUPGHOME": str(home)}), stderr=-1, stdout=-1, check=False)
     if result.returncode != 0:
