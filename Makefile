@@ -31,6 +31,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/engine.py
 	$(VENV)/bin/python benchmarks/diff.py
 	$(VENV)/bin/python benchmarks/kernel.py
+	$(VENV)/bin/python benchmarks/images.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

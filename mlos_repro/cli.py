@@ -301,7 +301,8 @@ def lock(environments: tuple[str, ...], recipes_dir: Path, store_dir: Path | Non
         locked[name] = lock_environment(builder.environments[name], builder.source_date_epoch,
                                         store, mirror)
         ui.info(f"locked {name}: {len(locked[name].packages)} packages")
-    write_lock(lock_path, locked)
+        # After each: a later environment whose mirror is out of reach loses nothing.
+        write_lock(lock_path, locked)
 
 
 @main.command("env")

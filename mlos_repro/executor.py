@@ -15,7 +15,7 @@ from typing import Any
 
 from mlos_repro import run
 from mlos_repro.digest import canonical_json, sha256_bytes
-from mlos_repro.env.assemble import EnvRef, environment
+from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
 from mlos_repro.graph import cache_key, select
@@ -70,6 +70,7 @@ class Executor:
         self.use_cache = use_cache
         self.progress = progress
         self._envs: dict[str, EnvRef] = {}
+        self._mirrors: dict[str, str] = {}
 
     def env(self, name: str) -> EnvRef:
         if name not in self._envs:
@@ -78,10 +79,20 @@ class Executor:
             self._envs[name] = environment(spec, locked, builder.source_date_epoch, self.store)
         return self._envs[name]
 
+    def mirror(self, name: str) -> str:
+        """The tree digest of environment `name`'s locked .debs as a local APT mirror (env: inputs)."""
+        if name not in self._mirrors:
+            spec, locked = locked_environment(self.recipes.builder, name)
+            with self.store.tempdir(f"mirror-{name}") as tmp:
+                local_mirror(spec, locked, self.store, tmp / "mirror")
+                self._mirrors[name] = self.store.put_tree(tmp / "mirror")
+        return self._mirrors[name]
+
     def build(self, wanted: Iterable[str] = ()) -> BuildResult:
         result = BuildResult(profile=self.recipes.profile)
         order = select(self.recipes.stages, wanted)
         self._check_pinned_inputs(order)
+        self._check_privileges(order)
         for name in order:
             stage = self.recipes.stages[name]
             env = self.env(stage.builder)
@@ -94,11 +105,28 @@ class Executor:
         missing = [f"stage {name!r}: input {inp.name!r} ({inp.spec})"
                    for name in order for inp in self.recipes.stages[name].inputs
                    if inp.sha256 is not None and not self.store.has_blob(inp.sha256)]
+        for name in order:
+            for inp in self.recipes.stages[name].inputs:
+                if inp.kind is InputKind.ENV:
+                    _, locked = locked_environment(self.recipes.builder, inp.target)
+                    absent = [p for p in locked.packages if not self.store.has_blob(p.sha256)]
+                    if absent:
+                        missing.append(f"stage {name!r}: input {inp.name!r} ({inp.spec}): "
+                                       f"{len(absent)} .debs, e.g. {absent[0].name}_{absent[0].version}")
         if missing:
             raise BadInputError("pinned inputs are not in the store:\n  " + "\n  ".join(missing),
                                 "run: mlos-repro fetch" + (
                                     f" --profile {self.recipes.profile}"
                                     if self.recipes.profile != self.recipes.builder.profiles[0] else ""))
+
+    def _check_privileges(self, order: Iterable[str]) -> None:
+        privileged = [name for name in order if self.recipes.stages[name].privileged]
+        if privileged and os.geteuid() != 0:
+            first = self.recipes.stages[privileged[0]]
+            raise BadInputError(
+                f"stage(s) {', '.join(privileged)} ({first.source}) are privileged: they make files "
+                "owned by several users and need the host's root (without network, inputs read-only)",
+                "run mlos-repro as root, or build only stages that do not depend on them")
 
     # -- one stage --------------------------------------------------------------
 
@@ -114,6 +142,8 @@ class Executor:
                                                                           skip=CHECKOUT_NOISE)
                 else:
                     digests[inp.name] = "sha256:" + self.store.put_file(path)
+            elif inp.kind is InputKind.ENV:
+                digests[inp.name] = "tree:" + self.mirror(inp.target)
             else:
                 assert inp.sha256 is not None
                 if not self.store.has_blob(inp.sha256):
@@ -198,8 +228,14 @@ class Executor:
             inputs = self._stage_inputs(stage, digests, done, work)
             spec = SandboxSpec(root=env.root, env_digest=env.digest,
                                env_tarball=self.store.blob_path(env.digest), inputs=inputs,
-                               out=out, build=build, env=stage_environment(stage.name, sde, stage.env))
+                               out=out, build=build, env=stage_environment(stage.name, sde, stage.env),
+                               privileged=stage.privileged)
             if variant is not None:
+                if stage.privileged:
+                    # It must stay the host's root, and it runs a whole system's maintainer
+                    # scripts, which need the real kernel's personality (under --uname-2.6
+                    # dpkg cannot run them). Every other variation still applies.
+                    variant = replace(variant, uid=0, gid=0, uname_26=False)
                 if variant.fileordering:
                     spec = replace(spec, inputs=mounts.enter_context(shuffled(inputs, work / "disorder")))
                 spec = apply_variant(spec, variant)

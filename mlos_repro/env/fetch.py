@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from debian.deb822 import Packages
 
 from mlos_repro.env.download import download
-from mlos_repro.env.lockfile import locked_environment
+from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
 from mlos_repro.errors import BadInputError
 from mlos_repro.recipe.model import Environment, Input, InputKind, RecipeSet
 from mlos_repro.store import Store
@@ -27,8 +27,13 @@ def _join(mirror: str, path: str) -> str:
 
 def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> FetchReport:
     report = FetchReport()
-    # Every locked environment: some are not builders (`target`, what the images install).
-    for name in sorted(recipes.builder.environments):
+    # Every locked environment (some are not builders: `target` is what the images install),
+    # and every environment the profile's stages use, locked or not (which then says so).
+    used = {s.builder for s in recipes.stages.values()} | {
+        i.target for s in recipes.stages.values() for i in s.inputs if i.kind is InputKind.ENV}
+    lock_path = recipes.builder.path.with_name(LOCK_FILE)
+    locked_names = set(read_lock(lock_path)) if lock_path.exists() else set()
+    for name in sorted((locked_names & set(recipes.builder.environments)) | used):
         env, locked = locked_environment(recipes.builder, name)
         for pkg in locked.packages:
             if store.has_blob(pkg.sha256):

@@ -41,6 +41,12 @@ def lock_environment(env: Environment, source_date_epoch: int, store: Store,
         ]
         if env.packages:
             argv.append(f"--include={','.join(env.packages)}")
+        if env.keyring:
+            if not Path(env.keyring).is_file():
+                raise BadInputError(f"environment {env.name!r}: keyring {env.keyring} does not exist",
+                                    "install the archive's keyring package (e.g. ubuntu-keyring) or fix "
+                                    "the keyring key in recipes/builder.toml")
+            argv.append(f"--keyring={env.keyring}")
         argv += [env.suite, "/dev/null", mirror]
         result = run.run(argv, env=run.host_env({"SOURCE_DATE_EPOCH": str(source_date_epoch)}),
                          stderr=-1, check=False)

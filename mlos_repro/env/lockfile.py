@@ -98,7 +98,7 @@ def locked_environment(builder: BuilderConfig, name: str) -> tuple[Environment, 
     locked = read_lock(lock_path).get(name)
     if locked is None:
         raise BadInputError(f"{lock_path}: environment {name!r} is not locked",
-                            "run: mlos-repro lock")
+                            f"run: mlos-repro lock {name} (where {env.mirror} is reachable)")
     if locked.spec_sha256 != env.spec_digest():
         raise BadInputError(
             f"{lock_path}: environment {name!r} is stale: {builder.path.name} changed since it was locked",

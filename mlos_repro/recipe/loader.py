@@ -23,11 +23,12 @@ from mlos_repro.recipe.model import (
 )
 
 BUILDER_FILE = "builder.toml"
-STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile"}
+STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile",
+              "privileged"}
 PROFILE_KEYS = {"builder", "env", "inputs"}
 # A url: input written before its archive could be downloaded: `mlos-repro pin URL` replaces it.
 UNPINNED = "unpinned"
-ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales"}
+ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales", "keyring"}
 LOCALE_RE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8$")
 RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -157,6 +158,12 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
                 problems.add(f"{key}.locales", f"{loc!r} is not a UTF-8 locale name like et_EE.UTF-8")
         if values["locales"] and "locales" not in values["packages"]:
             problems.add(f"{key}.locales", "generating locales needs the package 'locales' in packages")
+        keyring = table.get("keyring", "")
+        if not isinstance(keyring, str) or (keyring and not keyring.startswith("/")):
+            problems.add(f"{key}.keyring", "must be the absolute path of an archive keyring on the host, "
+                                           "e.g. /usr/share/keyrings/ubuntu-archive-keyring.gpg")
+            keyring = ""
+        values["keyring"] = keyring
         variant = table.get("variant", "minbase")
         if variant not in ("essential", "minbase", "buildd", "apt", "required", "important", "standard"):
             problems.add(f"{key}.variant", f"unknown mmdebstrap variant {variant!r}")
@@ -257,10 +264,13 @@ def _parse_stage(table: dict[str, Any], key: str, where: str, root: Path,
     if not isinstance(description, str):
         problems.add(f"{key}.description", "must be a string")
         description = ""
+    privileged = table.get("privileged", False)
+    if not isinstance(privileged, bool):
+        problems.add(f"{key}.privileged", "must be true or false")
     if len(problems.items) != before:
         return None
     return Stage(name=name, builder=builder, outputs=outputs, run=run, inputs=inputs, env=env,
-                 description=description, source=where)
+                 description=description, source=where, privileged=privileged)
 
 
 def _parse_outputs(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
@@ -343,7 +353,7 @@ def _parse_inputs(value: Any, key: str, root: Path, problems: _Problems) -> tupl
 def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problems) -> Input | None:
     kind_text, sep, rest = spec.partition(":")
     if not sep or kind_text not in {k.value for k in InputKind}:
-        problems.add(where, f"{spec!r}: unknown input kind; use path:, stage:, "
+        problems.add(where, f"{spec!r}: unknown input kind; use path:, stage:, env:, "
                             "url:…#sha256= or deb:NAME=VERSION#sha256=")
         return None
     kind = InputKind(kind_text)
@@ -358,9 +368,11 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
             problems.add(where, f"{spec!r}: {root / norm} does not exist")
             return None
         return Input(name=name, kind=kind, spec=spec, target=norm)
-    if kind is InputKind.STAGE:
+    if kind is InputKind.STAGE or kind is InputKind.ENV:
         if not NAME_RE.match(rest):
-            problems.add(where, f"{spec!r}: name a stage, e.g. stage:kernel")
+            what = "a stage, e.g. stage:kernel" if kind is InputKind.STAGE else \
+                "an environment of recipes/builder.toml, e.g. env:target"
+            problems.add(where, f"{spec!r}: name {what}")
             return None
         return Input(name=name, kind=kind, spec=spec, target=rest)
     body, sep, frag = rest.partition("#sha256=")
@@ -393,6 +405,10 @@ def _check_references(profile: str, stages: dict[str, Stage], by_profile: dict[s
                          f"unknown environment {stage.builder!r} (recipes/builder.toml defines "
                          f"{', '.join(sorted(builder.environments)) or 'none'})")
         for inp in stage.inputs:
+            if builder is not None and inp.kind is InputKind.ENV and inp.target not in builder.environments:
+                problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
+                             f"unknown environment {inp.target!r} (recipes/builder.toml defines "
+                             f"{', '.join(sorted(builder.environments)) or 'none'})")
             if inp.kind is not InputKind.STAGE or inp.target in stages:
                 continue
             elsewhere = [p for p, s in by_profile.items() if inp.target in s]

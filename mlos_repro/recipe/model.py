@@ -20,6 +20,7 @@ class InputKind(StrEnum):
     STAGE = "stage"
     URL = "url"
     DEB = "deb"
+    ENV = "env"  # env:NAME, the locked .debs of an environment as a local APT mirror
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class Input:
     name: str
     kind: InputKind
     spec: str  # as written in the recipe
-    target: str  # repository path, stage name, URL, or Debian package name
+    target: str  # repository path, stage name, URL, Debian package name, or environment name
     version: str | None = None  # deb: only
     sha256: str | None = None  # url: and deb:
 
@@ -52,6 +53,9 @@ class Stage:
     description: str = ""
     source: str = ""  # the recipe file, for messages
     profiles: tuple[str, ...] = ()  # the profiles this stage belongs to; () = every profile
+    # Runs as the host's root without a user namespace (real file ownership, mknod, mounts),
+    # still without network and with only its inputs visible: a root filesystem needs it.
+    privileged: bool = False
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -59,7 +63,7 @@ class Stage:
 
     def normalized(self) -> dict[str, Any]:
         """What of the recipe can change the stage's outputs (cache key material)."""
-        return {
+        normalized: dict[str, Any] = {
             "name": self.name,
             "builder": self.builder,
             "outputs": list(self.outputs),
@@ -67,6 +71,9 @@ class Stage:
             "inputs": {i.name: i.spec for i in self.inputs},
             "env": dict(self.env),
         }
+        if self.privileged:
+            normalized["privileged"] = True
+        return normalized
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,10 @@ class Environment:
     variant: str = "minbase"
     packages: tuple[str, ...] = ()
     locales: tuple[str, ...] = ()  # generated at assembly, e.g. "et_EE.UTF-8" (needs `locales`)
+    # The archive keyring `lock` checks the mirror's Release against (a path on the host);
+    # "" uses the host's default keyrings (Debian's). Like the mirror, not part of the spec:
+    # the lock pins every .deb by sha256 either way.
+    keyring: str = ""
 
     def spec(self) -> dict[str, Any]:
         """What the lock depends on; the mirror is only where to fetch from, so it is excluded."""

@@ -30,6 +30,7 @@ class SandboxSpec:
     wrapper: tuple[str, ...] = ()  # run inside the sandbox in front of every command
     host_wrapper: tuple[str, ...] = ()  # run on the host in front of the sandbox itself
     extra_ro: Mapping[str, Path] = field(default_factory=dict)
+    privileged: bool = False  # the host's root, no user namespace (see Stage.privileged)
 
 
 def stage_environment(stage: str, source_date_epoch: int,

@@ -41,13 +41,20 @@ def root_binds(root: Path) -> list[str]:
 
 
 def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
+    if spec.privileged:
+        # The host's root with every capability (real ownership, mknod, mounts), still
+        # without network and in its own mount, pid, ipc and uts namespaces.
+        identity = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                    "--unshare-cgroup-try", "--cap-add", "ALL"]
+    else:
+        # Root inside a user namespace: capabilities over the sandbox's own namespaces only,
+        # never over the host's devices or files (bwrap run as root would otherwise keep them).
+        identity = ["--unshare-all",  # no network, own pid/ipc/uts/cgroup namespaces
+                    "--unshare-user", "--uid", str(spec.uid), "--gid", str(spec.gid)]
     args = [
         *spec.host_wrapper,
         "bwrap",
-        "--unshare-all",  # no network, own pid/ipc/uts/cgroup namespaces
-        # Root inside a user namespace: capabilities over the sandbox's own namespaces only,
-        # never over the host's devices or files (bwrap run as root would otherwise keep them).
-        "--unshare-user", "--uid", str(spec.uid), "--gid", str(spec.gid),
+        *identity,
         "--die-with-parent",
         "--new-session",
         "--hostname", spec.hostname,

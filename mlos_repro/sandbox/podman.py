@@ -64,6 +64,7 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         "--volume", f"{spec.root}/etc/hostname:/etc/hostname:ro",
         "--volume", f"{spec.root}/etc/resolv.conf:/etc/resolv.conf:ro",
         *LIMITS,
+        *(["--privileged"] if spec.privileged else []),
         "--user", f"{spec.uid}:{spec.gid}", "--umask", f"{spec.umask:04o}",
         "--unsetenv-all",
     ]

@@ -60,3 +60,16 @@ def test_environment_is_exactly_the_contract(tmp_path: Path) -> None:
         "HOME": "/build", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC",
         "SOURCE_DATE_EPOCH": "1700000000", "MLOS_STAGE": "hello", "EXTRA": "1",
     }
+
+
+def test_a_privileged_stage_is_the_hosts_root_but_still_offline(tmp_path: Path) -> None:
+    from dataclasses import replace
+    spec = _spec(tmp_path)
+    argv = bwrap_argv(replace(spec, privileged=True), ["mmdebstrap"])
+    assert "--unshare-user" not in argv and "--unshare-all" not in argv
+    assert "--unshare-net" in argv and "--share-net" not in argv
+    assert {"--unshare-pid", "--unshare-ipc", "--unshare-uts"} <= set(argv)
+    assert argv[argv.index("--cap-add") + 1] == "ALL"
+    # The same file system policy as any other stage.
+    plain = bwrap_argv(spec, ["mmdebstrap"])
+    assert argv[argv.index("--die-with-parent"):] == plain[plain.index("--die-with-parent"):]

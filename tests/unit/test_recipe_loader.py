@@ -93,6 +93,12 @@ BAD = {
                      'env = { SOURCE_DATE_EPOCH = "1" }\n',
                      "stage 'a'.env.SOURCE_DATE_EPOCH", "fixed by the sandbox"),
     "bad toml": ('[[stage]\nname = "a"\n', "recipes/stages.toml", "not valid TOML"),
+    "unknown env input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+                          'm = "env:nope"\n', "stage 'a'.inputs.m", "unknown environment 'nope'"),
+    "malformed env input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+                            'm = "env:"\n', "stage 'a'.inputs.m", "name an environment"),
+    "privileged not a boolean": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                                 'privileged = "yes"\n', "stage 'a'.privileged", "must be true or false"),
 }
 
 
@@ -114,6 +120,18 @@ def test_bad_recipe_exits_2_naming_file_and_key(case: str, repo: Callable[..., P
     assert not (recipes.parent / "out").exists()
 
 
+def test_env_inputs_and_privileged_stages_load(repo: Callable[..., Path]) -> None:
+    recipes = load_recipes(repo('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                                'privileged = true\n[stage.inputs]\nmirror = "env:default"\n'
+                                '[[stage]]\nname = "b"\noutputs = ["x"]\nrun = [["true"]]\n'))
+    a, b = recipes.stages["a"], recipes.stages["b"]
+    (mirror,) = a.inputs
+    assert (mirror.kind, mirror.target) == (InputKind.ENV, "default")
+    assert a.privileged and not b.privileged
+    # Privilege is part of what a stage is (its cache key), and absent when not asked for.
+    assert a.normalized()["privileged"] is True and "privileged" not in b.normalized()
+
+
 def test_cycle_is_named(repo: Callable[..., Path]) -> None:
     with pytest.raises(RecipeError) as info:
         load_recipes(repo(BAD["cycle"][0]))
@@ -133,12 +151,14 @@ def test_builder_toml_problems_are_named(repo: Callable[..., Path]) -> None:
     recipes = repo(GOOD)
     (recipes / "builder.toml").write_text(
         'source_date_epoch = "yesterday"\n[environment.default]\nsuite = "bookworm"\n'
-        'architecture = "amd64"\nmirror = "http://deb.debian.org/debian"\npackges = ["gcc"]\n')
+        'architecture = "amd64"\nmirror = "http://deb.debian.org/debian"\npackges = ["gcc"]\n'
+        'keyring = "keyrings/ubuntu.gpg"\n')
     with pytest.raises(RecipeError) as info:
         load_recipes(recipes)
     text = "\n".join(info.value.problems)
     assert "recipes/builder.toml: source_date_epoch" in text
     assert "recipes/builder.toml: environment.default.packges: unknown key" in text
+    assert "recipes/builder.toml: environment.default.keyring: must be the absolute path" in text
 
 
 def test_missing_recipe_dir_is_bad_input(tmp_path: Path) -> None:

@@ -1,0 +1,202 @@
+"""Image stages: mlos-repro vs. the same scripts run bare, full small build cold and warm, and
+boot times of every image to systemd's multi-user.target under QEMU (TCG).
+
+    .venv/bin/python benchmarks/images.py [--store DIR] [--skip-full-cold] [--boots N]
+
+"Bare" runs the stage scripts of mlos_repro/image (mmdebstrap, mksquashfs, the cpio writer,
+grub-mkimage, xorriso, sfdisk, qemu-img) directly on the host, as root, in a scratch
+directory, with /in, /out and /build replaced by host directories and the stage's settings
+as environment variables: no sandbox, store, cache or manifests. "mlos-repro cold" is the
+same five stages built through mlos-repro with a cache miss forced on each of them (their
+recipes get one more environment variable), their upstream stages cached. Needs the image
+environment's tools on the host (scripts/install-deps installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from mlos_repro.env.assemble import local_mirror
+from mlos_repro.env.lockfile import locked_environment
+from mlos_repro.recipe import load_recipes
+from mlos_repro.store import Store, default_root
+
+PROJECT = Path(__file__).resolve().parent.parent
+IMAGE_STAGES = ("rootfs", "initramfs", "iso", "disk", "pxe")
+OVMF = "/usr/share/ovmf/OVMF.fd"
+BOOTED = "Reached target multi-user.target"
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def mlos(*args: str | Path) -> tuple[float, dict[str, object]]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mlos_repro", *map(str, args), "--json"], cwd=PROJECT,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"mlos-repro {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    summary: dict[str, object] = json.loads(proc.stdout)
+    return seconds, summary
+
+
+def stage_seconds(summary: dict[str, object], names: tuple[str, ...]) -> dict[str, float]:
+    stages = summary["stages"]
+    assert isinstance(stages, dict)
+    return {n: float(stages[n]["seconds"]) for n in names}
+
+
+def forced_miss_recipes(work: Path) -> Path:
+    """A copy of the repository whose image stages miss the cache (one more env variable)."""
+    repo = work / "repo"
+    shutil.copytree(PROJECT / "recipes", repo / "recipes")
+    for tree in ("mlos_repro/image", "mlos_repro/packaging", "kernel"):
+        shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    image = repo / "recipes/image.toml"
+    image.write_text(_add_env(image.read_text(), uuid.uuid4().hex))
+    return repo / "recipes"
+
+
+def _add_env(text: str, nonce: str) -> str:
+    """Every [[stage]] of image.toml gets MLOS_BENCH = nonce in its [stage.env] table."""
+    out = []
+    for block in text.split("[[stage]]"):
+        if "[stage.env]" in block:
+            block = block.replace("[stage.env]\n", f'[stage.env]\nMLOS_BENCH = "{nonce}"\n', 1)
+        elif block.strip():
+            table = f'[stage.env]\nMLOS_BENCH = "{nonce}"\n\n[stage.inputs]\n'
+            block = block.replace("[stage.inputs]\n", table, 1)
+        out.append(block)
+    return "[[stage]]".join(out)
+
+
+def bare(store: Store, built: Path, work: Path) -> dict[str, float]:
+    """Each image stage's script on the host, inputs as host directories."""
+    recipes = load_recipes(PROJECT / "recipes")
+    env_spec, locked = locked_environment(recipes.builder, "target")
+    inputs = work / "in"
+    local_mirror(env_spec, locked, store, inputs / "debian")
+    (inputs / "mlos").mkdir()
+    shutil.copytree(built / "repository/repo", inputs / "mlos/repo")
+    shutil.copytree(built / "kernel", inputs / "kernel")
+    tools = inputs / "tools"
+    shutil.copytree(PROJECT / "mlos_repro/image", tools, ignore=shutil.ignore_patterns("__pycache__"))
+    for script in [*tools.glob("*.sh"), *tools.glob("*.py")]:
+        script.write_text(script.read_text().replace("/in/", f"{inputs}/").replace("/out", f"{work}/out"))
+    seconds: dict[str, float] = {}
+    for name in IMAGE_STAGES:
+        stage = recipes.stages[name]
+        for d in ("out", "build"):
+            shutil.rmtree(work / d, ignore_errors=True)
+            (work / d).mkdir()
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME": str(work / "build"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC",
+               "MLOS_STAGE": name,
+               "SOURCE_DATE_EPOCH": str(recipes.builder.source_date_epoch), **dict(stage.env)}
+        script = tools / stage.run[0][1].rsplit("/", 1)[1]
+        start = time.perf_counter()
+        subprocess.run(["sh", str(script)], cwd=work / "build", env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds[name] = time.perf_counter() - start
+        # What the next stages take as input.
+        if name in ("rootfs", "initramfs"):
+            shutil.copytree(work / "out", inputs / name)
+        if name == "rootfs":
+            # The chroot mounts are gone; the directory is root's and large.
+            subprocess.run(["rm", "-rf", str(work / "build")], check=True)
+    return seconds
+
+
+def boot_time(args: list[str], tmp: Path, timeout: float = 600) -> float:
+    log = tmp / f"serial-{time.monotonic_ns()}.log"
+    argv = ["qemu-system-x86_64", "-machine", "pc", "-m", "1024", "-smp", "1", "-nographic",
+            "-no-reboot", "-monitor", "none", "-serial", f"file:{log}", *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - start < timeout:
+            time.sleep(0.2)
+            if log.exists() and BOOTED.encode() in ANSI.sub(b"", log.read_bytes()):
+                return time.perf_counter() - start
+            if proc.poll() is not None:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    raise SystemExit(f"no {BOOTED!r} within {timeout} s: {' '.join(argv)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--skip-full-cold", action="store_true",
+                        help="leave out the full cold build (it rebuilds the kernel: ~7 min)")
+    parser.add_argument("--boots", type=int, default=1, help="boots per image (median reported)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("benchmarks/images.py runs mmdebstrap as root (as the rootfs stage does)")
+    store_root = args.store or Path(os.environ.get("MLOS_REPRO_STORE") or default_root())
+    store = Store(store_root)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        mlos("build", "--store", store_root, "--out", work / "o-warm")  # everything in the store
+        warm, _ = mlos("build", "--store", store_root, "--out", work / "o-warm")
+        built = work / "o-warm"
+        full_cold = None
+        if not args.skip_full_cold:
+            full_cold, _ = mlos("build", "--no-cache", "--store", store_root, "--out", work / "o-cold")
+        cold_total, cold = mlos("build", *IMAGE_STAGES, "--recipes", forced_miss_recipes(work),
+                                "--store", store_root, "--out", work / "o-miss")
+        ours = stage_seconds(cold, IMAGE_STAGES)
+        baseline = bare(store, built, work / "bare")
+
+        iso, disk = built / "iso/mlos.iso", work / "disk.qcow2"
+        shutil.copyfile(built / "disk/mlos.qcow2", disk)
+        drive = f"file={disk},format=qcow2,if=virtio"
+        kernel, initrd = built / "kernel/bzImage", work / "both.img"
+        pxe = built / "pxe/pxe"
+        initrd.write_bytes((pxe / "initrd.img").read_bytes() + (pxe / "rootfs.img").read_bytes())
+        images = {
+            "kernel + initrds, no firmware (baseline)":
+                ["-net", "none", "-kernel", str(kernel), "-initrd", str(initrd),
+                 "-append", "console=ttyS0 mlos.root=initrd"],
+            "ISO, BIOS": ["-net", "none", "-cdrom", str(iso)],
+            "ISO, UEFI (OVMF)": ["-net", "none", "-bios", OVMF, "-cdrom", str(iso)],
+            "disk qcow2, BIOS": ["-net", "none", "-drive", drive],
+            "disk qcow2, UEFI": ["-net", "none", "-bios", OVMF, "-drive", drive],
+            "PXE (iPXE over TFTP)": ["-netdev", f"user,id=n0,tftp={pxe},bootfile=boot.ipxe",
+                                     "-device", "virtio-net-pci,netdev=n0", "-boot", "n"],
+        }
+        boots = {name: statistics.median(boot_time(a, work) for _ in range(args.boots))
+                 for name, a in images.items()}
+
+    print("image stages (small profile): mlos-repro vs. the same scripts run bare, one run")
+    for name in IMAGE_STAGES:
+        print(f"   {name:10} bare {baseline[name]:6.1f} s   mlos-repro {ours[name]:6.1f} s   "
+              f"ratio {ours[name] / baseline[name]:5.2f}x")
+    b, o = sum(baseline.values()), sum(ours.values())
+    print(f"   {'all five':10} bare {b:6.1f} s   mlos-repro {o:6.1f} s   ratio {o / b:5.2f}x "
+          f"(whole command: {cold_total:.1f} s)")
+    print("full small build (`mlos-repro build`, every stage)")
+    if full_cold is not None:
+        print(f"   cold (--no-cache):  {full_cold:7.1f} s")
+    print(f"   warm (all cached):  {warm:7.2f} s")
+    print(f"boot to {BOOTED} under QEMU TCG, -smp 1, median of {args.boots}")
+    base = boots["kernel + initrds, no firmware (baseline)"]
+    for name, seconds in boots.items():
+        print(f"   {name:42} {seconds:6.1f} s   ratio {seconds / base:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/bin/sh
+# mmdebstrap customize hook for the MLOS root filesystem: configuration that belongs to the
+# image rather than to a package, and removal of everything that would make two builds differ
+# or two machines share an identity.
+#
+#   sh rootfs-customize.sh ROOT
+set -eu
+root=$1
+components=$(echo "${MLOS_COMPONENTS:-main}" | tr ',' ' ')
+
+# Where the installed system gets updates; the build itself used local mirrors only.
+cat >"$root/etc/apt/sources.list" <<EOF
+deb ${MLOS_MIRROR_URL} ${MLOS_SUITE} ${components}
+EOF
+cat >"$root/etc/apt/sources.list.d/mlos.sources" <<EOF
+# The MLOS package archive. Enable it once the MLOS archive keyring (published with each
+# release as mlos-archive-keyring.gpg) is installed at the Signed-By path.
+Enabled: no
+Types: deb
+URIs: https://apt.mlos.example/
+Suites: mlos
+Components: main
+Signed-By: /usr/share/keyrings/mlos-archive-keyring.gpg
+EOF
+
+echo "${MLOS_HOSTNAME:-mlos}" >"$root/etc/hostname"
+cat >"$root/etc/hosts" <<EOF
+127.0.0.1	localhost
+127.0.1.1	${MLOS_HOSTNAME:-mlos}
+::1	localhost ip6-localhost ip6-loopback
+EOF
+
+# Identity is made on first boot: an empty machine-id makes systemd generate one (and run
+# its first-boot units); no D-Bus machine id, no SSH host keys, no random seed.
+: >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed" \
+	"$root"/etc/ssh/ssh_host_*
+
+# No logs, caches or lists from the build; empty directories stay.
+find "$root/var/log" "$root/var/cache/apt" "$root/var/lib/apt/lists" -type f -delete
+rm -f "$root/var/cache/ldconfig/aux-cache" "$root/var/cache/debconf/"*-old \
+	"$root/var/lib/dpkg/"*-old "$root/etc/"*- 2>/dev/null || true
+rm -rf "$root/tmp/"* "$root/var/tmp/"*
+# apt makes these (owned by _apt) when it next runs.
+rm -rf "$root/var/cache/apt/archives/partial" "$root/var/lib/apt/lists/partial"

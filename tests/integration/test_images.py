@@ -1,0 +1,220 @@
+"""MLOS Linux images: the root filesystem, initramfs, hybrid ISO and disk image, booted under
+QEMU (TCG) to systemd's multi-user.target with the MLOS services reported active; a corrupted
+squashfs stopped by the initramfs with a clear message; and all of it rebuilt bit for bit."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, mlos
+
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BOOT_TIMEOUT = 600  # seconds; a boot under TCG takes one to two minutes
+MONITOR_OK = "mlos-monitor: all MLOS services active"
+BOOTED = (MONITOR_OK, "Reached target multi-user.target")
+
+
+@pytest.fixture(scope="session")
+def images(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("qemu-system-x86_64") is None or not OVMF.exists():
+        pytest.fail("the image tests need QEMU and OVMF: run scripts/install-deps")
+    out = tmp_path_factory.mktemp("images-out")
+    result = mlos("build", "iso", "disk", "pxe", "--recipes", PROJECT / "recipes", "--out", out,
+                  "--store", shared_store)
+    assert result.code == 0, result.stderr
+    return out
+
+
+def boot(tmp: Path, *args: str | Path, until: str | tuple[str, ...],
+         fail_on: tuple[str, ...] = ("Kernel panic",), uefi: bool = False) -> str:
+    """Boot QEMU (TCG, serial console to a file) until every `until` line is in the log; the log."""
+    wanted = (until,) if isinstance(until, str) else until
+    log = tmp / f"serial-{time.monotonic_ns()}.log"
+    argv = ["qemu-system-x86_64", "-machine", "pc", "-m", "1024", "-smp", "1", "-nographic",
+            "-no-reboot", "-monitor", "none", "-serial", f"file:{log}",
+            *(["-net", "none"] if "-netdev" not in args else []),
+            *(["-bios", str(OVMF)] if uefi else []), *map(str, args)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    text = ""
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            text = ANSI.sub("", log.read_text(errors="replace")) if log.exists() else ""
+            if all(w in text for w in wanted) or any(f in text for f in fail_on):
+                break
+            if proc.poll() is not None:
+                break
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    missing = [w for w in wanted if w not in text]
+    assert not missing, (f"{missing} not on the serial console of {' '.join(argv)}\n"
+                           f"qemu: {stderr.decode(errors='replace')}\nlast lines:\n"
+                           + "\n".join(text.splitlines()[-40:]))
+    for failure in fail_on:
+        assert failure not in text, text
+    return text
+
+
+def assert_mlos_system(text: str) -> None:
+    """The serial log of a boot that reached the MLOS system proper."""
+    assert re.search(r"Linux version \S+-mlos .*MLOS/1\.0", text), "no MLOS kernel banner"
+    assert "Reached target multi-user.target" in text
+    # mlos-monitor reads /sys/kernel/mlos/version ("not an MLOS kernel" when it cannot).
+    assert re.search(r"mlos-monitor: kernel \S+-mlos, MLOS 1\.0", text)
+    assert "mlos-monitor: mlos-core.service active" in text
+    assert "mlos-monitor: mlos-api.service active" in text
+    assert MONITOR_OK in text
+    assert "Failed to start" not in text, [ln for ln in text.splitlines() if "Failed" in ln]
+
+
+def test_rootfs_lists_what_dpkg_installed(images: Path, tmp_path: Path) -> None:
+    rows = [line.split("\t") for line in (images / "rootfs/packages.tsv").read_text().splitlines()]
+    assert rows[0] == ["package", "version", "architecture", "source", "source_version"]
+    packages = {r[0]: r for r in rows[1:]}
+    assert {"systemd", "systemd-sysv", "udev", "mlos-services", "mlos-toolchain"} <= set(packages)
+    assert packages["mlos-services"][1:3] == ["1.0.0", "all"]
+    assert [r[0] for r in rows[1:]] == sorted(packages)
+    # What the squashfs holds: dpkg's own database agrees, identity is left to the first boot.
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "r"), str(images / "rootfs/rootfs.squashfs"),
+                    "var/lib/dpkg/status", "etc/machine-id", "var/log", "var/cache/apt",
+                    "etc/apt/sources.list"], check=True, capture_output=True)
+    status = (tmp_path / "r/var/lib/dpkg/status").read_text()
+    installed = re.findall(r"^Package: (\S+)$", status, flags=re.M)
+    assert sorted(installed) == sorted(packages)
+    assert (tmp_path / "r/etc/machine-id").read_bytes() == b""
+    assert not [p for p in (tmp_path / "r/var/log").rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / "r/var/cache/apt").rglob("*") if p.is_file()]
+    assert "copy://" not in (tmp_path / "r/etc/apt/sources.list").read_text()
+
+
+def test_iso_describes_itself(images: Path) -> None:
+    info = json.loads((images / "iso/mlos.json").read_text())
+    kernel = json.loads((images / "kernel/kernel.json").read_text())
+    assert info["kernel"]["release"] == kernel["release"]
+    assert info["packages"] == len((images / "rootfs/packages.tsv").read_text().splitlines()) - 1
+    listing = subprocess.run(["xorriso", "-indev", str(images / "iso/mlos.iso"), "-find", "/", "-type", "f"],
+                             capture_output=True, text=True, check=True).stdout
+    for path in ("/boot/vmlinuz", "/boot/initrd.img", "/live/rootfs.squashfs",
+                 "/live/rootfs.squashfs.sha256", "/.disk/info", "/.disk/mlos.json", "/boot/grub/grub.cfg"):
+        assert f"'{path}'" in listing, listing
+
+
+def test_iso_boots_with_bios(images: Path, tmp_path: Path) -> None:
+    text = boot(tmp_path, "-cdrom", images / "iso/mlos.iso", until=BOOTED)
+    assert "mlos-initramfs: checking rootfs.squashfs" in text
+    assert_mlos_system(text)
+    assert "mlos-firstboot: no user data; nothing to set" in text
+
+
+def test_iso_boots_with_uefi(images: Path, tmp_path: Path) -> None:
+    text = boot(tmp_path, "-cdrom", images / "iso/mlos.iso", until=BOOTED, uefi=True)
+    assert_mlos_system(text)
+
+
+def esp_offset(disk: Path) -> int:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    (esp,) = [p for p in table["partitions"] if p.get("name") == "mlos-esp"]
+    return int(esp["start"]) * int(table.get("sectorsize", 512))
+
+
+def test_raw_disk_boots_with_bios_and_applies_user_data(images: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "mlos.raw"
+    shutil.copyfile(images / "disk/mlos.raw", disk)
+    user_data = tmp_path / "user-data"
+    user_data.write_text("# test\nhostname=mlos-test-01\nuser=alice\n"
+                         "ssh_authorized_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST alice@test\n")
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(user_data), "::/mlos/user-data"],
+                   check=True, capture_output=True)
+    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio",
+                until=("mlos-test-01 login:", *BOOTED))
+    assert_mlos_system(text)
+    for line in ("mlos-firstboot: hostname mlos-test-01", "mlos-firstboot: user alice",
+                 "mlos-firstboot: SSH key for alice"):
+        assert line in text
+
+
+def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "mlos.qcow2"
+    shutil.copyfile(images / "disk/mlos.qcow2", disk)
+    text = boot(tmp_path, "-drive", f"file={disk},format=qcow2,if=virtio", until=BOOTED, uefi=True)
+    assert_mlos_system(text)
+
+
+def test_pxe_bundle_boots_over_tftp(images: Path, tmp_path: Path) -> None:
+    bundle = images / "pxe/pxe"
+    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=bundle,
+                          capture_output=True, text=True)
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    # iPXE (QEMU's NIC boot ROM) gets boot.ipxe from QEMU's DHCP and TFTP server.
+    text = boot(tmp_path, "-netdev", f"user,id=n0,tftp={bundle},bootfile=boot.ipxe",
+                "-device", "virtio-net-pci,netdev=n0", "-boot", "n", until=BOOTED)
+    assert "mlos-initramfs: checking rootfs.squashfs" in text
+    assert_mlos_system(text)
+
+
+def test_corrupted_squashfs_stops_with_a_clear_message(images: Path, tmp_path: Path) -> None:
+    iso = tmp_path / "mlos.iso"
+    shutil.copyfile(images / "iso/mlos.iso", iso)
+    squashfs = (images / "rootfs/rootfs.squashfs").read_bytes()
+    data = bytearray(iso.read_bytes())
+    start = data.find(squashfs[:4096])
+    assert start > 0 and data[start:start + len(squashfs)] == squashfs
+    middle = start + len(squashfs) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    iso.write_bytes(data)
+    text = boot(tmp_path, "-cdrom", iso, until="starting a rescue shell",
+                fail_on=("Kernel panic", "Reached target"))
+    assert "mlos-initramfs: ERROR: rootfs.squashfs is corrupted" in text
+    assert "mlos-repro verify-iso" in text  # says what to do
+    assert "switch_root" not in text and "starting /sbin/init" not in text
+
+
+KERNEL_STAND_IN = """
+# The kernel stage's outputs from the project build, so this test varies the image stages only.
+[[stage]]
+name = "kernel"
+builder = "packaging"
+outputs = ["bzImage", "config", "System.map", "debs", "kernel.json"]
+run = [["cp", "-r", "/in/prebuilt/.", "/out/"]]
+[stage.inputs]
+prebuilt = "path:prebuilt-kernel"
+"""
+
+
+def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Callable[[str], Path],
+                                 tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    for name in ("builder.toml", "builder.lock", "packages.toml", "repository.toml", "upstream.toml",
+                 "image.toml"):
+        shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
+    (repo / "recipes/kernel.toml").write_text(KERNEL_STAND_IN)
+    for tree in ("recipes/packages", "recipes/upstream", "mlos_repro/packaging", "mlos_repro/image"):
+        shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(images / "kernel", repo / "prebuilt-kernel")
+    home = gnupg_key("MLOS test archive <archive@mlos.example>")
+    result = mlos("build", "--verify", "iso", "disk", "pxe", "--recipes", repo / "recipes",
+                  "--out", tmp_path / "out", "--store", shared_store, "--gnupghome", home, "--json")
+    report = json.loads((tmp_path / "out/verify.json").read_text())
+    verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
+    assert result.code == 0, (verdicts, result.stderr)
+    assert report["reproducible"] is True
+    for output in (("rootfs", "rootfs.squashfs"), ("rootfs", "packages.tsv"), ("initramfs", "initrd.img"),
+                   ("iso", "mlos.iso"), ("iso", "mlos.json"), ("disk", "mlos.raw"), ("disk", "mlos.qcow2"),
+                   ("pxe", "pxe")):
+        assert verdicts[output] == "identical", verdicts
+    # The control build is the project's own: the same bytes as the images the boot tests ran.
+    for stage, output in (("iso", "mlos.iso"), ("disk", "mlos.qcow2")):
+        assert (tmp_path / "out" / stage / output).read_bytes() == (images / stage / output).read_bytes()
