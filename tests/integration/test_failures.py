@@ -11,6 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from mlos_repro import executor as executor_module
+from mlos_repro.errors import BadInputError
+from mlos_repro.executor import Executor
+from mlos_repro.recipe import load_recipes
+from mlos_repro.sandbox.bwrap import Bwrap
+from mlos_repro.store import Store
 from tests.conftest import MLOS, mlos
 
 
@@ -124,3 +132,43 @@ def test_two_builds_share_one_store(shared_store: Path, repo: Callable[..., Path
     cached = sorted(json.loads(r[0])["stages"]["shared"]["cached"] for r in results)
     assert cached == [False, True]  # it ran once; the other build waited and took it from the store
     assert (tmp_path / "o0" / "manifest.json").read_bytes() == (tmp_path / "o1" / "manifest.json").read_bytes()
+
+
+def test_a_privileged_stage_has_root_powers_but_no_network(shared_store: Path,
+                                                            repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "owner"
+        privileged = true
+        outputs = ["report"]
+        run = [["sh", "-c", "touch f && chown 1234:5678 f && stat -c %u:%g f > /out/report"],
+               ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort >> /out/report"]]
+
+        [[stage]]
+        name = "plain"
+        outputs = ["report"]
+        run = [["sh", "-c", "touch f && chown 1234:5678 f; echo $? > /out/report"]]
+    """)
+    result = mlos("build", "--recipes", recipes, "--out", recipes.parent / "out", "--store", shared_store,
+                  "--no-cache")
+    assert result.code == 0, result.stderr
+    # Real ownership (what a root filesystem needs), and only the loopback interface.
+    assert (recipes.parent / "out/owner/report").read_text().split() == ["1234:5678", "lo"]
+    # Without `privileged`, the stage's root cannot give files away.
+    assert (recipes.parent / "out/plain/report").read_text().strip() != "0"
+
+
+def test_a_privileged_stage_needs_root(shared_store: Path, repo: Callable[..., Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    recipes = load_recipes(repo("""
+        [[stage]]
+        name = "rootfs-like"
+        privileged = true
+        outputs = ["x"]
+        run = [["true"]]
+    """))
+    monkeypatch.setattr(executor_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(BadInputError) as info:
+        Executor(recipes, Store(shared_store), Bwrap()).build()
+    assert "rootfs-like" in info.value.message and "privileged" in info.value.message
+    assert info.value.hint is not None and "as root" in info.value.hint
