@@ -10,7 +10,7 @@ from mlos_repro.recipe import InputKind, load_recipes
 from tests.conftest import PROJECT, mlos
 
 # Environments locked where their archive is reachable (see recipes/builder.toml).
-UNLOCKED_HERE = {"ubuntu-target"}
+UNLOCKED_HERE = {"ubuntu-target", "target-release"}
 IMAGE_STAGES = {"rootfs", "initramfs", "iso", "disk", "pxe"}
 
 
@@ -50,3 +50,13 @@ def test_building_the_unlocked_ubuntu_variant_says_how_to_lock_it(tmp_path: obje
     assert result.code == 2
     assert "environment 'ubuntu-target' is not locked" in result.stderr
     assert "mlos-repro lock ubuntu-target" in result.stderr
+
+
+def test_the_release_root_filesystem_has_the_full_toolchain_environment() -> None:
+    release = load_recipes(PROJECT / "recipes", profile="release")
+    (mirror,) = [i for i in release.stages["rootfs"].inputs if i.name == "debian"]
+    assert (mirror.kind, mirror.target) == (InputKind.ENV, "target-release")
+    wanted = (PROJECT / "recipes/packages/mlos-toolchain/control.release").read_text()
+    packages = release.builder.environments["target-release"].packages
+    for dep in wanted.split("Depends:", 1)[1].splitlines()[0].split(","):
+        assert dep.strip() in packages, dep
