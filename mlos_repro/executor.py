@@ -262,7 +262,8 @@ class Executor:
             for o in stage.outputs:
                 outputs[o], kinds[o] = self.store.put_output(out / o)
                 # The layered listing, so a later comparison reads manifests, not images.
-                listing = manifest.build(out / o, outputs[o].removeprefix("sha256:"), work / "members" / o)
+                listing = manifest.build(out / o, outputs[o].removeprefix("sha256:"), work / "members" / o,
+                                         manifest.Listings(self.store.get_listing, self.store.put_listing))
                 members[o] = self.store.put_bytes(canonical_json(listing))
             log_digest = self.store.put_file(log_file)
         return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest, members=members)

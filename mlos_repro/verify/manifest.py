@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,25 @@ from mlos_repro.verify.layers import READ_ERRORS, dir_members
 MANIFEST_VERSION = 1
 
 
-def build(path: Path, digest: str, work: Path) -> dict[str, Any]:
+class Listings:
+    """Listings of nested containers by content digest: the same squashfs inside an ISO, a
+    disk image and a PXE initrd is read once. get/put default to remembering nothing."""
+
+    def __init__(self, get: Callable[[str], dict[str, Any] | None] = lambda d: None,
+                 put: Callable[[str, dict[str, Any]], None] = lambda d, n: None) -> None:
+        self.get = get
+        self.put = put
+
+
+def build(path: Path, digest: str, work: Path, listings: Listings | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    return {"v": MANIFEST_VERSION, "sha256": digest, "root": _node(path, work, 0)}
+    listings = listings or Listings()
+    root = None if path.is_dir() else listings.get(digest)
+    if root is None:
+        root = _node(path, work, 0, listings)
+        if not path.is_dir():
+            listings.put(digest, root)
+    return {"v": MANIFEST_VERSION, "sha256": digest, "root": root}
 
 
 def _member(m: Member) -> dict[str, Any]:
@@ -35,11 +52,11 @@ def _member(m: Member) -> dict[str, Any]:
     return entry
 
 
-def _node(path: Path, work: Path, depth: int) -> dict[str, Any]:
+def _node(path: Path, work: Path, depth: int, listings: Listings) -> dict[str, Any]:
     if path.is_dir():
         members = list(dir_members(path))
         nested = {m.name: path / m.name for m in members if m.nested}
-        return _entries("directory", members, nested, work, depth, cleanup=False)
+        return _entries("directory", members, nested, work, depth, False, listings)
     try:
         reader = reader_for(path)
         if reader is None:
@@ -48,28 +65,32 @@ def _node(path: Path, work: Path, depth: int) -> dict[str, Any]:
         if isinstance(reader, TarReader):
             reader.keep = scratch  # nested containers are kept while listing: one pass
         members = list(reader.members(path))
-        wanted = {m.name for m in members if m.nested and m.type == "file"}
+        wanted = {m.name for m in members if m.nested and m.type == "file"
+                  and not (m.sha256 and listings.get(m.sha256) is not None)}
         nested = {n: p for n, p in getattr(reader, "kept", {}).items() if n in wanted}
         if wanted - set(nested):
             nested.update(reader.extract(path, wanted - set(nested), scratch))
     except READ_ERRORS:
         return {"kind": None}
     try:
-        return _entries(reader.kind, members, nested, work, depth, cleanup=True)
+        return _entries(reader.kind, members, nested, work, depth, True, listings)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _entries(kind: str, members: list[Member], nested: dict[str, Path], work: Path, depth: int,
-             cleanup: bool) -> dict[str, Any]:
+             cleanup: bool, listings: Listings) -> dict[str, Any]:
     entries = []
     for m in members:
         entry = _member(m)
-        if m.name in nested:
-            inner = _node(nested[m.name], work, depth + 1)
-            if inner.get("kind") is not None:
-                entry["inner"] = inner
+        inner = listings.get(m.sha256) if m.nested and m.sha256 else None
+        if inner is None and m.name in nested:
+            inner = _node(nested[m.name], work, depth + 1, listings)
+            if m.sha256:
+                listings.put(m.sha256, inner)
             if cleanup:
                 nested[m.name].unlink(missing_ok=True)
+        if inner is not None and inner.get("kind") is not None:
+            entry["inner"] = inner
         entries.append(entry)
     return {"kind": kind, "members": entries}
