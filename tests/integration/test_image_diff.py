@@ -34,7 +34,7 @@ def _esp(dest: Path, payload: str, serial: str) -> None:
 
 
 def _shared_esp(tmp: Path) -> Path:
-    """One ESP image per test: FAT stamps creation times that mcopy cannot set."""
+    """One ESP image per test: mkfs.vfat without --invariant stamps the current time."""
     esp = tmp / "esp.img"
     if not esp.exists():
         _esp(esp, "menuentry mlos {}\n", "1234ABCD")
@@ -120,3 +120,25 @@ def test_gpt_disk_names_files_and_ids(tmp_path: Path) -> None:
     assert ("a.img → p2-root → etc/hostname", "content") in found
     assert ("a.img → p2-root (partition guid)", "id") in found
     assert not any("os-release" in p for p, _ in found)
+
+
+def test_fat_names_a_file_whose_time_differs(tmp_path: Path) -> None:
+    """FAT keeps local time: a build's time zone leaking into an ESP is named per file."""
+    images = {}
+    for tz in ("UTC", "Etc/GMT-14"):
+        env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "MTOOLS_SKIP_CHECK": "1", "TZ": tz}
+        img = tmp_path / f"esp-{tz.replace('/', '-')}.img"
+        _sh("mkfs.vfat", "-C", "--invariant", "-i", "1234ABCD", "-n", "ESP", str(img), "4096", env=env)
+        cfg = tmp_path / "grub.cfg"
+        cfg.write_text("menuentry mlos {}\n")
+        _sh("mmd", "-i", str(img), "::/EFI", env=env)
+        _sh("mcopy", "-i", str(img), str(cfg), "::/EFI/grub.cfg", env=env)  # dated SOURCE_DATE_EPOCH
+        images[tz] = img
+    result = mlos("diff", images["UTC"], images["Etc/GMT-14"], "--json")
+    assert result.code == 1, result.stderr
+    found = {(d["path"], d["aspect"], d["first"], d["second"])
+             for d in json.loads(result.stdout)["differences"]}
+    name = images["UTC"].name
+    assert (f"{name} → EFI/grub.cfg", "mtime", EPOCH, str(int(EPOCH) + 14 * 3600)) in found
+    assert (f"{name} → EFI", "mtime", EPOCH, str(int(EPOCH) + 14 * 3600)) in found
+    assert not any(aspect == "content" for _, aspect, _, _ in found)
