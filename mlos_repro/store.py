@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_repro import __version__
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError, DigestMismatchError
 
@@ -240,21 +239,22 @@ class Store:
     def put_stage(self, entry: StageEntry) -> None:
         self.write_atomic(self.root / "stages" / f"{entry.key}.json", canonical_json(entry.to_json()))
 
-    def _listing_path(self, hexdigest: str) -> Path:
-        # Per toolkit version: a newer reader may see further into the same bytes.
-        return self.root / "listings" / __version__ / f"{hexdigest}.json"
+    def _listing_path(self, key: str) -> Path:
+        if not key.replace("-", "").isalnum():
+            raise ValueError(f"listing key {key!r}")
+        return self.root / "listings" / f"{key}.json"
 
-    def get_listing(self, hexdigest: str) -> dict[str, Any] | None:
-        """The member listing (manifest node) recorded for the blob content `hexdigest`."""
-        path = self._listing_path(hexdigest)
+    def get_listing(self, key: str) -> dict[str, Any] | None:
+        """A member listing (manifest node) recorded under `key` (see verify.manifest.Listings)."""
+        path = self._listing_path(key)
         try:
             node: dict[str, Any] = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None
         return node
 
-    def put_listing(self, hexdigest: str, node: dict[str, Any]) -> None:
-        path = self._listing_path(hexdigest)
+    def put_listing(self, key: str, node: dict[str, Any]) -> None:
+        path = self._listing_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.write_atomic(path, canonical_json(node))
 

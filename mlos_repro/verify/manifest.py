@@ -9,6 +9,7 @@ file without reading either artifact again.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,14 +22,31 @@ from mlos_repro.verify.layers import READ_ERRORS, dir_members
 MANIFEST_VERSION = 1
 
 
-class Listings:
-    """Listings of nested containers by content digest: the same squashfs inside an ISO, a
-    disk image and a PXE initrd is read once. get/put default to remembering nothing."""
+def _readers_digest() -> str:
+    """What a listing depends on besides the bytes: the code of the readers that made it."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(str(MANIFEST_VERSION).encode())
+    for name in ("formats.py", "images.py", "layers.py", "manifest.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
 
-    def __init__(self, get: Callable[[str], dict[str, Any] | None] = lambda d: None,
-                 put: Callable[[str, dict[str, Any]], None] = lambda d, n: None) -> None:
-        self.get = get
-        self.put = put
+
+class Listings:
+    """Listings of containers by content digest: the same squashfs inside an ISO and a PXE
+    initrd is read once. Keys carry a digest of the readers' code, so a changed reader never
+    gets an old listing. get/put (by key) default to remembering nothing."""
+
+    def __init__(self, get: Callable[[str], dict[str, Any] | None] = lambda k: None,
+                 put: Callable[[str, dict[str, Any]], None] = lambda k, n: None) -> None:
+        self._get = get
+        self._put = put
+        self._prefix = _readers_digest()
+
+    def get(self, sha256: str) -> dict[str, Any] | None:
+        return self._get(f"{self._prefix}-{sha256}")
+
+    def put(self, sha256: str, node: dict[str, Any]) -> None:
+        self._put(f"{self._prefix}-{sha256}", node)
 
 
 def build(path: Path, digest: str, work: Path, listings: Listings | None = None) -> dict[str, Any]:

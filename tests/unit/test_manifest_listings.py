@@ -37,11 +37,11 @@ def test_a_nested_container_is_listed_once_and_reused(tmp_path: Path) -> None:
         return manifest.build(path, digest, tmp_path / "work" / path.name, cache)
 
     first = build(outer_a, listings)
-    recorded = store.get_listing(inner_digest)
+    recorded = listings.get(inner_digest)
     assert recorded is not None and recorded["kind"] == "tar"
     assert {m["name"] for m in recorded["members"]} == {"etc/os-release", "usr/bin/tool"}
     # The same bytes elsewhere are not read again: what the store holds is what is used.
-    store.put_listing(inner_digest, {**recorded, "members": recorded["members"][:1]})
+    listings.put(inner_digest, {**recorded, "members": recorded["members"][:1]})
     second = build(outer_b, listings)
     (nested,) = [m for m in second["root"]["members"] if m["name"] == "live/rootfs.tar"]
     assert [m["name"] for m in nested["inner"]["members"]] == ["etc/os-release"]
@@ -50,3 +50,9 @@ def test_a_nested_container_is_listed_once_and_reused(tmp_path: Path) -> None:
     honest = manifest.Listings(fresh.get_listing, fresh.put_listing)
     assert build(outer_a, honest) == first == build(outer_a, None)
     assert build(outer_b, honest) == build(outer_b, None)
+    # Keys name the readers' code as well as the bytes: other readers see nothing recorded.
+    assert f"{manifest._readers_digest()}-{inner_digest}.json" in {
+        p.name for p in (tmp_path / "store/listings").iterdir()}
+    other_readers = manifest.Listings(store.get_listing, store.put_listing)
+    other_readers._prefix = "0" * 16
+    assert other_readers.get(inner_digest) is None
