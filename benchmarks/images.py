@@ -5,11 +5,11 @@ boot times of every image to systemd's multi-user.target under QEMU (TCG).
 
 "Bare" runs the stage scripts of mlos_repro/image (mmdebstrap, mksquashfs, the cpio writer,
 grub-mkimage, xorriso, sfdisk, qemu-img) directly on the host, as root, in a scratch
-directory, with /in, /out and /build replaced by host directories and the stage's settings
-as environment variables: no sandbox, store, cache or manifests. "mlos-repro cold" is the
-same five stages built through mlos-repro with a cache miss forced on each of them (their
-recipes get one more environment variable), their upstream stages cached. Needs the image
-environment's tools on the host (scripts/install-deps installs them).
+directory, with /in and /out replaced by host directories, a scratch working directory and
+the stage's settings as environment variables: no sandbox, store, cache or manifests.
+"mlos-repro cold" is the same five stages built through mlos-repro with a cache miss forced
+on each of them (their recipes get one more environment variable), their upstream stages
+cached. Needs the image environment's tools on the host (scripts/install-deps installs them).
 """
 
 from __future__ import annotations

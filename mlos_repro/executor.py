@@ -102,17 +102,18 @@ class Executor:
 
     def _check_pinned_inputs(self, order: Iterable[str]) -> None:
         """Every url:/deb: input of the build is in the store, before anything is built."""
-        missing = [f"stage {name!r}: input {inp.name!r} ({inp.spec})"
-                   for name in order for inp in self.recipes.stages[name].inputs
-                   if inp.sha256 is not None and not self.store.has_blob(inp.sha256)]
+        missing = []
         for name in order:
             for inp in self.recipes.stages[name].inputs:
-                if inp.kind is InputKind.ENV:
+                where = f"stage {name!r}: input {inp.name!r} ({inp.spec})"
+                if inp.sha256 is not None and not self.store.has_blob(inp.sha256):
+                    missing.append(where)
+                elif inp.kind is InputKind.ENV:
                     _, locked = locked_environment(self.recipes.builder, inp.target)
                     absent = [p for p in locked.packages if not self.store.has_blob(p.sha256)]
                     if absent:
-                        missing.append(f"stage {name!r}: input {inp.name!r} ({inp.spec}): "
-                                       f"{len(absent)} .debs, e.g. {absent[0].name}_{absent[0].version}")
+                        missing.append(f"{where}: {len(absent)} .debs, e.g. "
+                                       f"{absent[0].name}_{absent[0].version}")
         if missing:
             raise BadInputError("pinned inputs are not in the store:\n  " + "\n  ".join(missing),
                                 "run: mlos-repro fetch" + (

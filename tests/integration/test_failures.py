@@ -172,3 +172,20 @@ def test_a_privileged_stage_needs_root(shared_store: Path, repo: Callable[..., P
         Executor(recipes, Store(shared_store), Bwrap()).build()
     assert "rootfs-like" in info.value.message and "privileged" in info.value.message
     assert info.value.hint is not None and "as root" in info.value.hint
+
+
+def test_an_env_input_whose_debs_are_not_fetched_says_run_fetch(repo: Callable[..., Path]) -> None:
+    recipes = repo("""
+        [[stage]]
+        name = "needs-mirror"
+        outputs = ["x"]
+        run = [["true"]]
+        [stage.inputs]
+        debian = "env:target"
+    """)
+    empty_store = recipes.parent / "store"
+    result = mlos("build", "--recipes", recipes, "--out", recipes.parent / "out", "--store", empty_store)
+    assert result.code == 2, result.stderr
+    assert "stage 'needs-mirror': input 'debian' (env:target):" in result.stderr
+    assert ".debs, e.g." in result.stderr and "run: mlos-repro fetch" in result.stderr
+    assert not (recipes.parent / "out").exists()
