@@ -359,3 +359,86 @@ def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
     for name, key in summary["attestation"].items():
         click.echo(f"{name + ' key':<16} {key['keyid']}  ({directory / key['private']})")
 
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, required=True, metavar="ARTIFACT | diff A.cdx.json B.cdx.json")
+@json_option
+@_handle_errors
+def sbom(args: tuple[str, ...], as_json: bool) -> None:
+    """Summarise an artifact's SBOM, or compare two.
+
+    \b
+    mlos-repro sbom OUT/iso/mlos.iso       # reads OUT/iso/mlos.iso.cdx.json (or give the .cdx.json)
+    mlos-repro sbom diff A.cdx.json B.cdx.json
+
+    The summary gives the component count, a licence histogram and the files no package owns,
+    and checks the SBOM (CycloneDX 1.6 schema, package URLs, NTIA minimum elements) and, when
+    the artifact is at hand, that it describes those exact bytes. Exit 1 if a check fails;
+    `sbom diff` exits 1 when components were added, removed or changed.
+    """
+    from mlos_repro.attest import summary as sboms
+    from mlos_repro.attest.artifacts import SBOM_SUFFIX
+    from mlos_repro.digest import sha256_file
+    from mlos_repro.errors import BadInputError
+
+    if args[0] == "diff":
+        if len(args) != 3:
+            raise click.UsageError("usage: mlos-repro sbom diff A.cdx.json B.cdx.json")
+        (a, pa), (b, pb) = sboms.load(Path(args[1])), sboms.load(Path(args[2]))
+        changes = sboms.diff(a, b)
+        if as_json:
+            ui.emit_json({k: [c.to_json() for c in v] for k, v in changes.items()}
+                         | {"problems": {args[1]: pa, args[2]: pb}})
+        else:
+            for c in changes["added"]:
+                click.echo(f"+ {c.name} {c.second}")
+            for c in changes["removed"]:
+                click.echo(f"- {c.name} {c.first}")
+            for c in changes["changed"]:
+                detail = f"{c.first} -> {c.second}" if c.first != c.second else ", ".join(c.what)
+                click.echo(f"~ {c.name} {detail}")
+            if not any(changes.values()):
+                ui.info("same components")
+        if any(changes.values()):
+            sys.exit(int(ExitCode.VERIFICATION_FAILED))
+        return
+    if len(args) != 1:
+        raise click.UsageError("usage: mlos-repro sbom ARTIFACT  (or: mlos-repro sbom diff A B)")
+    given = Path(args[0])
+    artifact: Path | None = None
+    if given.name.endswith(SBOM_SUFFIX):
+        path = given
+        candidate = given.with_name(given.name.removesuffix(SBOM_SUFFIX))
+        artifact = candidate if candidate.is_file() else None
+    else:
+        path, artifact = given.with_name(given.name + SBOM_SUFFIX), given if given.is_file() else None
+        if not path.is_file():
+            raise BadInputError(f"{given}: no SBOM next to it (expected {path})",
+                                "mlos-repro build writes OUT/<stage>/<output>.cdx.json beside each output")
+    data, problems = sboms.load(path)
+    info = sboms.summary(data, problems)
+    if artifact is not None and info["sha256"] != (actual := sha256_file(artifact)):
+        problems.append(f"{artifact}: sha256 {actual}, but the SBOM describes {info['sha256']}")
+        info["valid"] = False
+    if as_json:
+        ui.emit_json(info)
+    else:
+        click.echo(f"{info['name']} {info['version']}  ({info['artifact']}, sha256 {info['sha256']})")
+        click.echo(f"{info['components']} components: "
+                   + ", ".join(f"{n} {k}" for k, n in info["by_kind"].items()))
+        click.echo("licences:")
+        for name, n in list(info["licenses"].items())[:15]:
+            click.echo(f"  {n:5d}  {name}")
+        if len(info["licenses"]) > 15:
+            click.echo(f"  … {len(info['licenses']) - 15} more (--json lists all)")
+        unowned = info["unowned_files"]
+        click.echo(f"files not owned by any package: {len(unowned)}")
+        for name in unowned[:20]:
+            click.echo(f"  {name}")
+        if len(unowned) > 20:
+            click.echo(f"  … {len(unowned) - 20} more (--json lists all)")
+        for p in problems:
+            ui.error(p, None)
+    if problems:
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))

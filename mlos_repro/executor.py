@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mlos_repro import run
+from mlos_repro.attest.artifacts import SBOM_SUFFIX, Sboms
+from mlos_repro.attest.policy import load_policy
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
@@ -43,11 +45,16 @@ class BuildResult:
     stages: dict[str, StageResult] = field(default_factory=dict)
     environments: dict[str, str] = field(default_factory=dict)
     profile: str = ""
+    sboms: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> output -> sha256 hex
 
     def manifest(self) -> dict[str, Any]:
-        return {"profile": self.profile,
-                "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
-                           for n, r in sorted(self.stages.items())}}
+        stages: dict[str, Any] = {}
+        for n, r in sorted(self.stages.items()):
+            stages[n] = {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
+            if n in self.sboms:
+                stages[n]["sboms"] = {o + SBOM_SUFFIX: "sha256:" + d
+                                      for o, d in sorted(self.sboms[n].items())}
+        return {"profile": self.profile, "stages": stages}
 
 
 # What a source checkout holds that is not source: tool caches, never a build's input.
@@ -71,6 +78,7 @@ class Executor:
         self.progress = progress
         self._envs: dict[str, EnvRef] = {}
         self._mirrors: dict[str, str] = {}
+        self._sboms: Sboms | None = None
 
     def env(self, name: str) -> EnvRef:
         if name not in self._envs:
@@ -98,7 +106,30 @@ class Executor:
             env = self.env(stage.builder)
             result.environments[env.name] = f"sha256:{env.digest}"
             result.stages[name] = self._build_stage(stage, env, result)
+            result.sboms[name] = self.sboms(name, result, result.stages[name].entry)
         return result
+
+    def sboms(self, name: str, done: BuildResult, entry: StageEntry,
+              use_cache: bool = True) -> dict[str, str]:
+        """The SBOM of each output of stage `name` (entry: its outputs, from this build or a
+        varied one); kernel metadata comes from the stage and its upstream in `done`."""
+        if self._sboms is None:
+            self._sboms = Sboms(self.store, load_policy(self.recipes.root),
+                                self.recipes.builder.source_date_epoch)
+        upstream = [done.stages[n].entry for n in self._upstream(name) if n in done.stages]
+        kernels = self._sboms.kernel_metadata([*upstream, entry])
+        stage = self.recipes.stages[name]
+        return self._sboms.for_stage(name, stage.source, entry, kernels, use_cache=use_cache)
+
+    def _upstream(self, name: str) -> list[str]:
+        seen: list[str] = []
+        todo = [i.target for i in self.recipes.stages[name].inputs if i.kind is InputKind.STAGE]
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.append(n)
+                todo.extend(i.target for i in self.recipes.stages[n].inputs if i.kind is InputKind.STAGE)
+        return sorted(seen)
 
     def _check_pinned_inputs(self, order: Iterable[str]) -> None:
         """Every url:/deb: input of the build is in the store, before anything is built."""
@@ -159,12 +190,12 @@ class Executor:
         digests = self._input_digests(stage, done)
         key = cache_key(stage, env.digest, sde, digests)
         start = time.monotonic()
-        if self.use_cache and (hit := self.store.get_stage(key)) is not None:
+        if self.use_cache and (hit := self._cached(key)) is not None:
             self.progress(stage.name, "cached", 0.0)
             return StageResult(stage.name, hit, True, 0.0)
         with self.store.lock(f"stage-{key}"):
             # Another build sharing the store may have finished it while we waited.
-            if self.use_cache and (hit := self.store.get_stage(key)) is not None:
+            if self.use_cache and (hit := self._cached(key)) is not None:
                 self.progress(stage.name, "cached", 0.0)
                 return StageResult(stage.name, hit, True, 0.0)
             self.progress(stage.name, "running", 0.0)
@@ -173,6 +204,13 @@ class Executor:
         seconds = time.monotonic() - start
         self.progress(stage.name, "done", seconds)
         return StageResult(stage.name, entry, False, seconds)
+
+    def _cached(self, key: str) -> StageEntry | None:
+        hit = self.store.get_stage(key)
+        if hit is not None and hit.readers != manifest.readers_digest():
+            # Member manifests made by other readers would not compare with today's.
+            hit = replace(hit, members={})
+        return hit
 
     def _stage_inputs(self, stage: Stage, digests: dict[str, str], done: BuildResult,
                       work: Path) -> dict[str, Path]:
@@ -267,7 +305,8 @@ class Executor:
                                          manifest.Listings(self.store.get_listing, self.store.put_listing))
                 members[o] = self.store.put_bytes(canonical_json(listing))
             log_digest = self.store.put_file(log_file)
-        return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest, members=members)
+        return StageEntry(key=key, outputs=outputs, kinds=kinds, log=log_digest, members=members,
+                          readers=manifest.readers_digest())
 
     def _failure(self, stage: Stage, log_file: Path, what: str) -> StageFailedError:
         log_digest = self.store.put_file(log_file)
@@ -296,6 +335,8 @@ def write_out(store: Store, result: BuildResult, out_dir: Path,
         try:
             for o, digest in res.entry.outputs.items():
                 store.materialize(digest, res.entry.kinds[o], staging / o)
+            for o, sbom in result.sboms.get(name, {}).items():
+                store.materialize(sbom, "file", staging / (o + SBOM_SUFFIX))
             for path, data in sorted(extras.items()):
                 stage, _, rel = path.partition("/")
                 if stage == name:

@@ -54,10 +54,11 @@ class StageEntry:
     kinds: Mapping[str, str]  # output name -> OutputKind
     log: str  # sha256 hex of the stage log
     members: Mapping[str, str] = field(default_factory=dict)  # output -> member manifest blob
+    readers: str = ""  # digest of the readers' code that made the member manifests
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "outputs": dict(self.outputs), "kinds": dict(self.kinds),
-                "log": self.log, "members": dict(self.members)}
+                "log": self.log, "members": dict(self.members), "readers": self.readers}
 
 
 class Store:
@@ -229,7 +230,8 @@ class Store:
         except FileNotFoundError:
             return None
         entry = StageEntry(key=data["key"], outputs=data["outputs"], kinds=data["kinds"],
-                           log=data["log"], members=data.get("members", {}))
+                           log=data["log"], members=data.get("members", {}),
+                           readers=data.get("readers", ""))
         # A cache entry is only as good as its blobs: a missing blob means a miss.
         for digest in entry.outputs.values():
             if not self.has_blob(digest.removeprefix("sha256:")):

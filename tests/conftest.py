@@ -38,13 +38,15 @@ def mlos(*args: str | os.PathLike[str], store: Path | None = None, cwd: Path | N
 
 
 def write_repo(root: Path, stages: str, *, lock: bool = True) -> Path:
-    """A repository at root with the project's builder.toml (+ lock) and the given stage TOML."""
+    """A repository at root with the project's builder.toml (+ lock), SBOM policy and the given
+    stage TOML."""
     recipes = root / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT / "recipes" / "builder.toml", recipes / "builder.toml")
     if lock:
         shutil.copy(PROJECT / "recipes" / "builder.lock", recipes / "builder.lock")
     (recipes / "stages.toml").write_text(textwrap.dedent(stages))
+    shutil.copytree(PROJECT / "sbom", root / "sbom", dirs_exist_ok=True)
     return recipes
 
 

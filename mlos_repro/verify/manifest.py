@@ -9,6 +9,7 @@ file without reading either artifact again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import tempfile
@@ -22,7 +23,8 @@ from mlos_repro.verify.layers import READ_ERRORS, dir_members
 MANIFEST_VERSION = 1
 
 
-def _readers_digest() -> str:
+@functools.cache
+def readers_digest() -> str:
     """What a listing depends on besides the bytes: the code of the readers that made it."""
     here = Path(__file__).parent
     digest = hashlib.sha256(str(MANIFEST_VERSION).encode())
@@ -40,7 +42,7 @@ class Listings:
                  put: Callable[[str, dict[str, Any]], None] = lambda k, n: None) -> None:
         self._get = get
         self._put = put
-        self._prefix = _readers_digest()
+        self._prefix = readers_digest()
 
     def get(self, sha256: str) -> dict[str, Any] | None:
         return self._get(f"{self._prefix}-{sha256}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlos_repro.attest.artifacts import SBOM_SUFFIX
 from mlos_repro.errors import MlosReproError
 from mlos_repro.executor import BuildResult, Executor
 from mlos_repro.store import Store
@@ -79,33 +80,58 @@ def verify(executor: Executor, store: Store, control: BuildResult, plan: Plan, o
                                               error=errors[name].message))
                 continue
             entry = varied[name]
-            second = entry.outputs[output]
-            if first == second:
-                verdicts.append(OutputVerdict(name, output, first, second, Verdict.IDENTICAL))
+            verdicts.append(_judge(store, name, output, (first, res.entry.kinds[output],
+                                   res.entry.members.get(output)),
+                                   (entry.outputs[output], entry.kinds[output], entry.members.get(output)),
+                                   out_dir, settings))
+        if name in errors:
+            continue
+        # Each SBOM again, from the varied build's bytes, uncached: the same bytes or not.
+        try:
+            second_sboms = executor.sboms(name, control, varied[name], use_cache=False)
+        except MlosReproError as e:
+            second_sboms, error = {}, e.message
+        else:
+            error = ""
+        for output, first_sbom in control.sboms.get(name, {}).items():
+            label = output + SBOM_SUFFIX
+            if output not in second_sboms:
+                verdicts.append(OutputVerdict(name, label, f"sha256:{first_sbom}", None, Verdict.FAILED,
+                                              error=error))
                 continue
-            verdict = OutputVerdict(name, output, first, second, Verdict.DIFFERS)
-            with store.tempdir("diff") as work:
-                a = _materialized(store, first, res.entry.kinds[output], work / "first" / output)
-                b = _materialized(store, second, entry.kinds[output], work / "second" / output)
-                label = f"{name}/{output}"
-                ma, mb = res.entry.members.get(output), entry.members.get(output)
-                if ma and mb:
-                    # Both builds recorded member manifests: compare those, not the bytes.
-                    sa = manifest_side(json.loads(store.blob_path(ma).read_bytes()), a, work / "layers")
-                    sb = manifest_side(json.loads(store.blob_path(mb).read_bytes()), b, work / "layers")
-                    verdict.differences = compare(sa, sb, (label,))
-                else:
-                    verdict.differences = compare_paths(a, b, label, work / "layers")
-                dest = out_dir / "reports" / name / output
-                verdict.report_txt, verdict.report_html = report.write(
-                    label, verdict.differences, dest, work, settings)
-            verdicts.append(verdict)
+            verdicts.append(_judge(store, name, label, (f"sha256:{first_sbom}", "file", None),
+                                   (f"sha256:{second_sboms[output]}", "file", None), out_dir, settings))
     result = VerifyResult(plan, verdicts)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".verify.json.{os.getpid()}"
     tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     tmp.replace(out_dir / "verify.json")
     return result
+
+
+Side = tuple[str, str, str | None]  # digest, kind, member manifest
+
+
+def _judge(store: Store, name: str, output: str, first: Side, second: Side, out_dir: Path,
+           settings: report.DiffoscopeSettings) -> OutputVerdict:
+    if first[0] == second[0]:
+        return OutputVerdict(name, output, first[0], second[0], Verdict.IDENTICAL)
+    verdict = OutputVerdict(name, output, first[0], second[0], Verdict.DIFFERS)
+    with store.tempdir("diff") as work:
+        a = _materialized(store, first[0], first[1], work / "first" / output)
+        b = _materialized(store, second[0], second[1], work / "second" / output)
+        label = f"{name}/{output}"
+        if first[2] and second[2]:
+            # Both builds recorded member manifests: compare those, not the bytes.
+            sa = manifest_side(json.loads(store.blob_path(first[2]).read_bytes()), a, work / "layers")
+            sb = manifest_side(json.loads(store.blob_path(second[2]).read_bytes()), b, work / "layers")
+            verdict.differences = compare(sa, sb, (label,))
+        else:
+            verdict.differences = compare_paths(a, b, label, work / "layers")
+        dest = out_dir / "reports" / name / output
+        verdict.report_txt, verdict.report_html = report.write(label, verdict.differences, dest, work,
+                                                               settings)
+    return verdict
 
 
 def _materialized(store: Store, digest: str, kind: str, dest: Path) -> Path:

@@ -51,7 +51,7 @@ def test_a_nested_container_is_listed_once_and_reused(tmp_path: Path) -> None:
     assert build(outer_a, honest) == first == build(outer_a, None)
     assert build(outer_b, honest) == build(outer_b, None)
     # Keys name the readers' code as well as the bytes: other readers see nothing recorded.
-    assert f"{manifest._readers_digest()}-{inner_digest}.json" in {
+    assert f"{manifest.readers_digest()}-{inner_digest}.json" in {
         p.name for p in (tmp_path / "store/listings").iterdir()}
     other_readers = manifest.Listings(store.get_listing, store.put_listing)
     other_readers._prefix = "0" * 16
