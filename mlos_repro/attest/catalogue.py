@@ -283,9 +283,11 @@ class _Walker:
             path = _norm(m["name"])
             if m["type"] in ("file", "symlink", "hardlink") and path not in owned \
                     and not path.startswith(DPKG_DB):
-                # A link is identified by its target: its sha256 is the target's.
+                # A symlink is identified by its target (the sha256 of the target's name), a
+                # hard link by the file it links to.
                 digest = m.get("sha256") or (sha256_bytes(m.get("target", "").encode())
-                                             if m["type"] == "symlink" else "")
+                                             if m["type"] == "symlink" else
+                                             tree.sha256.get(_norm(m.get("target", "")), ""))
                 part.files.append(File(path, "unowned", "", digest, m["type"], m.get("target", "")))
         return part
 
@@ -331,6 +333,7 @@ class _Tree:
         self.original = {_norm(m["name"]): m["name"] for m in members}
         self.names = set(self.original)
         self.links = {_norm(m["name"]): m.get("target", "") for m in members if m["type"] == "symlink"}
+        self.sha256 = {_norm(m["name"]): m.get("sha256", "") for m in members if m["type"] == "file"}
         self._dirs: dict[str, str] = {}
 
     def resolve(self, path: str, final: bool = True) -> str:

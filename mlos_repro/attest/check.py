@@ -30,7 +30,7 @@ def problems(text: str | bytes, required: tuple[str, ...] = NTIA_ELEMENTS) -> li
     if error is not None:
         out.append(f"CycloneDX 1.6 schema: {_schema_message(error.data)}")
     metadata: dict[str, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
-    if "author" in required and not (metadata.get("authors") or metadata.get("tools")):
+    if "author" in required and not metadata.get("authors"):
         out.append("metadata: no author of the SBOM data (metadata.authors) (NTIA: author)")
     if "timestamp" in required and not metadata.get("timestamp"):
         out.append("metadata: no timestamp (NTIA: timestamp)")
