@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, Protocol, cast, runtime_checkable
 
 from mlos_repro import run
 
@@ -48,6 +48,14 @@ class Reader(Protocol):
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         """Write the named file members under dest; returns name -> extracted file."""
         ...
+
+
+@runtime_checkable
+class KeepsNested(Protocol):
+    """A reader that can keep the nested containers it passes while listing (set `keep`)."""
+
+    keep: Path | None
+    kept: dict[str, Path]
 
 
 class _Readable(Protocol):

@@ -39,7 +39,7 @@ from mlos_repro.verify.formats import (
 )
 
 run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
-                  "xorriso": "xorriso", "fuse2fs": "fuse2fs"})
+                  "xorriso": "xorriso", "fuse2fs": "fuse2fs", "qemu-img": "qemu-utils"})
 
 
 BOOT_PREFIX = "[el-torito]/"
@@ -291,6 +291,36 @@ class Ext4Reader:
 SECTOR = 512
 
 
+class QcowReader:
+    """A qcow2 image, read as the raw disk it holds (one member, `disk.raw`, from qemu-img):
+    the disk inside is then read like any raw disk, and its listing is shared with one."""
+
+    kind = "qcow2"
+    RAW = "disk.raw"
+
+    def __init__(self) -> None:
+        self.keep: Path | None = None
+        self.kept: dict[str, Path] = {}
+
+    def _raw(self, path: Path, dest: Path) -> Path:
+        target = dest / self.RAW
+        run.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(target)],
+                stdout=subprocess.DEVNULL)
+        return target
+
+    def members(self, path: Path) -> Iterator[Member]:
+        with tempfile.TemporaryDirectory(prefix="mlos-qcow2-") as tmp:
+            raw = self._raw(path, self.keep or Path(tmp))
+            with raw.open("rb") as f:
+                digest, nested = _hash_and_hint(f)
+            if self.keep is not None:
+                self.kept[self.RAW] = raw
+            yield Member(self.RAW, "file", 0o644, 0, 0, 0, raw.stat().st_size, digest, nested=nested)
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        return {self.RAW: self._raw(path, dest)} if self.RAW in names else {}
+
+
 class GptReader:
     """A GPT disk: protective MBR (boot code), each partition as a member, GUIDs as meta."""
 
@@ -384,6 +414,8 @@ def image_reader_for(path: Path) -> Reader | None:
         iso = f.read(5)
     if head == b"hsqs":
         return SquashfsReader()
+    if head == b"QFI\xfb":
+        return QcowReader()
     if iso == b"CD001":
         return IsoReader()
     if gpt == b"EFI PART":

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from mlos_repro.digest import sha256_file
 from mlos_repro.errors import MlosReproError
-from mlos_repro.verify.formats import Member, Reader, TarReader, reader_for, walk_members
+from mlos_repro.verify.formats import KeepsNested, Member, Reader, reader_for, walk_members
 
 ARROW = " → "
 # What a broken or unexpected nested container may raise; it is then compared as a leaf.
@@ -93,11 +93,12 @@ class FileSide:
     def _read(self) -> Reader | None:
         if self._reader is False:
             try:
-                self._reader = reader_for(self.path)
-                if isinstance(self._reader, TarReader):
-                    self._reader.keep = _scratch(self.work)  # nested containers, kept while listing
-                if self._reader is not None:
-                    self._listing = list(self._reader.members(self.path))
+                reader = reader_for(self.path)
+                if isinstance(reader, KeepsNested):
+                    reader.keep = _scratch(self.work)  # nested containers, kept while listing
+                if reader is not None:
+                    self._listing = list(reader.members(self.path))
+                self._reader = reader
             except READ_ERRORS:
                 self._reader, self._listing = None, None
         return self._reader if not isinstance(self._reader, bool) else None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.verify.formats import Member, TarReader, reader_for
+from mlos_repro.verify.formats import KeepsNested, Member, reader_for
 from mlos_repro.verify.layers import READ_ERRORS, dir_members
 
 MANIFEST_VERSION = 1
@@ -82,7 +82,7 @@ def _node(path: Path, work: Path, depth: int, listings: Listings) -> dict[str, A
         if reader is None:
             return {"kind": None}
         scratch = Path(tempfile.mkdtemp(prefix=f"d{depth}-", dir=work))
-        if isinstance(reader, TarReader):
+        if isinstance(reader, KeepsNested):
             reader.keep = scratch  # nested containers are kept while listing: one pass
         members = list(reader.members(path))
         wanted = {m.name for m in members if m.nested and m.type == "file"

@@ -110,6 +110,50 @@ def test_iso_describes_itself(images: Path) -> None:
         assert f"'{path}'" in listing, listing
 
 
+def sbom_packages(sbom: dict) -> set[tuple[str, str, str]]:
+    from packageurl import PackageURL
+
+    out = set()
+    for c in sbom["components"]:
+        if c["type"] == "library":
+            purl = PackageURL.from_string(c["purl"])
+            out.add((c["name"], c["version"], purl.qualifiers["arch"]))
+    return out
+
+
+def test_iso_sbom_lists_what_dpkg_reports_inside_it(images: Path, tmp_path: Path) -> None:
+    # The squashfs as the ISO carries it, and dpkg-query on its own database.
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(images / "iso/mlos.iso"), "-extract",
+                    "/live/rootfs.squashfs", str(tmp_path / "rootfs.squashfs")], check=True, capture_output=True)
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "r"), str(tmp_path / "rootfs.squashfs"),
+                    "var/lib/dpkg"], check=True, capture_output=True)
+    query = subprocess.run(["dpkg-query", f"--admindir={tmp_path / 'r/var/lib/dpkg'}", "-W", "-f",
+                            "${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n"],
+                           check=True, capture_output=True, text=True).stdout
+    dpkg = {tuple(line.split("\t")[1:]) for line in query.splitlines() if line.startswith("installed\t")}
+    assert len(dpkg) > 100
+    sbom = json.loads((images / "iso/mlos.iso.cdx.json").read_text())
+    assert sbom_packages(sbom) == dpkg
+    roles = [next(p["value"] for p in c["properties"] if p["name"] == "mlos:role")
+             for c in sbom["components"] if c["type"] != "library"]
+    assert roles.count("kernel") == 1 and roles.count("initramfs") == 1
+    unowned = roles.count("unowned")
+    assert len(sbom["components"]) == len(dpkg) + 2 + unowned
+    # The SBOM names the ISO's exact bytes, the kernel with its patches, and it validates.
+    info = mlos("sbom", images / "iso/mlos.iso", "--json")
+    assert info.code == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert summary["valid"] and summary["components"] == len(sbom["components"])
+    assert (summary["name"], summary["version"]) == ("MLOS Linux", "1.0")
+    kernel = next(c for c in sbom["components"] if c["name"] == "linux")
+    patches = json.loads((images / "kernel/kernel.json").read_text())["patches"]
+    assert {(c["name"], c["hashes"][0]["content"]) for c in kernel["components"]} == \
+        {(p["name"], p["sha256"]) for p in patches}
+    # The same root filesystem, wherever it is carried, is catalogued the same.
+    for other in ("rootfs/rootfs.squashfs", "disk/mlos.raw", "disk/mlos.qcow2", "pxe/pxe"):
+        assert sbom_packages(json.loads((images / f"{other}.cdx.json").read_text())) == dpkg, other
+
+
 def test_iso_boots_with_bios(images: Path, tmp_path: Path) -> None:
     text = boot(tmp_path, "-cdrom", images / "iso/mlos.iso", until=BOOTED)
     assert "mlos-initramfs: checking rootfs.squashfs" in text
@@ -215,6 +259,8 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
                    ("iso", "mlos.iso"), ("iso", "mlos.json"), ("disk", "mlos.raw"), ("disk", "mlos.qcow2"),
                    ("pxe", "pxe")):
         assert verdicts[output] == "identical", verdicts
+        # Each SBOM made again from the varied build's bytes, uncached: the same bytes.
+        assert verdicts[(output[0], output[1] + ".cdx.json")] == "identical", verdicts
     # The control build is the project's own: the same bytes as the images the boot tests ran.
     for stage, output in (("iso", "mlos.iso"), ("disk", "mlos.qcow2")):
         assert (tmp_path / "out" / stage / output).read_bytes() == (images / stage / output).read_bytes()
