@@ -32,6 +32,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/diff.py
 	$(VENV)/bin/python benchmarks/kernel.py
 	$(VENV)/bin/python benchmarks/images.py
+	$(VENV)/bin/python benchmarks/sbom.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -152,7 +152,9 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
         "profile": recipes.profile,
         "environments": result.environments,
         "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
-                       "seconds": round(r.seconds, 3)} for n, r in result.stages.items()},
+                       "seconds": round(r.seconds, 3),
+                       "sboms": {o: str(out_dir / n / (o + ".cdx.json")) for o in result.sboms.get(n, {})}}
+                   for n, r in result.stages.items()},
     }
     if not as_json:
         built = sum(1 for r in result.stages.values() if not r.cached)

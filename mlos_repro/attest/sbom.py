@@ -216,7 +216,8 @@ def _kernel_pedigree(doc: dict[str, Any]) -> Pedigree:
 def _upstream(doc: dict[str, Any]) -> Component:
     url = str(doc.get("url", ""))
     return Component(
-        type=ComponentType.APPLICATION, name=str(doc.get("name") or url.rsplit("/", 1)[-1] or "upstream"),
+        type=ComponentType.APPLICATION,
+        name=str(doc.get("archive") or doc.get("name") or url.rsplit("/", 1)[-1] or "upstream"),
         version=str(doc.get("version", "")) or None,
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=doc["sha256"])] if doc.get("sha256") else None,
         external_references=[ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(url))]

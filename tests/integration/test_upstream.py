@@ -95,6 +95,13 @@ def test_pin_fetch_and_repackage(shared_store: Path, server: tuple[str, Path], t
                             shell=True, capture_output=True, text=True, check=True).stdout
     assert json.loads(record) == {"archive": core.name, "sha256": _sha256(core), "url": core_url}
     assert (tmp_path / "out/upstream-packages/debs/axon_0.9.0-1_amd64.deb").is_file()
+    # The SBOM of the .debs records where each came from: the archive's URL and sha256.
+    sbom = json.loads((tmp_path / "out/upstream-packages/debs.cdx.json").read_text())
+    component = next(c for c in sbom["components"] if c["name"] == "mlos-core")
+    origin = component["pedigree"]["ancestors"][0]
+    assert origin["name"] == core.name and origin["hashes"][0]["content"] == _sha256(core)
+    assert origin["externalReferences"] == [{"type": "distribution", "url": core_url}]
+    assert component["hashes"][0]["content"] == _sha256(deb)
 
     missing = mlos("pin", f"{base}/other.tar.gz", *common)
     assert missing.code == 2 and "no recipe in" in missing.stderr
