@@ -19,6 +19,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
+from importlib.metadata import version
 from typing import Any
 
 from cyclonedx.model import (
@@ -39,6 +40,7 @@ from cyclonedx.model.component import (
     Pedigree,
 )
 from cyclonedx.model.contact import OrganizationalContact, OrganizationalEntity
+from cyclonedx.model.dependency import Dependency
 from cyclonedx.model.license import DisjunctiveLicense
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.spdx import fixup_id
@@ -50,6 +52,7 @@ from packageurl import PackageURL
 from mlos_repro import __version__
 from mlos_repro.attest.catalogue import Catalogue, File, Package, join
 from mlos_repro.attest.policy import Policy, Supplier
+from mlos_repro.digest import canonical_json
 
 logging.getLogger("debian.copyright").setLevel(logging.ERROR)  # "Fixing Format URL", per file
 
@@ -90,18 +93,21 @@ def make(cat: Catalogue, *, name: str, sha256: str, tree: bool, policy: Policy, 
         by_ref[ref] = component
     for component in components:
         bom.components.add(component)
-    bom.register_dependency(root, components)
+    # The graph, built directly: Bom.register_dependency searches it linearly on every call.
     scopes = _scopes(cat, refs)
-    for package, ref in zip(cat.packages, refs["packages"], strict=True):
-        bom.register_dependency(by_ref[ref], [by_ref[r] for r in _depends(package, scopes)])
+    depends = {ref: _depends(package, scopes)
+               for package, ref in zip(cat.packages, refs["packages"], strict=True)}
+    graph = [Dependency(ref=root.bom_ref, dependencies=[Dependency(ref=c.bom_ref) for c in components])]
     for component in components:
-        bom.register_dependency(component, [])
-        for nested in component.components:
-            bom.register_dependency(nested, [])
-    # The serial number names this content: derive it from the bytes without it.
-    bom.serial_number = SERIAL_NAMESPACE
-    draft = JsonV1Dot6(bom).output_as_string(indent=1)
-    bom.serial_number = uuid.uuid5(SERIAL_NAMESPACE, hashlib.sha256(draft.encode()).hexdigest())
+        graph.append(Dependency(ref=component.bom_ref, dependencies=[
+            Dependency(ref=by_ref[r].bom_ref) for r in depends.get(str(component.bom_ref), [])]))
+        graph.extend(Dependency(ref=nested.bom_ref) for nested in component.components)
+    bom.dependencies.update(graph)
+    # The serial number names this content: a digest of everything the document is made from.
+    content = canonical_json({"artifact": [name, sha256, tree], "catalogue": cat.to_json(),
+                              "policy": policy.digest, "sde": sde, "kernels": list(kernel_docs.values()),
+                              "tool": __version__, "library": version("cyclonedx-python-lib")})
+    bom.serial_number = uuid.uuid5(SERIAL_NAMESPACE, hashlib.sha256(content).hexdigest())
     return (JsonV1Dot6(bom).output_as_string(indent=1) + "\n").encode()
 
 
