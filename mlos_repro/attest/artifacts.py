@@ -100,7 +100,7 @@ class Sboms:
 
     def _listing(self, entry: StageEntry, output: str, work: Path, use_cache: bool) -> dict[str, Any]:
         recorded = entry.members.get(output)
-        if recorded and self.store.has_blob(recorded):
+        if recorded and entry.readers == manifest.readers_digest() and self.store.has_blob(recorded):
             listing: dict[str, Any] = json.loads(self.store.blob_path(recorded).read_bytes())
             return listing
         digest = entry.outputs[output].removeprefix("sha256:")
