@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -27,6 +28,10 @@ def _handle_errors(func: F) -> F:
         except MlosReproError as e:
             ui.error(e.message, e.hint)
             sys.exit(int(e.exit_code))
+        except BrokenPipeError:
+            # Whoever read our output went away (e.g. `| head`): not a failure of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except KeyboardInterrupt:
             ui.error("interrupted; the store holds only complete entries", None)
             sys.exit(130)
@@ -426,7 +431,9 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         ui.emit_json(info)
     else:
-        click.echo(f"{info['name']} {info['version']}  ({info['artifact']}, sha256 {info['sha256']})")
+        version = "" if str(info["version"]).startswith("sha256:") else f" {info['version']}"
+        described = f"{info['artifact']}, " if info["artifact"] != info["name"] else ""
+        click.echo(f"{info['name']}{version}  ({described}sha256 {info['sha256']})")
         click.echo(f"{info['components']} components: "
                    + ", ".join(f"{n} {k}" for k, n in info["by_kind"].items()))
         click.echo("licences:")
