@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,22 @@ def verify(executor: Executor, store: Store, control: BuildResult, plan: Plan, o
                                    out_dir, settings))
         if name in errors:
             continue
-        # Each SBOM again, from the varied build's bytes, uncached: the same bytes or not.
+        # Each SBOM again, from the varied build's bytes, uncached: the same bytes or not. The
+        # SBOM of an output that differs differs too (it names the bytes): it adds nothing there.
+        identical = {v.output for v in verdicts if v.stage == name and v.verdict == Verdict.IDENTICAL}
+        if not identical:
+            continue
+        entry = varied[name]
+        mine = replace(entry, outputs={o: d for o, d in entry.outputs.items() if o in identical})
         try:
-            second_sboms = executor.sboms(name, control, varied[name], use_cache=False)
+            second_sboms = executor.sboms(name, control, mine, use_cache=False)
         except MlosReproError as e:
             second_sboms, error = {}, e.message
         else:
             error = ""
         for output, first_sbom in control.sboms.get(name, {}).items():
+            if output not in identical:
+                continue
             label = output + SBOM_SUFFIX
             if output not in second_sboms:
                 verdicts.append(OutputVerdict(name, label, f"sha256:{first_sbom}", None, Verdict.FAILED,

@@ -79,8 +79,10 @@ def test_a_reproducible_stage_passes_every_variation(shared_store: Path, repo: C
     assert sorted(applied + skipped) == sorted(NAMES)  # nothing silently dropped
     outputs = report["outputs"]
     assert isinstance(outputs, list)
+    # Each output, and its SBOM made again from the varied build's bytes.
     assert {o["output"]: o["verdict"] for o in outputs} == {
-        "sorted.txt": "identical", "pkg.tar.gz": "identical", "hello": "identical"}
+        "sorted.txt": "identical", "pkg.tar.gz": "identical", "hello": "identical",
+        "sorted.txt.cdx.json": "identical", "pkg.tar.gz.cdx.json": "identical", "hello.cdx.json": "identical"}
     assert "reproducible" in err
 
 
