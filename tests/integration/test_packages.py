@@ -248,7 +248,8 @@ def test_packages_and_indices_are_reproducible(shared_store: Path, gnupg_key: Ca
     report = json.loads((tmp_path / "out/verify.json").read_text())
     assert report["reproducible"] is True
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
-    assert verdicts == {("packages", "debs"): "identical", ("repository", "repo"): "identical"}
+    assert verdicts == {("packages", "debs"): "identical", ("repository", "repo"): "identical",
+                        ("packages", "debs.cdx.json"): "identical", ("repository", "repo.cdx.json"): "identical"}
 
 
 def test_a_package_without_copyright_fails_naming_the_file(shared_store: Path, tmp_path: Path) -> None:
