@@ -451,3 +451,62 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
             ui.error(p, None)
     if problems:
         sys.exit(int(ExitCode.VERIFICATION_FAILED))
+
+
+@main.command()
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), required=True,
+              help="Key directory made by `mlos-repro keys init` (release key, builder and owner keys).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="The release directory to write (new or empty).")
+@click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
+              help="A build's OUT directory: the release must be of exactly that build.")
+@recipes_option
+@profile_option
+@store_option
+@click.option("--archive-key", default=None, metavar="KEYID",
+              help="Which secret key of KEYS/gnupg signs (needed when it holds several).")
+@click.option("--expires-days", type=click.IntRange(min=1), default=None,
+              help="Days until the layout expires [default: layouts/layout.toml, else 365].")
+@json_option
+@_handle_errors
+def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
+            store_dir: Path | None, archive_key: str | None, expires_days: int | None, as_json: bool) -> None:
+    """Assemble and sign the release directory of a finished build.
+
+    Every stage must be in the store already (run `mlos-repro build` first); nothing is built.
+    Writes artifacts/, SHA256SUMS (+ .gpg detached, .asc clearsigned, by the release key),
+    sbom/, attestations/ (an in-toto link per stage, SLSA provenance and SBOM statements per
+    output, in DSSE envelopes signed by the builder key), layout/ (the layout made from the
+    recipes, signed by the owner key, with its public keys) and inputs.lock.
+    """
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.executor import Executor
+    from mlos_repro.recipe import load_recipes
+    from mlos_repro.release import Keys, make_release
+    from mlos_repro.sandbox.select import sandbox
+
+    recipes = load_recipes(recipes_dir, profile)
+    keys = Keys.load(keys_dir, archive_key)
+    executor = Executor(recipes, _store(store_dir), sandbox("bwrap"), cached_only=True)
+    wanted: tuple[str, ...] = ()
+    if from_dir is not None:
+        import json
+
+        try:
+            built = json.loads((from_dir / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"{from_dir / 'manifest.json'}: cannot read the build's manifest ({e})",
+                                "name the OUT directory of a finished `mlos-repro build`") from None
+        wanted = tuple(built.get("stages", {}))
+    result = executor.build(wanted)
+    if from_dir is not None:
+        differing = [n for n, s in built["stages"].items()
+                     if n not in result.stages or result.stages[n].entry.key != s.get("key")]
+        if differing:
+            raise BadInputError(f"{from_dir} was built from other inputs than these recipes give for: "
+                                + ", ".join(differing), "build again, or release from the matching recipes")
+    path = make_release(executor, result, keys, out_dir, expires_days)
+    if as_json:
+        ui.emit_json({"release": str(path), "stages": sorted(result.stages)})
+    else:
+        ui.info(f"release of {len(result.stages)} stages written to {path}")

@@ -70,12 +70,14 @@ def _no_progress(stage: str, state: str, seconds: float) -> None:
 
 class Executor:
     def __init__(self, recipes: RecipeSet, store: Store, sandbox: Sandbox, *,
-                 use_cache: bool = True, progress: Progress = _no_progress) -> None:
+                 use_cache: bool = True, progress: Progress = _no_progress,
+                 cached_only: bool = False) -> None:
         self.recipes = recipes
         self.store = store
         self.sandbox = sandbox
         self.use_cache = use_cache
         self.progress = progress
+        self.cached_only = cached_only  # a stage not in the store is an error, not a build
         self._envs: dict[str, EnvRef] = {}
         self._mirrors: dict[str, str] = {}
         self._sboms: Sboms | None = None
@@ -162,7 +164,7 @@ class Executor:
 
     # -- one stage --------------------------------------------------------------
 
-    def _input_digests(self, stage: Stage, done: BuildResult) -> dict[str, str]:
+    def input_digests(self, stage: Stage, done: BuildResult) -> dict[str, str]:
         digests: dict[str, str] = {}
         for inp in stage.inputs:
             if inp.kind is InputKind.STAGE:
@@ -187,12 +189,16 @@ class Executor:
 
     def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
         sde = self.recipes.builder.source_date_epoch
-        digests = self._input_digests(stage, done)
+        digests = self.input_digests(stage, done)
         key = cache_key(stage, env.digest, sde, digests)
         start = time.monotonic()
         if self.use_cache and (hit := self._cached(key)) is not None:
             self.progress(stage.name, "cached", 0.0)
             return StageResult(stage.name, hit, True, 0.0)
+        if self.cached_only:
+            raise BadInputError(f"stage {stage.name!r} ({stage.source}) is not built: the store has no "
+                                "entry for its inputs",
+                                "run: mlos-repro build (same recipes and profile) first")
         with self.store.lock(f"stage-{key}"):
             # Another build sharing the store may have finished it while we waited.
             if self.use_cache and (hit := self._cached(key)) is not None:
@@ -245,7 +251,7 @@ class Executor:
         for name in control.stages:
             stage = self.recipes.stages[name]
             env = self.env(stage.builder)
-            digests = self._input_digests(stage, control)
+            digests = self.input_digests(stage, control)
             key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
             self.progress(name, "varied", 0.0)
             start = time.monotonic()

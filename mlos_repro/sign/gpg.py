@@ -106,6 +106,10 @@ class GpgSigner:
         return self._gpg("--local-user", self.fingerprint + "!", "--digest-algo", "SHA512",
                          "--armor", "--detach-sign", stdin=data, what="sign")
 
+    def export_armored(self) -> bytes:
+        """The public key, ASCII-armored: what users import to check a release."""
+        return self._gpg("--armor", "--export", self.fingerprint, what="export the public key")
+
     def export(self) -> bytes:
         """The public key as a binary keyring, for apt's signed-by."""
         return self._gpg("--export", self.fingerprint, what="export the public key")

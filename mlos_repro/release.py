@@ -1,0 +1,224 @@
+"""`mlos-repro release`: the release directory of a finished build, signed.
+
+    RELEASE/artifacts/STAGE/OUTPUT[/…]   every stage output (plus the repository signatures)
+    RELEASE/SHA256SUMS                   every file under artifacts/, sha256sum format
+    RELEASE/SHA256SUMS.gpg               detached OpenPGP signature (the release key)
+    RELEASE/SHA256SUMS.asc               the same, clearsigned
+    RELEASE/sbom/STAGE/OUTPUT.cdx.json   the CycloneDX SBOM of each output
+    RELEASE/attestations/links/STAGE.KEYID8.link           in-toto link per stage (DSSE)
+    RELEASE/attestations/provenance/STAGE/OUTPUT.intoto.json  SLSA v1 provenance (DSSE)
+    RELEASE/attestations/sbom/STAGE/OUTPUT.intoto.json     the SBOM as a signed statement
+    RELEASE/layout/root.layout           the in-toto layout, from the recipes, owner-signed
+    RELEASE/layout/keys/NAME.pub.json    the owner's and functionaries' public keys
+    RELEASE/inputs.lock                  what a rebuilder starts from
+    RELEASE/release.json                 what this release is
+
+Nothing is built here: every stage must already be in the store (`mlos-repro build`). The
+directory appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner
+
+from mlos_repro import __version__
+from mlos_repro.attest import intoto
+from mlos_repro.attest.artifacts import SBOM_SUFFIX
+from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
+from mlos_repro.errors import BadInputError, SigningError
+from mlos_repro.executor import BuildResult, Executor, write_out
+from mlos_repro.sign.gpg import GpgSigner
+from mlos_repro.sign.repository import sign_repositories
+
+LAYOUT_POLICY = Path("layouts/layout.toml")
+
+
+@dataclass(frozen=True)
+class Keys:
+    builder: CryptoSigner
+    owner: CryptoSigner
+    gpg: GpgSigner
+
+    @staticmethod
+    def load(directory: Path, archive_key: str | None = None) -> Keys:
+        def signer(name: str) -> CryptoSigner:
+            path = directory / "attestation" / f"{name}.key"
+            try:
+                return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
+            except FileNotFoundError:
+                raise SigningError(f"{path}: missing; the {name} key signs "
+                                   + ("stage attestations" if name == "builder" else "the layout"),
+                                   "create a key directory with: mlos-repro keys init DIR") from None
+            except (ValueError, TypeError) as e:
+                raise SigningError(f"{path}: not an unencrypted PKCS#8 PEM private key ({e})") from None
+
+        if not (directory / "gnupg").is_dir():
+            raise SigningError(f"{directory / 'gnupg'}: missing; it holds the release (archive) OpenPGP key",
+                               "create a key directory with: mlos-repro keys init DIR")
+        return Keys(signer("builder"), signer("owner"), GpgSigner(directory / "gnupg", archive_key))
+
+
+def public(signer: CryptoSigner) -> dict[str, Any]:
+    return {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
+
+
+def layout_policy(root: Path) -> tuple[int, int]:
+    """(threshold, days until the layout expires) from layouts/layout.toml."""
+    path = root / LAYOUT_POLICY
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return 1, 365
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"{LAYOUT_POLICY}: not valid TOML: {e}") from None
+    threshold, days = data.get("threshold", 1), data.get("expires_days", 365)
+    if not isinstance(threshold, int) or threshold < 1:
+        raise BadInputError(f"{LAYOUT_POLICY}: threshold: expected a whole number >= 1")
+    if not isinstance(days, int) or days < 1:
+        raise BadInputError(f"{LAYOUT_POLICY}: expires_days: expected a whole number >= 1")
+    return threshold, days
+
+
+def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
+                 expires_days: int | None = None) -> Path:
+    recipes = executor.recipes
+    sde = recipes.builder.source_date_epoch
+    if out.exists() and any(out.iterdir()):
+        raise BadInputError(f"{out}: exists and is not empty; a release is written once",
+                            "name a new directory")
+    threshold, days = layout_policy(recipes.root)
+    days = expires_days or days
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        _write(executor, result, keys, staging, sde, threshold, days)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde: int, threshold: int,
+           days: int) -> None:
+    recipes, store = executor.recipes, executor.store
+    # The artifacts as `build` writes them, with the repository signatures made by the release key.
+    signatures = sign_repositories(store, result, lambda: keys.gpg)
+    write_out(store, result, root / "artifacts", signatures)
+    (root / "artifacts/manifest.json").unlink()
+    for sbom in sorted((root / "artifacts").rglob("*" + SBOM_SUFFIX)):
+        dest = root / "sbom" / sbom.relative_to(root / "artifacts")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sbom.rename(dest)
+    sums = []
+    for path in sorted(p for p in (root / "artifacts").rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(root / "artifacts").as_posix()
+        digest = sha256_file(path) if not path.is_symlink() else sha256_bytes(os.readlink(path).encode())
+        sums.append(f"{digest}  {rel}\n")
+    data = "".join(sums).encode()
+    (root / "SHA256SUMS").write_bytes(data)
+    (root / "SHA256SUMS.gpg").write_bytes(keys.gpg.detach(data))
+    (root / "SHA256SUMS.asc").write_bytes(keys.gpg.clearsign(data))
+
+    links = root / "attestations/links"
+    links.mkdir(parents=True)
+    entries = {n: r.entry for n, r in result.stages.items()}
+    for name, res in result.stages.items():
+        stage = recipes.stages[name]
+        env = executor.env(stage.builder)
+        builder = (env.name, env.digest)
+        mats = intoto.materials(store, stage, executor.input_digests(stage, result), entries, builder)
+        prods = intoto.products(store, name, res.entry)
+        the_link = intoto.link(stage, res.entry, mats, prods, profile=recipes.profile, sde=sde)
+        (links / f"{name}.{keys.builder.public_key.keyid[:8]}.link").write_bytes(
+            intoto.sign_link(the_link, keys.builder))
+        predicate = intoto.provenance(stage, res.entry, mats, profile=recipes.profile, sde=sde,
+                                      builder=builder)
+        for output in sorted(res.entry.outputs):
+            subjects = {k: v for k, v in prods.items()
+                        if k == f"{name}/{output}" or k.startswith(f"{name}/{output}/")}
+            dest = root / "attestations/provenance" / name / f"{output}.intoto.json"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(intoto.sign_statement(
+                intoto.statement(subjects, intoto.SLSA_PROVENANCE, predicate), keys.builder))
+            sbom = json.loads((root / "sbom" / name / f"{output}{SBOM_SUFFIX}").read_text())
+            dest = root / "attestations/sbom" / name / f"{output}.intoto.json"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(intoto.sign_statement(intoto.statement(subjects, intoto.CYCLONEDX, sbom),
+                                                   keys.builder))
+
+    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    the_layout = intoto.layout(recipes, list(result.stages), [public(keys.builder)], threshold=threshold,
+                               expires=expires)
+    (root / "layout/keys").mkdir(parents=True)
+    (root / "layout/root.layout").write_bytes(intoto.sign_link(the_layout, keys.owner))
+    for name, signer in (("owner", keys.owner), ("builder", keys.builder)):
+        (root / "layout/keys" / f"{name}.pub.json").write_text(json.dumps(public(signer), indent=2,
+                                                                          sort_keys=True) + "\n")
+    (root / "layout/keys/release.asc").write_bytes(keys.gpg.export_armored())
+
+    (root / "inputs.lock").write_bytes(canonical_json(_inputs_lock(executor, result)) + b"\n")
+    (root / "release.json").write_text(json.dumps(_release_info(root, result, sde, keys), indent=2,
+                                                  sort_keys=True) + "\n")
+
+
+def _inputs_lock(executor: Executor, result: BuildResult) -> dict[str, Any]:
+    recipes = executor.recipes
+    lock = recipes.builder.path.with_name("builder.lock")
+    pinned = []
+    for name in sorted(result.stages):
+        for inp in recipes.stages[name].inputs:
+            if inp.sha256 is not None:
+                pinned.append({"stage": name, "input": inp.name, "spec": inp.spec, "sha256": inp.sha256})
+    return {
+        "mlos-repro": __version__,
+        "profile": recipes.profile,
+        "source_date_epoch": recipes.builder.source_date_epoch,
+        "recipes": {"tree": executor.store.put_tree(recipes.recipes_dir, normalise_modes=True),
+                    **_git(recipes.root)},
+        "builder_lock": {"path": "recipes/builder.lock",
+                         "sha256": sha256_file(lock) if lock.exists() else None},
+        "environments": dict(sorted(result.environments.items())),
+        "pinned": pinned,
+        "stages": {n: r.entry.key for n, r in sorted(result.stages.items())},
+    }
+
+
+def _git(root: Path) -> dict[str, Any]:
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                               text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": dirty}
+
+
+def _release_info(root: Path, result: BuildResult, sde: int, keys: Keys) -> dict[str, Any]:
+    product: dict[str, Any] = {}
+    for candidate in sorted((root / "artifacts").glob("*/mlos.json")):
+        product = json.loads(candidate.read_text())
+    return {
+        "name": product.get("name", "MLOS Linux"), "version": product.get("version"),
+        "profile": result.profile, "build_date": intoto.utc(sde), "mlos-repro": __version__,
+        "release_key": keys.gpg.fingerprint,
+        "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}
+                   for n, r in sorted(result.stages.items())},
+    }
