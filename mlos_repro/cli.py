@@ -510,3 +510,84 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
         ui.emit_json({"release": str(path), "stages": sorted(result.stages)})
     else:
         ui.info(f"release of {len(result.stages)} stages written to {path}")
+
+
+@main.command("verify")
+@click.argument("release_dir", metavar="RELEASE", type=click.Path(path_type=Path))
+@click.option("--root-key", type=click.Path(path_type=Path), required=True,
+              help="The layout's root (owner) public key you trust: a key dict with keyid, as "
+                   "`keys init` writes attestation/owner.pub.json.")
+@click.option("--keyring", type=click.Path(path_type=Path), default=None,
+              help="The release OpenPGP public key you trust (armored or binary), for SHA256SUMS.")
+@json_option
+@_handle_errors
+def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, as_json: bool) -> None:
+    """Check a release's whole supply chain offline, step by numbered step.
+
+    The layout (signature by --root-key, expiry), each step's links (present, signed by its
+    functionaries, threshold, artifact rules), SHA256SUMS (its signature by --keyring; the
+    files), the provenance and SBOM statements (signed, bound to the listed digests) and the
+    SBOMs themselves. Exit 0 when all hold, 1 when one fails, 2 when a file is malformed.
+    """
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.verify.release import ReleaseVerifier
+
+    if not release_dir.is_dir():
+        raise BadInputError(f"{release_dir}: not a directory",
+                            "name a release directory (mlos-repro release)")
+    for given in (root_key, keyring):
+        if given is not None and not given.is_file():
+            raise BadInputError(f"{given}: no such file")
+    outcome = ReleaseVerifier(release_dir, root_key, keyring).run()
+    if as_json:
+        ui.emit_json({"release": str(release_dir), "ok": outcome.ok,
+                      "checks": [c.to_json() for c in outcome.checks]})
+    else:
+        for c in outcome.checks:
+            mark = "ok  " if c.ok and not c.note.startswith("not checked") else \
+                "skip" if c.ok else "FAIL"
+            click.echo(f"{c.number}. {mark} {c.name}" + (f" — {c.note}" if c.note and c.ok else ""))
+            for p in c.problems:
+                click.echo(f"       {p}")
+        ui.info("release verified" if outcome.ok else "release NOT verified")
+    if not outcome.ok:
+        sys.exit(int(ExitCode.BAD_INPUT if outcome.malformed else ExitCode.VERIFICATION_FAILED))
+
+
+@main.command("verify-iso")
+@click.argument("iso", type=click.Path(path_type=Path))
+@click.option("--keyring", type=click.Path(path_type=Path), required=True,
+              help="The release OpenPGP public key you trust (armored or binary).")
+@click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
+              help="Where SHA256SUMS and its signature are [default: beside the ISO or above it].")
+@json_option
+@_handle_errors
+def verify_iso_cmd(iso: Path, keyring: Path, release_dir: Path | None, as_json: bool) -> None:
+    """Is this ISO the one the release key signed for? One verdict, and what the ISO is."""
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.verify.iso import verify_iso
+    from mlos_repro.verify.release import Failed, Malformed
+
+    if not keyring.is_file():
+        raise BadInputError(f"{keyring}: no such file", "give the release's public key (release.asc)")
+    try:
+        verdict = verify_iso(iso, keyring, release_dir)
+    except (Failed, Malformed) as e:
+        if as_json:
+            ui.emit_json({"iso": str(iso), "ok": False, "error": str(e)})
+        else:
+            ui.error(f"NOT VERIFIED: {e}", None)
+        sys.exit(int(ExitCode.BAD_INPUT if isinstance(e, Malformed) else ExitCode.VERIFICATION_FAILED))
+    if as_json:
+        ui.emit_json({"iso": str(iso), "ok": True, "sha256": verdict.sha256, "listed_as": verdict.listed_as,
+                      "release": str(verdict.release), **verdict.facts, "notes": verdict.notes})
+        return
+    f = verdict.facts
+    click.echo(f"VERIFIED: {iso.name} is {verdict.listed_as} of the signed release in {verdict.release}")
+    click.echo(f"  {f.get('name') or 'MLOS Linux'} {f.get('version') or ''} ({f.get('profile') or '?'}), "
+               f"built {f.get('build_date') or '?'}")
+    if "kernel" in f:
+        click.echo(f"  kernel {f['kernel']}, {f['packages']} packages (from its SBOM)")
+    click.echo(f"  sha256 {verdict.sha256}")
+    for note in verdict.notes:
+        ui.warn(note)

@@ -174,8 +174,11 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     (root / "layout/keys/release.asc").write_bytes(keys.gpg.export_armored())
 
     (root / "inputs.lock").write_bytes(canonical_json(_inputs_lock(executor, result)) + b"\n")
-    (root / "release.json").write_text(json.dumps(_release_info(root, result, sde, keys), indent=2,
-                                                  sort_keys=True) + "\n")
+    info = _release_info(root, result, sde, keys)
+    # Files made after the build by the release key (APT repository signatures): in
+    # SHA256SUMS, but no stage's products.
+    info["signed_after_build"] = sorted(signatures)
+    (root / "release.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def _inputs_lock(executor: Executor, result: BuildResult) -> dict[str, Any]:

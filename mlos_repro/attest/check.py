@@ -15,6 +15,16 @@ from packageurl import PackageURL
 from mlos_repro.attest.policy import NTIA_ELEMENTS
 
 
+def described(data: Any) -> str | None:
+    """The sha256 of the artifact an SBOM describes (its metadata component's hash)."""
+    try:
+        hashes = data["metadata"]["component"].get("hashes") or []
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return next((str(h.get("content")) for h in hashes if isinstance(h, dict) and h.get("alg") == "SHA-256"),
+                None)
+
+
 def problems(text: str | bytes, required: tuple[str, ...] = NTIA_ELEMENTS) -> list[str]:
     """Everything wrong with the SBOM `text`; empty when it is valid."""
     if isinstance(text, bytes):

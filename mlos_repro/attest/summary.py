@@ -57,8 +57,7 @@ def summary(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {
         "artifact": _properties(root).get("mlos:artifact") or root.get("name"),
         "name": root.get("name"), "version": root.get("version"),
-        "sha256": next((h.get("content") for h in root.get("hashes") or []
-                        if h.get("alg") == "SHA-256"), None),
+        "sha256": check.described(data),
         "timestamp": (data.get("metadata") or {}).get("timestamp"),
         "serialNumber": data.get("serialNumber"),
         "components": len(components),

@@ -1,0 +1,371 @@
+"""`mlos-repro verify RELEASE`: every step of a release's supply chain, checked offline.
+
+Numbered checks, each with its own error naming the file, step or artifact at fault:
+
+  1 layout signature      root.layout is signed by the root (owner) key given
+  2 layout expiry         the layout has not expired
+  3 links                 each step's links are present, signed by its functionaries, threshold met
+  4 artifact rules        each step's materials and products obey the layout's rules
+  5 SHA256SUMS signature  SHA256SUMS.gpg (and the clearsigned .asc) by a key of --keyring
+  6 SHA256SUMS = files    every file under artifacts/ is listed with its digest, and nothing else
+  7 provenance            per output a statement signed by a functionary of its step, whose
+                          subjects are the step's products, as SHA256SUMS lists them
+  8 SBOMs                 per output a valid SBOM naming the output's digest, and its signed
+                          statement, bound to the same subjects
+
+A malformed metadata file fails its check as such; `malformed` is then set (exit 2, not 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from in_toto import exceptions, verifylib
+from in_toto.models.metadata import Envelope
+from securesystemslib.dsse import Envelope as DsseEnvelope
+from securesystemslib.exceptions import VerificationError
+from securesystemslib.signer import Key, SSlibKey
+
+from mlos_repro import run
+from mlos_repro.attest import check, intoto
+from mlos_repro.attest.artifacts import SBOM_SUFFIX
+from mlos_repro.digest import sha256_file
+
+SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
+
+
+class Malformed(Exception):
+    """A metadata file that cannot be read as what it must be."""
+
+
+class Failed(Exception):
+    pass
+
+
+@dataclass
+class Check:
+    number: int
+    name: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    note: str = ""
+    malformed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "check": self.name, "ok": self.ok, "problems": self.problems,
+                "note": self.note or None, "malformed": self.malformed}
+
+
+@dataclass
+class Outcome:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def malformed(self) -> bool:
+        return any(c.malformed for c in self.checks)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise Failed(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Malformed(f"{path}: not valid JSON ({e})") from None
+
+
+def dsse_payload(path: Path, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The statement in the DSSE envelope at path, if one of `keys` signed it."""
+    data = read_json(path)
+    try:
+        envelope = DsseEnvelope.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Malformed(f"{path}: not a DSSE envelope ({e})") from None
+    verifiers: list[Key] = [SSlibKey.from_dict(k, {f: v for f, v in key.items() if f != "keyid"})
+                            for k, key in keys.items()]
+    try:
+        envelope.verify(verifiers, 1)
+    except (VerificationError, ValueError):
+        raise Failed(f"{path}: not signed by a functionary of its step (key ids "
+                     f"{', '.join(sorted(keys)) or 'none'})") from None
+    try:
+        statement = json.loads(envelope.payload)
+    except ValueError as e:
+        raise Malformed(f"{path}: the signed payload is not JSON ({e})") from None
+    if not isinstance(statement, dict) or statement.get("_type") != intoto.STATEMENT:
+        raise Malformed(f"{path}: the payload is not an in-toto Statement v1")
+    return statement
+
+
+class ReleaseVerifier:
+    def __init__(self, release: Path, root_key: Path, keyring: Path | None) -> None:
+        self.release = release
+        self.root_key = root_key
+        self.keyring = keyring
+        self.layout: Any = None
+        self.links: dict[str, Any] = {}
+        self.sums: dict[str, str] = {}
+
+    def run(self) -> Outcome:
+        checks = [
+            self._check(1, "layout signature", self.layout_signature),
+            self._check(2, "layout expiry", self.layout_expiry),
+            self._check(3, "links: present, signed by functionaries, threshold", self.link_thresholds),
+            self._check(4, "artifact rules", self.artifact_rules),
+            self._check(5, "SHA256SUMS signature", self.sums_signature),
+            self._check(6, "SHA256SUMS = artifacts", self.sums_files),
+            self._check(7, "provenance", self.provenance),
+            self._check(8, "SBOMs", self.sboms),
+        ]
+        return Outcome(checks)
+
+    def _check(self, number: int, name: str, body: Callable[[Check], None]) -> Check:
+        c = Check(number, name)
+        try:
+            body(c)
+        except Malformed as e:
+            c.problems.append(str(e))
+            c.malformed = True
+        except (Failed, exceptions.SignatureVerificationError, exceptions.LayoutExpiredError,
+                exceptions.RuleVerificationError, exceptions.ThresholdVerificationError,
+                exceptions.LinkNotFoundError) as e:
+            c.problems.append(str(e))
+        except _Skip as e:
+            c.note = str(e)
+        c.ok = not c.problems
+        return c
+
+    def _need(self, what: Any, check: str) -> Any:
+        if what is None:
+            raise Failed(f"not checked: {check} failed")
+        return what
+
+    # -- in-toto ----------------------------------------------------------------------
+
+    def layout_signature(self, c: Check) -> None:
+        key = read_json(self.root_key)
+        if not isinstance(key, dict) or "keyid" not in key:
+            raise Malformed(f"{self.root_key}: not a public key dict with keyid (layout/keys/owner.pub.json)")
+        path = self.release / "layout/root.layout"
+        if not path.exists():
+            raise Failed(f"{path}: missing")
+        try:
+            metadata = Envelope.load(str(path))
+            layout = metadata.get_payload()
+        except Exception as e:
+            raise Malformed(f"{path}: not a DSSE-signed in-toto layout ({e})") from None
+        try:
+            verifylib.verify_metadata_signatures(metadata, {key["keyid"]: key})
+        except exceptions.SignatureVerificationError as e:
+            raise Failed(f"{path}: not signed by the root key {key['keyid'][:16]}…: {e}") from None
+        self.layout = layout
+        c.note = f"{len(layout.steps)} steps, signed by {key['keyid'][:16]}…"
+
+    def layout_expiry(self, c: Check) -> None:
+        layout = self._need(self.layout, "layout signature")
+        verifylib.verify_layout_expiration(layout)
+        c.note = f"expires {layout.expires}"
+
+    def link_thresholds(self, c: Check) -> None:
+        layout = self._need(self.layout, "layout signature")
+        links_dir = self.release / "attestations/links"
+        for path in sorted(links_dir.glob("*.link")):
+            with contextlib.suppress(Malformed):
+                read_json(path)
+                continue
+            raise Malformed(f"{path}: not valid JSON")
+        try:
+            steps = verifylib.load_links_for_layout(layout, str(links_dir))
+        except exceptions.LinkNotFoundError:
+            raise
+        except Exception as e:
+            raise Malformed(f"{links_dir}: a link cannot be read ({e})") from None
+        for step in layout.steps:
+            if not steps.get(step.name):
+                raise Failed(f"step {step.name!r}: no link in {links_dir} ({step.name}.KEYID.link)")
+        signed = verifylib.verify_link_signature_thresholds(layout, steps)
+        chain = verifylib.verify_sublayouts(layout, signed, str(links_dir), 10)  # envelopes -> links
+        verifylib.verify_threshold_constraints(layout, chain)
+        self.links = chain
+        thresholds = ", ".join(sorted({str(s.threshold) for s in layout.steps}))
+        c.note = f"{len(chain)} steps, each with {thresholds} signed link(s)"
+
+    def artifact_rules(self, c: Check) -> None:
+        layout = self._need(self.layout, "layout signature")
+        if not self.links:
+            raise Failed("not checked: the links failed")
+        verifylib.verify_all_item_rules(layout.steps, verifylib.reduce_chain_links(self.links))
+        c.note = "every MATCH, ALLOW, CREATE and DISALLOW rule holds"
+
+    # -- signatures and sums ------------------------------------------------------------
+
+    def sums_signature(self, c: Check) -> None:
+        sums, detached, clear = (self.release / n for n in ("SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.asc"))
+        if self.keyring is None:
+            raise _Skip("not checked: no --keyring given (the release OpenPGP public key you trust)")
+        for p in (sums, detached):
+            if not p.exists():
+                raise Failed(f"{p}: missing")
+        with keyring_file(self.keyring) as ring:
+            gpgv(ring, detached, sums)
+            if clear.exists():
+                text = gpgv(ring, clear)
+                if text.replace(b"\r\n", b"\n") != sums.read_bytes():
+                    raise Failed(f"{clear}: signed text differs from {sums}")
+        c.note = f"signed by a key of {self.keyring}"
+
+    def sums_files(self, c: Check) -> None:
+        self.sums = parse_sums(self.release / "SHA256SUMS")
+        artifacts = self.release / "artifacts"
+        present = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
+        for name in sorted(set(self.sums) - present):
+            c.problems.append(f"artifacts/{name}: listed in SHA256SUMS but missing")
+        for name in sorted(present - set(self.sums)):
+            c.problems.append(f"artifacts/{name}: not listed in SHA256SUMS")
+        for name in sorted(set(self.sums) & present):
+            actual = sha256_file(artifacts / name)
+            if actual != self.sums[name]:
+                c.problems.append(f"artifacts/{name}: sha256 {actual}, SHA256SUMS says {self.sums[name]}")
+        c.note = f"{len(self.sums)} files"
+
+    # -- statements -------------------------------------------------------------------
+
+    def _statements(self, kind: str) -> Iterator[tuple[str, str, dict[str, Any], Path]]:
+        """(stage, output, subjects, statement path) per output of every step's products."""
+        layout = self._need(self.layout, "layout signature")
+        if not self.links:
+            raise Failed("not checked: the links failed")
+        reduced = verifylib.reduce_chain_links(self.links)
+        for step in layout.steps:
+            products = reduced[step.name].products
+            outputs = sorted({name.split("/", 2)[1] for name in products})
+            for output in outputs:
+                subjects = {n: d for n, d in products.items() if n.split("/", 2)[1] == output}
+                yield step.name, output, subjects, self.release / "attestations" / kind / step.name / \
+                    f"{output}.intoto.json"
+
+    def _keys_of(self, stage: str) -> dict[str, dict[str, Any]]:
+        step = next(s for s in self.layout.steps if s.name == stage)
+        return {k: self.layout.keys[k] for k in step.pubkeys if k in self.layout.keys}
+
+    def _subjects(self, where: Path, statement: dict[str, Any], subjects: dict[str, Any],
+                  predicate_type: str) -> None:
+        if statement.get("predicateType") != predicate_type:
+            raise Failed(f"{where}: predicateType {statement.get('predicateType')!r}, "
+                         f"expected {predicate_type}")
+        try:
+            named = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+        except (KeyError, TypeError) as e:
+            raise Malformed(f"{where}: subject list malformed ({e})") from None
+        wanted = {n: d["sha256"] for n, d in subjects.items()}
+        if named != wanted:
+            wrong = sorted(set(named.items()) ^ set(wanted.items()))
+            raise Failed(f"{where}: subjects differ from the step's products: {wrong[:3]}")
+        for name, digest in named.items():
+            if self.sums.get(name) != digest:
+                raise Failed(f"{where}: subject {name} sha256 {digest}, "
+                             f"SHA256SUMS says {self.sums.get(name)}")
+
+    def provenance(self, c: Check) -> None:
+        if not self.sums:
+            self.sums = parse_sums(self.release / "SHA256SUMS")
+        covered: set[str] = set()
+        for stage, _, subjects, path in self._statements("provenance"):
+            try:
+                statement = dsse_payload(path, self._keys_of(stage))
+                self._subjects(path, statement, subjects, intoto.SLSA_PROVENANCE)
+                covered.update(subjects)
+            except Failed as e:
+                c.problems.append(str(e))
+        info = read_json(self.release / "release.json")
+        after = set(info.get("signed_after_build", [])) if isinstance(info, dict) else set()
+        for name in sorted(set(self.sums) - covered - after):
+            c.problems.append(f"artifacts/{name}: in SHA256SUMS but no provenance names it")
+        c.note = f"{len(covered)} files attested"
+
+    def sboms(self, c: Check) -> None:
+        if not self.sums:
+            self.sums = parse_sums(self.release / "SHA256SUMS")
+        info = read_json(self.release / "release.json")
+        count = 0
+        for stage, output, subjects, path in self._statements("sbom"):
+            sbom_path = self.release / "sbom" / stage / f"{output}{SBOM_SUFFIX}"
+            try:
+                sbom = read_json(sbom_path)
+                problems = check.problems(json.dumps(sbom))
+                if problems:
+                    raise Failed(f"{sbom_path}: invalid: " + "; ".join(problems[:3]))
+                digest = str(info.get("stages", {}).get(stage, {}).get("outputs", {}).get(output) or ""
+                             ).removeprefix("sha256:")
+                described = check.described(sbom)
+                if not digest or described != digest:
+                    raise Failed(f"{sbom_path}: describes sha256 {described}, "
+                                 f"but {stage}/{output} is {digest}")
+                statement = dsse_payload(path, self._keys_of(stage))
+                self._subjects(path, statement, subjects, intoto.CYCLONEDX)
+                if statement.get("predicate") != sbom:
+                    raise Failed(f"{path}: the signed SBOM differs from {sbom_path}")
+                count += 1
+            except Failed as e:
+                c.problems.append(str(e))
+        c.note = f"{count} SBOMs"
+
+
+class _Skip(Exception):
+    pass
+
+
+def parse_sums(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise Failed(f"{path}: missing") from None
+    except UnicodeDecodeError:
+        raise Malformed(f"{path}: not text") from None
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        m = SUMS_LINE.match(line)
+        if not m:
+            raise Malformed(f"{path}:{number}: expected 'SHA256  NAME' (sha256sum format), got {line[:60]!r}")
+        sums[m.group(2)] = m.group(1)
+    return sums
+
+
+@contextlib.contextmanager
+def keyring_file(keyring: Path) -> Iterator[Path]:
+    """A binary keyring for gpgv from an armored or binary public key file."""
+    data = keyring.read_bytes()
+    if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" not in data:
+        yield keyring
+        return
+    with tempfile.TemporaryDirectory(prefix="mlos-keyring-") as tmp:
+        ring = Path(tmp) / "keyring.gpg"
+        run.run(["gpg", "--batch", "--no-options", "--homedir", tmp, "--dearmor", "-o", str(ring)],
+                input=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield ring
+
+
+def gpgv(keyring: Path, signature: Path, data: Path | None = None) -> bytes:
+    """gpgv's verdict; returns the signed text of a clearsigned file."""
+    argv = ["gpgv", "--keyring", str(keyring.absolute())]
+    if data is None:
+        argv += ["--output", "-", str(signature)]
+    else:
+        argv += [str(signature), str(data)]
+    result = run.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()
+        raise Failed(f"{signature}: bad or unknown signature: {reason[-1] if reason else 'gpgv failed'}")
+    return bytes(result.stdout)
