@@ -4,6 +4,7 @@ sha256sum and in-toto's verifier; tampered links and material rules are refused 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -181,3 +182,214 @@ def test_release_refuses_what_it_cannot_stand_behind(built: tuple[Path, Path], k
     result = mlos("release", "--keys", keys, "--out", tmp_path / "r4", "--recipes", recipes, "--store", shared_store)
     assert result.code == 2 and "not empty" in result.stderr
     assert not list(tmp_path.glob(".r*.partial-*"))
+
+
+# -- mlos-repro verify and verify-iso: an honest release passes, every tampering is named --------
+
+@pytest.fixture(scope="module")
+def honest(built: tuple[Path, Path], keys: Path, shared_store: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return release(built, keys, shared_store, tmp_path_factory.mktemp("honest") / "rel")
+
+
+def verify(rel: Path, keys: Path, root_key: Path | None = None) -> tuple[int, dict, str]:
+    result = mlos("verify", rel, "--root-key", root_key or keys / "attestation/owner.pub.json",
+                  "--keyring", keys / "archive-keyring.gpg", "--json")
+    return result.code, json.loads(result.stdout) if result.stdout else {}, result.stderr
+
+
+def failed(report: dict) -> dict[int, str]:
+    return {c["number"]: "\n".join(c["problems"]) for c in report["checks"] if not c["ok"]}
+
+
+def resign_statement(path: Path, edit: object, key: Path) -> None:
+    from securesystemslib.dsse import Envelope as Dsse
+
+    data = payload(path)
+    edit(data)  # type: ignore[operator]
+    envelope = Dsse(payload=json.dumps(data).encode(), payload_type="application/vnd.in-toto+json", signatures={})
+    envelope.sign(CryptoSigner(load_pem_private_key(key.read_bytes(), None)))
+    path.write_text(json.dumps(envelope.to_dict()))
+
+
+def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
+    code, report, err = verify(honest, keys)
+    assert code == 0, (report, err)
+    assert [c["number"] for c in report["checks"]] == list(range(1, 9))
+    assert all(c["ok"] for c in report["checks"])
+    text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
+                honest / "layout/keys/release.asc")
+    assert text.code == 0 and "8. ok   SBOMs" in text.stdout
+
+
+def tamper_rootfs_link(rel: Path, keys: Path, tmp: Path) -> None:
+    (link,) = (rel / "attestations/links").glob("rootfs.*.link")
+    envelope = json.loads(link.read_text())
+    data = json.loads(base64.b64decode(envelope["payload"]))
+    data["products"]["rootfs/rootfs.tar"]["sha256"] = "0" * 64
+    envelope["payload"] = base64.b64encode(json.dumps(data).encode()).decode()
+    link.write_text(json.dumps(envelope))
+
+
+def non_functionary_link(rel: Path, keys: Path, tmp: Path) -> None:
+    (link,) = (rel / "attestations/links").glob("rootfs.*.link")
+    pem = tmp / "stranger.key"
+    pem.write_bytes(CryptoSigner.generate_ed25519().private_bytes)
+    _resign(link, lambda d: None, pem)
+
+
+def expired_layout(rel: Path, keys: Path, tmp: Path) -> None:
+    from in_toto.models.layout import Layout
+
+    envelope = json.loads((rel / "layout/root.layout").read_text())
+    data = json.loads(base64.b64decode(envelope["payload"]))
+    data["expires"] = "2020-01-01T00:00:00Z"
+    fresh = Envelope.from_signable(Layout.read(data))
+    fresh.create_signature(CryptoSigner(load_pem_private_key((keys / "attestation/owner.key").read_bytes(), None)))
+    (rel / "layout/root.layout").write_text(json.dumps(fresh.to_dict()))
+
+
+def threshold_two(rel: Path, keys: Path, tmp: Path) -> None:
+    from in_toto.models.layout import Layout
+
+    envelope = json.loads((rel / "layout/root.layout").read_text())
+    data = json.loads(base64.b64decode(envelope["payload"]))
+    for step in data["steps"]:
+        step["threshold"] = 2
+    fresh = Envelope.from_signable(Layout.read(data))
+    fresh.create_signature(CryptoSigner(load_pem_private_key((keys / "attestation/owner.key").read_bytes(), None)))
+    (rel / "layout/root.layout").write_text(json.dumps(fresh.to_dict()))
+
+
+def resign_sums(rel: Path, keys: Path, tmp: Path) -> None:
+    other = tmp / "other-gnupg"
+    other.mkdir(mode=0o700)
+    from tests.conftest import gpg
+
+    gpg(other, "--quick-gen-key", "Someone else <x@example.org>", "ed25519", "sign", "1d")
+    (rel / "SHA256SUMS.gpg").write_bytes(gpg(other, "--armor", "--detach-sign", "-o", "-", str(rel / "SHA256SUMS")))
+    subprocess.run(["gpgconf", "--homedir", str(other), "--kill", "gpg-agent"], check=False)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def edit_sums(rel: Path, keys: Path, tmp: Path) -> None:
+    target = rel / "artifacts/rootfs/rootfs.tar"
+    flip_byte(target)
+    sums = (rel / "SHA256SUMS").read_text().splitlines()
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    (rel / "SHA256SUMS").write_text("".join((f"{digest}  rootfs/rootfs.tar" if line.endswith("  rootfs/rootfs.tar")
+                                             else line) + "\n" for line in sums))
+
+
+def sbom_other_digest(rel: Path, keys: Path, tmp: Path) -> None:
+    path = rel / "sbom/rootfs/rootfs.tar.cdx.json"
+    data = json.loads(path.read_text())
+    data["metadata"]["component"]["hashes"][0]["content"] = "1" * 64
+    path.write_text(json.dumps(data))
+
+
+def sbom_schema_invalid(rel: Path, keys: Path, tmp: Path) -> None:
+    path = rel / "sbom/debs/debs.cdx.json"
+    data = json.loads(path.read_text())
+    data["components"][0]["type"] = "nonsense"
+    path.write_text(json.dumps(data))
+
+
+def provenance_wrong_subject(rel: Path, keys: Path, tmp: Path) -> None:
+    def edit(d: dict) -> None:
+        d["subject"][0]["digest"]["sha256"] = "2" * 64
+    resign_statement(rel / "attestations/provenance/rootfs/rootfs.tar.intoto.json", edit,
+                     keys / "attestation/builder.key")
+
+
+TAMPERING = {
+    # case: (edit, failing check, words of its message, exit code)
+    "swapped artifact": (lambda r, k, t: shutil.copy(r / "artifacts/debs/debs/mlos-demo-b.deb",
+                                                      r / "artifacts/debs/debs/mlos-demo-a.deb"),
+                         6, "artifacts/debs/debs/mlos-demo-a.deb: sha256", 1),
+    "one flipped byte": (lambda r, k, t: flip_byte(r / "artifacts/rootfs/rootfs.tar"), 6,
+                         "artifacts/rootfs/rootfs.tar: sha256", 1),
+    "SHA256SUMS edited": (edit_sums, 5, "SHA256SUMS.gpg: bad or unknown signature", 1),
+    "signature from another key": (resign_sums, 5, "SHA256SUMS.gpg: bad or unknown signature", 1),
+    "signature missing": (lambda r, k, t: (r / "SHA256SUMS.gpg").unlink(), 5, "SHA256SUMS.gpg: missing", 1),
+    "link edited after signing": (tamper_rootfs_link, 3, "Step 'rootfs' requires at least '1' links", 1),
+    "link by a non-functionary": (non_functionary_link, 3, "Step 'rootfs' requires at least '1' links", 1),
+    "step's link missing": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).unlink(), 3,
+                            "debs", 1),
+    "threshold not met": (threshold_two, 3, "requires '2' link metadata file(s), found '1'", 1),
+    "expired layout": (expired_layout, 2, "expired", 1),
+    "provenance subject digest wrong": (provenance_wrong_subject, 7,
+                                        "rootfs.tar.intoto.json: subjects differ from the step's products", 1),
+    "SBOM pointing at another digest": (sbom_other_digest, 8, "describes sha256 " + "1" * 64, 1),
+    "SBOM schema-invalid": (sbom_schema_invalid, 8, "'nonsense' is not one of", 1),
+    "truncated layout": (lambda r, k, t: (r / "layout/root.layout").write_text('{"payload": "eyJ'), 1,
+                         "root.layout: not a DSSE-signed in-toto layout", 2),
+    "malformed link": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).write_text("{"), 3,
+                       ".link: not valid JSON", 2),
+    "malformed provenance": (lambda r, k, t: (r / "attestations/provenance/debs/debs.intoto.json").write_text("[1,"),
+                             7, "debs.intoto.json: not valid JSON", 2),
+    "malformed SBOM": (lambda r, k, t: (r / "sbom/debs/debs.cdx.json").write_text('{"bomFormat": '), 8,
+                       "debs.cdx.json: not valid JSON", 2),
+    "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 6,
+                             "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_verify_rejects_tampering(case: str, honest: Path, keys: Path, tmp_path: Path) -> None:
+    edit, check_number, words, exit_code = TAMPERING[case]
+    rel = tmp_path / "rel"
+    shutil.copytree(honest, rel, symlinks=True)
+    edit(rel, keys, tmp_path)
+    code, report, err = verify(rel, keys)
+    assert code == exit_code, (report, err)
+    problems = failed(report)
+    assert check_number in problems, problems
+    assert words in problems[check_number], problems
+
+
+def test_verify_rejects_a_layout_signed_by_another_key(honest: Path, keys: Path) -> None:
+    code, report, _ = verify(honest, keys, root_key=keys / "attestation/builder.pub.json")
+    assert code == 1
+    assert "not signed by the root key" in failed(report)[1]
+    # Everything that depends on the layout says so instead of passing.
+    assert "not checked: layout signature failed" in failed(report)[3]
+
+
+def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Path, Path], shared_store: Path,
+                                      tmp_path: Path, unique: str) -> None:
+    artifact = honest / "artifacts/rootfs/rootfs.tar"
+    ok = mlos("verify-iso", artifact, "--keyring", keys / "archive-keyring.gpg", "--json")
+    assert ok.code == 0, ok.stderr
+    info = json.loads(ok.stdout)
+    assert info["listed_as"] == "rootfs/rootfs.tar" and info["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert info["packages"] > 50 and info["provenance"] is True
+    # Downloaded alone next to the signed sums: found by its name.
+    alone = tmp_path / "download"
+    alone.mkdir()
+    for name in ("SHA256SUMS", "SHA256SUMS.gpg"):
+        shutil.copy(honest / name, alone / name)
+    shutil.copy(artifact, alone / "rootfs.tar")
+    assert mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg").code == 0
+    # One flipped byte.
+    flip_byte(alone / "rootfs.tar")
+    bad = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg")
+    assert bad.code == 1 and "is not what the signed SHA256SUMS lists" in bad.stderr
+    # An older release's signed files replayed with a newer artifact.
+    recipes = write_repo(tmp_path / "newer", STAGES.replace("@VERSION@", "1.1").replace("opt/dropped/tool.sh",
+                                                                                         f"opt/{unique[:6]}"))
+    newer_out = tmp_path / "newer-out"
+    assert mlos("build", "--recipes", recipes, "--out", newer_out, "--store", shared_store).code == 0
+    shutil.copy(newer_out / "rootfs/rootfs.tar", alone / "rootfs.tar")
+    replay = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg")
+    assert replay.code == 1 and "from another release" in replay.stderr
+    # The wrong key.
+    other = tmp_path / "other.gpg"
+    other.write_bytes(b"")
+    wrong = mlos("verify-iso", artifact, "--keyring", other)
+    assert wrong.code == 1 and "bad or unknown signature" in wrong.stderr
