@@ -33,6 +33,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/kernel.py
 	$(VENV)/bin/python benchmarks/images.py
 	$(VENV)/bin/python benchmarks/sbom.py
+	$(VENV)/bin/python benchmarks/verify.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
