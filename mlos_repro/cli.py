@@ -467,10 +467,17 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
               help="Which secret key of KEYS/gnupg signs (needed when it holds several).")
 @click.option("--expires-days", type=click.IntRange(min=1), default=None,
               help="Days until the layout expires [default: layouts/layout.toml, else 365].")
+@click.option("--sigstore", "use_sigstore", is_flag=True,
+              help="Also sign SHA256SUMS and the provenance keylessly with sigstore (bundles beside them).")
+@click.option("--identity-token", default=None, envvar="SIGSTORE_ID_TOKEN", metavar="JWT",
+              help="OIDC identity token for --sigstore [default: ambient CI credentials].")
+@click.option("--trust-config", type=click.Path(path_type=Path), default=None,
+              help="Client trust config of a private sigstore instance [default: the public one].")
 @json_option
 @_handle_errors
 def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
-            store_dir: Path | None, archive_key: str | None, expires_days: int | None, as_json: bool) -> None:
+            store_dir: Path | None, archive_key: str | None, expires_days: int | None, use_sigstore: bool,
+            identity_token: str | None, trust_config: Path | None, as_json: bool) -> None:
     """Assemble and sign the release directory of a finished build.
 
     Every stage must be in the store already (run `mlos-repro build` first); nothing is built.
@@ -482,9 +489,11 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
     from mlos_repro.errors import BadInputError
     from mlos_repro.executor import Executor
     from mlos_repro.recipe import load_recipes
-    from mlos_repro.release import Keys, make_release
+    from mlos_repro.release import Keys, Sigstore, make_release
     from mlos_repro.sandbox.select import sandbox
 
+    if (identity_token or trust_config) and not use_sigstore:
+        raise click.UsageError("--identity-token and --trust-config apply to --sigstore only")
     recipes = load_recipes(recipes_dir, profile)
     keys = Keys.load(keys_dir, archive_key)
     executor = Executor(recipes, _store(store_dir), sandbox("bwrap"), cached_only=True)
@@ -505,7 +514,8 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
         if differing:
             raise BadInputError(f"{from_dir} was built from other inputs than these recipes give for: "
                                 + ", ".join(differing), "build again, or release from the matching recipes")
-    path = make_release(executor, result, keys, out_dir, expires_days)
+    sigstore = Sigstore(identity_token, trust_config) if use_sigstore else None
+    path = make_release(executor, result, keys, out_dir, expires_days, sigstore)
     if as_json:
         ui.emit_json({"release": str(path), "stages": sorted(result.stages)})
     else:
@@ -519,9 +529,14 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
                    "`keys init` writes attestation/owner.pub.json.")
 @click.option("--keyring", type=click.Path(path_type=Path), default=None,
               help="The release OpenPGP public key you trust (armored or binary), for SHA256SUMS.")
+@click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
+              help="The sigstore trusted root you trust, for the sigstore bundles (with --identity).")
+@click.option("--identity", default=None, help="The signer identity the sigstore bundles must carry.")
+@click.option("--issuer", default=None, help="The OIDC issuer that identity must come from.")
 @json_option
 @_handle_errors
-def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, as_json: bool) -> None:
+def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trusted_root: Path | None,
+                   identity: str | None, issuer: str | None, as_json: bool) -> None:
     """Check a release's whole supply chain offline, step by numbered step.
 
     The layout (signature by --root-key, expiry), each step's links (present, signed by its
@@ -535,10 +550,13 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, as_j
     if not release_dir.is_dir():
         raise BadInputError(f"{release_dir}: not a directory",
                             "name a release directory (mlos-repro release)")
-    for given in (root_key, keyring):
+    for given in (root_key, keyring, trusted_root):
         if given is not None and not given.is_file():
             raise BadInputError(f"{given}: no such file")
-    outcome = ReleaseVerifier(release_dir, root_key, keyring).run()
+    if (trusted_root is None) != (identity is None):
+        raise click.UsageError("--trusted-root and --identity go together")
+    sigstore = (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
+    outcome = ReleaseVerifier(release_dir, root_key, keyring, sigstore).run()
     if as_json:
         ui.emit_json({"release": str(release_dir), "ok": outcome.ok,
                       "checks": [c.to_json() for c in outcome.checks]})
@@ -556,22 +574,34 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, as_j
 
 @main.command("verify-iso")
 @click.argument("iso", type=click.Path(path_type=Path))
-@click.option("--keyring", type=click.Path(path_type=Path), required=True,
+@click.option("--keyring", type=click.Path(path_type=Path), default=None,
               help="The release OpenPGP public key you trust (armored or binary).")
+@click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
+              help="Instead of (or as well as) --keyring: the sigstore trusted root you trust ...")
+@click.option("--identity", default=None, help="... and the identity that must have signed SHA256SUMS.")
+@click.option("--issuer", default=None, help="The OIDC issuer that identity must come from.")
 @click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
               help="Where SHA256SUMS and its signature are [default: beside the ISO or above it].")
 @json_option
 @_handle_errors
-def verify_iso_cmd(iso: Path, keyring: Path, release_dir: Path | None, as_json: bool) -> None:
+def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, identity: str | None,
+                   issuer: str | None, release_dir: Path | None, as_json: bool) -> None:
     """Is this ISO the one the release key signed for? One verdict, and what the ISO is."""
     from mlos_repro.errors import BadInputError
     from mlos_repro.verify.iso import verify_iso
     from mlos_repro.verify.release import Failed, Malformed
 
-    if not keyring.is_file():
-        raise BadInputError(f"{keyring}: no such file", "give the release's public key (release.asc)")
+    if keyring is None and (trusted_root is None or identity is None):
+        raise click.UsageError("give --keyring (the release's OpenPGP key), or --trusted-root and --identity "
+                               "(its sigstore identity)")
+    if (trusted_root is None) != (identity is None):
+        raise click.UsageError("--trusted-root and --identity go together")
+    for given in (keyring, trusted_root):
+        if given is not None and not given.is_file():
+            raise BadInputError(f"{given}: no such file", "give the release's public key (release.asc)")
+    sigstore = (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
     try:
-        verdict = verify_iso(iso, keyring, release_dir)
+        verdict = verify_iso(iso, keyring, release_dir, sigstore)
     except (Failed, Malformed) as e:
         if as_json:
             ui.emit_json({"iso": str(iso), "ok": False, "error": str(e)})

@@ -45,6 +45,14 @@ LAYOUT_POLICY = Path("layouts/layout.toml")
 
 
 @dataclass(frozen=True)
+class Sigstore:
+    """Keyless signing of SHA256SUMS and the provenance: a token (or ambient) and an instance."""
+
+    identity_token: str | None = None
+    trust_config: Path | None = None
+
+
+@dataclass(frozen=True)
 class Keys:
     builder: CryptoSigner
     owner: CryptoSigner
@@ -91,7 +99,7 @@ def layout_policy(root: Path) -> tuple[int, int]:
 
 
 def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
-                 expires_days: int | None = None) -> Path:
+                 expires_days: int | None = None, sigstore: Sigstore | None = None) -> Path:
     recipes = executor.recipes
     sde = recipes.builder.source_date_epoch
     if out.exists() and any(out.iterdir()):
@@ -105,6 +113,8 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
     staging.mkdir(parents=True)
     try:
         _write(executor, result, keys, staging, sde, threshold, days)
+        if sigstore is not None:
+            _sigstore(staging, sigstore)
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -179,6 +189,19 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     # SHA256SUMS, but no stage's products.
     info["signed_after_build"] = sorted(signatures)
     (root / "release.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _sigstore(root: Path, options: Sigstore) -> None:
+    """SHA256SUMS and every provenance statement, signed keylessly; bundles beside them, and
+    the trusted root they verify against."""
+    from mlos_repro.sign import sigstore
+
+    targets = [root / "SHA256SUMS", *sorted((root / "attestations/provenance").rglob("*.intoto.json"))]
+    bundles, trusted_root = sigstore.sign({p.relative_to(root).as_posix(): p.read_bytes() for p in targets},
+                                          options.identity_token, options.trust_config)
+    for name, bundle in bundles.items():
+        (root / (name + sigstore.BUNDLE_SUFFIX)).write_bytes(bundle)
+    (root / "trusted_root.json").write_bytes(trusted_root)
 
 
 def _inputs_lock(executor: Executor, result: BuildResult) -> dict[str, Any]:

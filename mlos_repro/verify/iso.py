@@ -53,15 +53,27 @@ def sha256_fast(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_iso(iso: Path, keyring: Path, release: Path | None = None) -> IsoVerdict:
+SigstoreTrust = tuple[Path, str, str | None]  # trusted root, identity, issuer
+
+
+def verify_iso(iso: Path, keyring: Path | None, release: Path | None = None,
+               sigstore: SigstoreTrust | None = None) -> IsoVerdict:
     if not iso.is_file():
         raise BadInputError(f"{iso}: no such file")
     root = release or find_release(iso)
     sums_path, signature = root / "SHA256SUMS", root / "SHA256SUMS.gpg"
-    if not signature.exists():
-        raise Failed(f"{signature}: missing: SHA256SUMS is not signed, so it proves nothing")
-    with keyring_file(keyring) as ring:
-        gpgv(ring, signature, sums_path)
+    if keyring is not None:
+        if not signature.exists():
+            raise Failed(f"{signature}: missing: SHA256SUMS is not signed, so it proves nothing")
+        with keyring_file(keyring) as ring:
+            gpgv(ring, signature, sums_path)
+    if sigstore is not None:
+        from mlos_repro.sign import sigstore as keyless
+
+        try:
+            keyless.verify(sums_path.read_bytes(), root / f"SHA256SUMS{keyless.BUNDLE_SUFFIX}", *sigstore)
+        except ValueError as e:
+            raise Failed(str(e)) from None
     sums = parse_sums(sums_path)
     digest = sha256_fast(iso)
     # The ISO as the release lays it out, or by its file name when it was downloaded alone.

@@ -12,6 +12,8 @@ Numbered checks, each with its own error naming the file, step or artifact at fa
                           subjects are the step's products, as SHA256SUMS lists them
   8 SBOMs                 per output a valid SBOM naming the output's digest, and its signed
                           statement, bound to the same subjects
+  9 sigstore              SHA256SUMS and each provenance statement signed keylessly by the
+                          identity given, against the trusted root given (offline)
 
 A malformed metadata file fails its check as such; `malformed` is then set (exit 2, not 1).
 """
@@ -110,10 +112,12 @@ def dsse_payload(path: Path, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 class ReleaseVerifier:
-    def __init__(self, release: Path, root_key: Path, keyring: Path | None) -> None:
+    def __init__(self, release: Path, root_key: Path, keyring: Path | None,
+                 sigstore: tuple[Path, str, str | None] | None = None) -> None:
         self.release = release
         self.root_key = root_key
         self.keyring = keyring
+        self.sigstore = sigstore
         self.layout: Any = None
         self.links: dict[str, Any] = {}
         self.sums: dict[str, str] = {}
@@ -128,6 +132,7 @@ class ReleaseVerifier:
             self._check(6, "SHA256SUMS = artifacts", self.sums_files),
             self._check(7, "provenance", self.provenance),
             self._check(8, "SBOMs", self.sboms),
+            self._check(9, "sigstore bundles", self.sigstore_bundles),
         ]
         return Outcome(checks)
 
@@ -321,6 +326,29 @@ class ReleaseVerifier:
             except Failed as e:
                 c.problems.append(str(e))
         c.note = f"{count} SBOMs"
+
+
+    def sigstore_bundles(self, c: Check) -> None:
+        from mlos_repro.sign import sigstore
+
+        bundles = sorted(self.release.rglob("*" + sigstore.BUNDLE_SUFFIX))
+        if self.sigstore is None:
+            raise _Skip(f"not checked: give --trusted-root and --identity ({len(bundles)} bundles present)"
+                        if bundles else "not checked: no sigstore bundles (released without --sigstore)")
+        sums_bundle = self.release / f"SHA256SUMS{sigstore.BUNDLE_SUFFIX}"
+        if not sums_bundle.exists():
+            raise Failed(f"{sums_bundle}: missing: SHA256SUMS was not signed keylessly")
+        for bundle in bundles:
+            signed = bundle.with_name(bundle.name.removesuffix(sigstore.BUNDLE_SUFFIX))
+            try:
+                data = signed.read_bytes()
+                sigstore.verify(data, bundle, *self.sigstore)
+            except FileNotFoundError:
+                c.problems.append(f"{bundle}: signs {signed.name}, which is missing")
+            except ValueError as e:
+                c.problems.append(str(e))
+        identity = self.sigstore[1]
+        c.note = f"{len(bundles)} bundles signed by {identity}"
 
 
 class _Skip(Exception):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from securesystemslib.signer import CryptoSigner
 
 from tests.conftest import mlos, write_repo
 from tests.integration.test_sbom import STAGES
+from tests.sigstore_standin import Standin
 
 STAGE_NAMES = ["debs", "rootfs"]
 
@@ -215,7 +217,7 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 9))
+    assert [c["number"] for c in report["checks"]] == list(range(1, 10))
     assert all(c["ok"] for c in report["checks"])
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
@@ -393,3 +395,92 @@ def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Pat
     other.write_bytes(b"")
     wrong = mlos("verify-iso", artifact, "--keyring", other)
     assert wrong.code == 1 and "bad or unknown signature" in wrong.stderr
+
+
+# -- sigstore: keyless signatures from a local Fulcio + Rekor, verified offline ----------------
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[Standin]:
+    instance = Standin()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="module")
+def keyless(built: tuple[Path, Path], keys: Path, shared_store: Path, standin: Standin,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("keyless")
+    config = work / "trust-config.json"
+    config.write_text(json.dumps(standin.trust_config()))
+    recipes, out = built
+    rel = work / "rel"
+    result = mlos("release", "--keys", keys, "--out", rel, "--from", out, "--recipes", recipes, "--store", shared_store,
+                  "--sigstore", "--trust-config", config, "--identity-token", standin.token(IDENTITY))
+    assert result.code == 0, result.stderr
+    return rel
+
+
+IDENTITY = "release@mlos.example"
+
+
+def verify_keyless(rel: Path, keys: Path, standin: Standin, identity: str = IDENTITY) -> tuple[int, dict]:
+    result = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
+                  keys / "archive-keyring.gpg", "--trusted-root", rel / "trusted_root.json", "--identity", identity,
+                  "--issuer", standin.issuer, "--json")
+    return result.code, json.loads(result.stdout)
+
+
+def test_keyless_signatures_verify_offline(keyless: Path, keys: Path, standin: Standin, tmp_path: Path) -> None:
+    assert (keyless / "SHA256SUMS.sigstore.json").is_file()
+    assert (keyless / "attestations/provenance/rootfs/rootfs.tar.intoto.json.sigstore.json").is_file()
+    code, report = verify_keyless(keyless, keys, standin)
+    assert code == 0, report
+    (sigstore_check,) = [c for c in report["checks"] if c["number"] == 9]
+    assert sigstore_check["ok"] and IDENTITY in sigstore_check["note"]
+    # The user's one command, with the sigstore identity instead of the OpenPGP key.
+    iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", keyless / "trusted_root.json",
+               "--identity", IDENTITY, "--issuer", standin.issuer)
+    assert iso.code == 0, iso.stderr
+
+
+def test_keyless_bundles_for_another_file_or_identity_are_refused(keyless: Path, keys: Path, standin: Standin,
+                                                                  tmp_path: Path) -> None:
+    rel = tmp_path / "rel"
+    shutil.copytree(keyless, rel)
+    # A bundle for another file put in SHA256SUMS' place.
+    shutil.copy(rel / "attestations/provenance/debs/debs.intoto.json.sigstore.json", rel / "SHA256SUMS.sigstore.json")
+    code, report = verify_keyless(rel, keys, standin)
+    assert code == 1
+    assert "SHA256SUMS.sigstore.json: Bundle message digest mismatch" in failed(report)[9]
+    # The right bundles, but another identity expected.
+    code, report = verify_keyless(keyless, keys, standin, identity="someone@example.org")
+    assert code == 1 and "SANs do not match someone@example.org" in failed(report)[9]
+    iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", keyless / "trusted_root.json",
+               "--identity", "someone@example.org")
+    assert iso.code == 1 and "do not match" in iso.stderr
+    # Another instance's trusted root: nothing chains to it.
+    other = Standin()
+    try:
+        (tmp_path / "other-root.json").write_text(json.dumps(other.trusted_root()))
+    finally:
+        other.close()
+    result = mlos("verify", keyless, "--root-key", keys / "attestation/owner.pub.json", "--trusted-root",
+                  tmp_path / "other-root.json", "--identity", IDENTITY, "--json")
+    assert result.code == 1
+    assert failed(json.loads(result.stdout))[9]
+
+
+def test_keyless_signing_without_a_token_says_how(built: tuple[Path, Path], keys: Path, shared_store: Path,
+                                                 standin: Standin, tmp_path: Path) -> None:
+    recipes, _ = built
+    config = tmp_path / "trust-config.json"
+    config.write_text(json.dumps(standin.trust_config()))
+    result = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--recipes", recipes, "--store", shared_store,
+                  "--sigstore", "--trust-config", config)
+    assert result.code == 5 and "--identity-token" in result.stderr
+    assert not (tmp_path / "rel").exists()
+    expired = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--recipes", recipes, "--store",
+                   shared_store, "--sigstore", "--trust-config", config, "--identity-token",
+                   standin.token(IDENTITY, lifetime=-60))
+    assert expired.code == 5 and "identity token" in expired.stderr
+    assert not (tmp_path / "rel").exists()

@@ -1,0 +1,98 @@
+"""Keyless signing with sigstore-python, and offline verification of its bundles.
+
+Signing needs an OIDC identity token (given, or ambient CI credentials) and a sigstore
+instance: the public one, or a private one described by a client trust config
+(`--trust-config`: trusted root + signing config, sigstore's own JSON format). A bundle goes
+next to what it signs (`FILE.sigstore.json`) and the trusted root used goes into the release,
+so verification needs no network: only that trusted root and the identity one expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlos_repro.errors import BadInputError, SigningError
+
+BUNDLE_SUFFIX = ".sigstore.json"
+
+
+def trust_config(path: Path | None) -> object:
+    from sigstore.models import ClientTrustConfig
+
+    if path is None:
+        try:
+            return ClientTrustConfig.production()
+        except Exception as e:
+            raise SigningError(f"the public sigstore instance's trust configuration cannot be fetched ({e})",
+                               "give --trust-config FILE for a private instance, or sign where "
+                               "tuf-repo-cdn.sigstore.dev is reachable") from None
+    try:
+        return ClientTrustConfig.from_json(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except Exception as e:
+        raise BadInputError(f"{path}: not a sigstore client trust config ({e})") from None
+
+
+def identity_token(given: str | None) -> object:
+    from sigstore.oidc import IdentityError, IdentityToken, detect_credential
+
+    raw = given
+    if raw is None:
+        try:
+            raw = detect_credential()
+        except Exception as e:
+            raise SigningError(f"ambient OIDC credentials could not be read ({e})") from None
+    if raw is None:
+        raise SigningError("--sigstore needs an OIDC identity token and none was found",
+                           "give --identity-token TOKEN, or run where CI provides ambient credentials")
+    try:
+        return IdentityToken(raw)
+    except IdentityError as e:
+        raise SigningError(f"the identity token is not usable: {e}") from None
+
+
+def sign(files: Mapping[str, bytes], token: str | None,
+         config_path: Path | None) -> tuple[dict[str, bytes], bytes]:
+    """({name: bundle JSON}, the trusted root JSON used) for each of `files`."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.sign import SigningContext
+
+    config = trust_config(config_path)
+    identity = identity_token(token)
+    try:
+        context = SigningContext.from_trust_config(config)  # type: ignore[arg-type]
+        bundles = {}
+        with context.signer(identity) as signer:  # type: ignore[arg-type]
+            for name, data in sorted(files.items()):
+                bundles[name] = signer.sign_artifact(data).to_json().encode() + b"\n"
+        root = config.trusted_root  # type: ignore[attr-defined]
+    except SigstoreError as e:
+        raise SigningError(f"sigstore signing failed: {e}") from None
+    except OSError as e:
+        raise SigningError(f"sigstore signing failed: a sigstore service is out of reach ({e})") from None
+    return bundles, root._inner.to_json().encode() + b"\n"
+
+
+def verify(data: bytes, bundle: Path, trusted_root: Path, identity: str, issuer: str | None) -> None:
+    """Raise ValueError naming what is wrong unless `bundle` signs `data` as `identity`."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import Bundle, TrustedRoot
+    from sigstore.verify import Verifier
+    from sigstore.verify.policy import Identity
+
+    try:
+        root = TrustedRoot.from_file(str(trusted_root))
+    except Exception as e:
+        raise ValueError(f"{trusted_root}: not a sigstore trusted root ({e})") from None
+    try:
+        parsed = Bundle.from_json(bundle.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{bundle}: missing") from None
+    except Exception as e:
+        raise ValueError(f"{bundle}: not a sigstore bundle ({e})") from None
+    try:
+        Verifier(trusted_root=root).verify_artifact(data, parsed, Identity(identity=identity, issuer=issuer))
+    except SigstoreError as e:
+        raise ValueError(f"{bundle}: {e}") from None
