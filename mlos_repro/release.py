@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.dsse import Envelope as DsseEnvelope
 from securesystemslib.signer import CryptoSigner
 
 from mlos_repro import __version__
@@ -81,13 +82,13 @@ def public(signer: CryptoSigner) -> dict[str, Any]:
     return {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
 
 
-def layout_policy(root: Path) -> tuple[int, int]:
-    """(threshold, days until the layout expires) from layouts/layout.toml."""
+def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:
+    """(threshold, days until the layout expires, bindings) from layouts/layout.toml."""
     path = root / LAYOUT_POLICY
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        return 1, 365
+        return 1, 365, []
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"{LAYOUT_POLICY}: not valid TOML: {e}") from None
     threshold, days = data.get("threshold", 1), data.get("expires_days", 365)
@@ -95,7 +96,15 @@ def layout_policy(root: Path) -> tuple[int, int]:
         raise BadInputError(f"{LAYOUT_POLICY}: threshold: expected a whole number >= 1")
     if not isinstance(days, int) or days < 1:
         raise BadInputError(f"{LAYOUT_POLICY}: expires_days: expected a whole number >= 1")
-    return threshold, days
+    bindings = []
+    for i, b in enumerate(data.get("binding", [])):
+        if not isinstance(b.get("artifact"), str) or not isinstance(b.get("product"), str) or \
+                not isinstance(b.get("member", ""), str) or not isinstance(b.get("padded", False), bool):
+            raise BadInputError(f"{LAYOUT_POLICY}: binding[{i}]: expected artifact and product (STAGE/OUTPUT "
+                                "paths), optional member and padded")
+        bindings.append({"artifact": b["artifact"], "member": b.get("member", ""), "product": b["product"],
+                         "padded": b.get("padded", False)})
+    return threshold, days, bindings
 
 
 def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
@@ -105,14 +114,14 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
     if out.exists() and any(out.iterdir()):
         raise BadInputError(f"{out}: exists and is not empty; a release is written once",
                             "name a new directory")
-    threshold, days = layout_policy(recipes.root)
+    threshold, days, bindings = layout_policy(recipes.root)
     days = expires_days or days
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        _write(executor, result, keys, staging, sde, threshold, days)
+        _write(executor, result, keys, staging, sde, threshold, days, bindings)
         if sigstore is not None:
             _sigstore(staging, sigstore)
         if out.exists():
@@ -125,7 +134,7 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
 
 
 def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde: int, threshold: int,
-           days: int) -> None:
+           days: int, bindings: list[dict[str, Any]]) -> None:
     recipes, store = executor.recipes, executor.store
     # The artifacts as `build` writes them, with the repository signatures made by the release key.
     signatures = sign_repositories(store, result, lambda: keys.gpg)
@@ -178,6 +187,13 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
                                expires=expires)
     (root / "layout/keys").mkdir(parents=True)
     (root / "layout/root.layout").write_bytes(intoto.sign_link(the_layout, keys.owner))
+    # Only the bindings whose artifact and product this release has.
+    present = {line.split("  ", 1)[1] for line in data.decode().splitlines()}
+    mine = [b for b in bindings if b["artifact"] in present and b["product"] in present]
+    envelope = DsseEnvelope(payload=canonical_json({"bindings": mine, "expires": expires}),
+                            payload_type=intoto.BINDINGS_TYPE, signatures={})
+    envelope.sign(keys.owner)
+    (root / "layout/bindings.json").write_bytes(canonical_json(envelope.to_dict()) + b"\n")
     for name, signer in (("owner", keys.owner), ("builder", keys.builder)):
         (root / "layout/keys" / f"{name}.pub.json").write_text(json.dumps(public(signer), indent=2,
                                                                           sort_keys=True) + "\n")

@@ -36,6 +36,7 @@ STATEMENT = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 CYCLONEDX = "https://cyclonedx.org/bom"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BINDINGS_TYPE = "application/vnd.mlos-repro.bindings+json"  # layout/bindings.json
 BUILD_TYPE = "https://mlos.example/mlos-repro/stage/v1"
 BUILDER_ID = "https://mlos.example/mlos-repro"
 

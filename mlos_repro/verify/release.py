@@ -14,6 +14,9 @@ Numbered checks, each with its own error naming the file, step or artifact at fa
                           statement, bound to the same subjects
   9 sigstore              SHA256SUMS and each provenance statement signed keylessly by the
                           identity given, against the trusted root given (offline)
+ 10 bindings              layout/bindings.json, signed by the root key: each image carries the
+                          other steps' products it names, unchanged (e.g. the ISO's squashfs is
+                          the rootfs step's product)
 
 A malformed metadata file fails its check as such; `malformed` is then set (exit 2, not 1).
 """
@@ -21,6 +24,8 @@ A malformed metadata file fails its check as such; `malformed` is then set (exit
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import json
 import re
 import subprocess
@@ -40,6 +45,7 @@ from mlos_repro import run
 from mlos_repro.attest import check, intoto
 from mlos_repro.attest.artifacts import SBOM_SUFFIX
 from mlos_repro.digest import sha256_file
+from mlos_repro.verify.formats import reader_for
 
 SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
 
@@ -89,7 +95,14 @@ def read_json(path: Path) -> Any:
 
 
 def dsse_payload(path: Path, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The statement in the DSSE envelope at path, if one of `keys` signed it."""
+    """The in-toto statement in the DSSE envelope at path, if one of `keys` signed it."""
+    statement = _dsse(path, keys, intoto.PAYLOAD_TYPE)
+    if statement.get("_type") != intoto.STATEMENT:
+        raise Malformed(f"{path}: the payload is not an in-toto Statement v1")
+    return statement
+
+
+def _dsse(path: Path, keys: dict[str, dict[str, Any]], payload_type: str) -> dict[str, Any]:
     data = read_json(path)
     try:
         envelope = DsseEnvelope.from_dict(data)
@@ -100,14 +113,14 @@ def dsse_payload(path: Path, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
     try:
         envelope.verify(verifiers, 1)
     except (VerificationError, ValueError):
-        raise Failed(f"{path}: not signed by a functionary of its step (key ids "
+        raise Failed(f"{path}: not signed by a trusted key (key ids "
                      f"{', '.join(sorted(keys)) or 'none'})") from None
     try:
         statement = json.loads(envelope.payload)
     except ValueError as e:
         raise Malformed(f"{path}: the signed payload is not JSON ({e})") from None
-    if not isinstance(statement, dict) or statement.get("_type") != intoto.STATEMENT:
-        raise Malformed(f"{path}: the payload is not an in-toto Statement v1")
+    if envelope.payload_type != payload_type or not isinstance(statement, dict):
+        raise Malformed(f"{path}: the payload is not {payload_type}")
     return statement
 
 
@@ -133,6 +146,7 @@ class ReleaseVerifier:
             self._check(7, "provenance", self.provenance),
             self._check(8, "SBOMs", self.sboms),
             self._check(9, "sigstore bundles", self.sigstore_bundles),
+            self._check(10, "bindings: images carry their upstream products", self.bindings),
         ]
         return Outcome(checks)
 
@@ -328,6 +342,50 @@ class ReleaseVerifier:
         c.note = f"{count} SBOMs"
 
 
+    def bindings(self, c: Check) -> None:
+        key = read_json(self.root_key)
+        path = self.release / "layout/bindings.json"
+        trusted = {str(key.get("keyid")): key} if isinstance(key, dict) else {}
+        statement = _dsse(path, trusted, intoto.BINDINGS_TYPE)
+        if not isinstance(statement.get("bindings"), list):
+            raise Malformed(f"{path}: no bindings list")
+        expires = str(statement.get("expires", ""))
+        if expires and expires < datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"):
+            raise Failed(f"{path}: expired on {expires}")
+        if not self.sums:
+            self.sums = parse_sums(self.release / "SHA256SUMS")
+        with tempfile.TemporaryDirectory(prefix="mlos-bind-") as tmp:
+            for b in statement["bindings"]:
+                try:
+                    self._binding(b, Path(tmp))
+                except Failed as e:
+                    c.problems.append(str(e))
+        c.note = f"{len(statement['bindings'])} bindings hold"
+
+    def _binding(self, b: dict[str, Any], work: Path) -> None:
+        artifact, member, product = b.get("artifact"), b.get("member") or "", b.get("product")
+        where = f"{artifact}{' → ' + member if member else ''}"
+        if not isinstance(artifact, str) or not isinstance(product, str) or product not in self.sums:
+            raise Failed(f"binding {where} = {product}: the product is not in SHA256SUMS")
+        source = self.release / "artifacts" / artifact
+        if not source.is_file():
+            raise Failed(f"binding {where} = {product}: artifacts/{artifact} is missing")
+        found = source
+        if member:
+            reader = reader_for(source)
+            extracted = reader.extract(source, {member}, work) if reader is not None else {}
+            if member not in extracted:
+                raise Failed(f"binding {where} = {product}: artifacts/{artifact} has no member {member}")
+            found = extracted[member]
+        digest, rest_zero = _digest_prefix(found, self.sums_size(product) if b.get("padded") else None)
+        if digest != self.sums[product] or not rest_zero:
+            raise Failed(f"binding {where}: sha256 {digest}"
+                         + ("" if rest_zero else " (and the padding after it is not zeros)")
+                         + f", but {product} is {self.sums[product]}")
+
+    def sums_size(self, product: str) -> int:
+        return (self.release / "artifacts" / product).stat().st_size
+
     def sigstore_bundles(self, c: Check) -> None:
         from mlos_repro.sign import sigstore
 
@@ -349,6 +407,20 @@ class ReleaseVerifier:
                 c.problems.append(str(e))
         identity = self.sigstore[1]
         c.note = f"{len(bundles)} bundles signed by {identity}"
+
+
+def _digest_prefix(path: Path, size: int | None) -> tuple[str, bool]:
+    """(sha256 of the first `size` bytes, or of all if None; whether the rest is zeros)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        remaining = -1 if size is None else size
+        while remaining != 0 and (chunk := f.read(1 << 20 if remaining < 0 else min(1 << 20, remaining))):
+            digest.update(chunk)
+            remaining -= len(chunk) if remaining > 0 else 0
+        while chunk := f.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return digest.hexdigest(), False
+    return digest.hexdigest(), True
 
 
 class _Skip(Exception):

@@ -21,7 +21,22 @@ from tests.conftest import mlos, write_repo
 from tests.integration.test_sbom import STAGES
 from tests.sigstore_standin import Standin
 
-STAGE_NAMES = ["debs", "rootfs"]
+STAGE_NAMES = ["bundle", "debs", "rootfs"]
+# An image-like artifact carrying another step's product, and the binding that says so.
+BUNDLE = """
+[[stage]]
+name = "bundle"
+outputs = ["bundle.tar"]
+run = [["sh", "-euc", "tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner -C /in/debs -cf /out/bundle.tar debs/mlos-demo-a.deb"]]
+[stage.inputs]
+debs = "stage:debs"
+"""
+BINDING = """
+[[binding]]
+artifact = "bundle/bundle.tar"
+member = "debs/mlos-demo-a.deb"
+product = "debs/debs/mlos-demo-a.deb"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +51,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, shared_store: Path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("release-repo")
-    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0"))
+    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0") + BUNDLE)
+    (root / "repo/layouts").mkdir()
+    (root / "repo/layouts/layout.toml").write_text(BINDING)
     out = root / "out"
     result = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store)
     assert result.code == 0, result.stderr
@@ -217,8 +234,9 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 10))
+    assert [c["number"] for c in report["checks"]] == list(range(1, 11))
     assert all(c["ok"] for c in report["checks"])
+    assert next(c for c in report["checks"] if c["number"] == 10)["note"] == "1 bindings hold"
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
     assert text.code == 0 and "8. ok   SBOMs" in text.stdout
@@ -309,6 +327,14 @@ def provenance_wrong_subject(rel: Path, keys: Path, tmp: Path) -> None:
                      keys / "attestation/builder.key")
 
 
+def swap_bundle_member(rel: Path, keys: Path, tmp: Path) -> None:
+    """The bundle carries mlos-demo-b under mlos-demo-a's name."""
+    import tarfile
+
+    with tarfile.open(rel / "artifacts/bundle/bundle.tar", "w") as tar:
+        tar.add(rel / "artifacts/debs/debs/mlos-demo-b.deb", arcname="debs/mlos-demo-a.deb")
+
+
 TAMPERING = {
     # case: (edit, failing check, words of its message, exit code)
     "swapped artifact": (lambda r, k, t: shutil.copy(r / "artifacts/debs/debs/mlos-demo-b.deb",
@@ -337,6 +363,8 @@ TAMPERING = {
                              7, "debs.intoto.json: not valid JSON", 2),
     "malformed SBOM": (lambda r, k, t: (r / "sbom/debs/debs.cdx.json").write_text('{"bomFormat": '), 8,
                        "debs.cdx.json: not valid JSON", 2),
+    "image not carrying its upstream product": (swap_bundle_member, 10,
+                                                 "binding bundle/bundle.tar → debs/mlos-demo-a.deb: sha256", 1),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 6,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
