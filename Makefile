@@ -15,10 +15,19 @@ $(VENV)/.deps-installed: pyproject.toml scripts/install-deps
 	touch $@
 
 # Build the default MLOS Linux, then rebuild every stage in a varied environment and
-# compare every output bit for bit (OUT/verify.json; reports under OUT/reports/).
+# compare every output bit for bit (OUT/verify.json; reports under OUT/reports/). Then sign
+# a release of it with development keys (made once, outside the checkout) and check the
+# release as an auditor and the ISO as a user would.
+KEYS ?= $(HOME)/.local/share/mlos-repro/dev-keys
+RELEASE ?= $(OUT)-release
 build: deps
 	$(MLOS) fetch
 	$(MLOS) build --verify --out $(OUT)
+	test -d $(KEYS) || $(MLOS) keys init $(KEYS)
+	rm -rf $(RELEASE)
+	$(MLOS) release --keys $(KEYS) --out $(RELEASE) --from $(OUT)
+	$(MLOS) verify $(RELEASE) --root-key $(KEYS)/attestation/owner.pub.json --keyring $(KEYS)/archive-keyring.gpg
+	$(MLOS) verify-iso $(RELEASE)/artifacts/iso/mlos.iso --keyring $(KEYS)/archive-keyring.gpg
 
 test: deps
 	scripts/run-tests
@@ -36,4 +45,4 @@ bench: deps
 	$(VENV)/bin/python benchmarks/verify.py
 
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf $(OUT) $(RELEASE) .pytest_cache

@@ -264,3 +264,30 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
     # The control build is the project's own: the same bytes as the images the boot tests ran.
     for stage, output in (("iso", "mlos.iso"), ("disk", "mlos.qcow2")):
         assert (tmp_path / "out" / stage / output).read_bytes() == (images / stage / output).read_bytes()
+
+
+def test_a_release_of_the_images_verifies(images: Path, shared_store: Path, tmp_path: Path) -> None:
+    """The signed release of these images: every check of `verify`, the bindings on real
+    images (the ISO's squashfs, kernel and initramfs, the disk's padded root partition, the
+    PXE files), and `verify-iso` on the ISO as a user runs it."""
+    keys = tmp_path / "keys"
+    assert mlos("keys", "init", keys).code == 0
+    try:
+        rel = tmp_path / "release"
+        made = mlos("release", "--keys", keys, "--out", rel, "--from", images, "--recipes", PROJECT / "recipes",
+                    "--store", shared_store)
+        assert made.code == 0, made.stderr
+        checked = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
+                       keys / "archive-keyring.gpg", "--json")
+        report = json.loads(checked.stdout)
+        assert checked.code == 0, report
+        notes = {c["number"]: c["note"] for c in report["checks"]}
+        assert notes[10] == "6 bindings hold", notes
+        iso = mlos("verify-iso", rel / "artifacts/iso/mlos.iso", "--keyring", keys / "archive-keyring.gpg", "--json")
+        assert iso.code == 0, iso.stderr
+        info = json.loads(iso.stdout)
+        sbom = json.loads((images / "iso/mlos.iso.cdx.json").read_text())
+        assert (info["version"], info["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
+        assert info["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
