@@ -512,3 +512,23 @@ def test_keyless_signing_without_a_token_says_how(built: tuple[Path, Path], keys
                    standin.token(IDENTITY, lifetime=-60))
     assert expired.code == 5 and "identity token" in expired.stderr
     assert not (tmp_path / "rel").exists()
+
+
+def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path, shared_store: Path,
+                                           tmp_path: Path) -> None:
+    """Every stage built again (--no-cache): the links, provenance and SBOM statements carry the
+    same payloads, and the SBOMs are the same bytes."""
+    recipes, _ = built
+    first = release(built, keys, shared_store, tmp_path / "first")
+    again = mlos("build", "--no-cache", "--recipes", recipes, "--out", tmp_path / "out2", "--store", shared_store)
+    assert again.code == 0, again.stderr
+    assert "built" in again.stderr
+    second = release((recipes, tmp_path / "out2"), keys, shared_store, tmp_path / "second")
+    envelopes = sorted(p.relative_to(first) for p in (first / "attestations").rglob("*") if p.is_file())
+    assert len(envelopes) == 3 + 2 * 3  # a link per stage; provenance and SBOM per output
+    for rel in envelopes:
+        a = json.loads((first / rel).read_text())["payload"]
+        b = json.loads((second / rel).read_text())["payload"]
+        assert a == b, rel
+    for sbom in (first / "sbom").rglob("*.cdx.json"):
+        assert sbom.read_bytes() == (second / sbom.relative_to(first)).read_bytes(), sbom
