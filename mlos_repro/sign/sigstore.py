@@ -17,6 +17,10 @@ from mlos_repro.errors import BadInputError, SigningError
 BUNDLE_SUFFIX = ".sigstore.json"
 
 
+class MalformedError(ValueError):
+    """A trusted root or bundle that cannot be read as one."""
+
+
 def trust_config(path: Path | None) -> object:
     from sigstore.models import ClientTrustConfig
 
@@ -85,13 +89,13 @@ def verify(data: bytes, bundle: Path, trusted_root: Path, identity: str, issuer:
     try:
         root = TrustedRoot.from_file(str(trusted_root))
     except Exception as e:
-        raise ValueError(f"{trusted_root}: not a sigstore trusted root ({e})") from None
+        raise MalformedError(f"{trusted_root}: not a sigstore trusted root ({e})") from None
     try:
         parsed = Bundle.from_json(bundle.read_bytes())
     except FileNotFoundError:
         raise ValueError(f"{bundle}: missing") from None
     except Exception as e:
-        raise ValueError(f"{bundle}: not a sigstore bundle ({e})") from None
+        raise MalformedError(f"{bundle}: not a sigstore bundle ({e})") from None
     try:
         Verifier(trusted_root=root).verify_artifact(data, parsed, Identity(identity=identity, issuer=issuer))
     except SigstoreError as e:

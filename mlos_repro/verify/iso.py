@@ -72,6 +72,8 @@ def verify_iso(iso: Path, keyring: Path | None, release: Path | None = None,
 
         try:
             keyless.verify(sums_path.read_bytes(), root / f"SHA256SUMS{keyless.BUNDLE_SUFFIX}", *sigstore)
+        except keyless.MalformedError as e:
+            raise Malformed(str(e)) from None
         except ValueError as e:
             raise Failed(str(e)) from None
     sums = parse_sums(sums_path)

@@ -403,6 +403,9 @@ class ReleaseVerifier:
                 sigstore.verify(data, bundle, *self.sigstore)
             except FileNotFoundError:
                 c.problems.append(f"{bundle}: signs {signed.name}, which is missing")
+            except sigstore.MalformedError as e:
+                c.problems.append(str(e))
+                c.malformed = True
             except ValueError as e:
                 c.problems.append(str(e))
         identity = self.sigstore[1]

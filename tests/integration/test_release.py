@@ -365,6 +365,10 @@ TAMPERING = {
                        "debs.cdx.json: not valid JSON", 2),
     "image not carrying its upstream product": (swap_bundle_member, 10,
                                                  "binding bundle/bundle.tar → debs/mlos-demo-a.deb: sha256", 1),
+    "malformed release.json": (lambda r, k, t: (r / "release.json").write_text('{"stages": '), 7,
+                               "release.json: not valid JSON", 2),
+    "malformed bindings": (lambda r, k, t: (r / "layout/bindings.json").write_text("{}"), 10,
+                           "bindings.json: not a DSSE envelope", 2),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 6,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
@@ -480,6 +484,13 @@ def test_keyless_bundles_for_another_file_or_identity_are_refused(keyless: Path,
     code, report = verify_keyless(rel, keys, standin)
     assert code == 1
     assert "SHA256SUMS.sigstore.json: Bundle message digest mismatch" in failed(report)[9]
+    # A truncated bundle: malformed, exit 2.
+    cut = tmp_path / "cut"
+    shutil.copytree(keyless, cut)
+    bundle = cut / "SHA256SUMS.sigstore.json"
+    bundle.write_bytes(bundle.read_bytes()[:100])
+    code, report = verify_keyless(cut, keys, standin)
+    assert code == 2 and "SHA256SUMS.sigstore.json: not a sigstore bundle" in failed(report)[9]
     # The right bundles, but another identity expected.
     code, report = verify_keyless(keyless, keys, standin, identity="someone@example.org")
     assert code == 1 and "SANs do not match someone@example.org" in failed(report)[9]
