@@ -467,6 +467,10 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
               help="Which secret key of KEYS/gnupg signs (needed when it holds several).")
 @click.option("--expires-days", type=click.IntRange(min=1), default=None,
               help="Days until the layout expires [default: layouts/layout.toml, else 365].")
+@click.option("--links", "link_format", type=click.Choice(["dsse", "openpgp"]), default="dsse",
+              show_default=True,
+              help="Sign the in-toto links as DSSE envelopes with the builder key, or as classic links "
+                   "with the release OpenPGP key (statements stay DSSE, builder key).")
 @click.option("--sigstore", "use_sigstore", is_flag=True,
               help="Also sign SHA256SUMS and the provenance keylessly with sigstore (bundles beside them).")
 @click.option("--identity-token", default=None, envvar="SIGSTORE_ID_TOKEN", metavar="JWT",
@@ -476,8 +480,8 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
 @json_option
 @_handle_errors
 def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
-            store_dir: Path | None, archive_key: str | None, expires_days: int | None, use_sigstore: bool,
-            identity_token: str | None, trust_config: Path | None, as_json: bool) -> None:
+            store_dir: Path | None, archive_key: str | None, expires_days: int | None, link_format: str,
+            use_sigstore: bool, identity_token: str | None, trust_config: Path | None, as_json: bool) -> None:
     """Assemble and sign the release directory of a finished build.
 
     Every stage must be in the store already (run `mlos-repro build` first); nothing is built.
@@ -496,6 +500,10 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
         raise click.UsageError("--identity-token and --trust-config apply to --sigstore only")
     recipes = load_recipes(recipes_dir, profile)
     keys = Keys.load(keys_dir, archive_key)
+    if link_format == "openpgp":
+        from dataclasses import replace
+
+        keys = replace(keys, openpgp_links=True)
     executor = Executor(recipes, _store(store_dir), sandbox("bwrap"), cached_only=True)
     wanted: tuple[str, ...] = ()
     if from_dir is not None:

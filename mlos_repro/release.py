@@ -58,6 +58,7 @@ class Keys:
     builder: CryptoSigner
     owner: CryptoSigner
     gpg: GpgSigner
+    openpgp_links: bool = False  # links as classic Metablocks signed by the OpenPGP key
 
     @staticmethod
     def load(directory: Path, archive_key: str | None = None) -> Keys:
@@ -164,8 +165,12 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
         mats = intoto.materials(store, stage, executor.input_digests(stage, result), entries, builder)
         prods = intoto.products(store, name, res.entry)
         the_link = intoto.link(stage, res.entry, mats, prods, profile=recipes.profile, sde=sde)
-        (links / f"{name}.{keys.builder.public_key.keyid[:8]}.link").write_bytes(
-            intoto.sign_link(the_link, keys.builder))
+        if keys.openpgp_links:
+            (links / f"{name}.{keys.gpg.fingerprint.lower()[:8]}.link").write_bytes(
+                intoto.sign_link_openpgp(the_link, keys.gpg.fingerprint, str(keys.gpg.home)))
+        else:
+            (links / f"{name}.{keys.builder.public_key.keyid[:8]}.link").write_bytes(
+                intoto.sign_link(the_link, keys.builder))
         predicate = intoto.provenance(stage, res.entry, mats, profile=recipes.profile, sde=sde,
                                       builder=builder)
         for output in sorted(res.entry.outputs):
@@ -183,8 +188,15 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
 
     expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
-    the_layout = intoto.layout(recipes, list(result.stages), [public(keys.builder)], threshold=threshold,
-                               expires=expires)
+    if keys.openpgp_links:
+        # The OpenPGP key signs the links; the builder key still signs the statements (DSSE).
+        the_layout = intoto.layout(recipes, list(result.stages),
+                                   [intoto.openpgp_key(keys.gpg.fingerprint, str(keys.gpg.home))],
+                                   threshold=threshold, expires=expires,
+                                   statement_keys=[public(keys.builder)])
+    else:
+        the_layout = intoto.layout(recipes, list(result.stages), [public(keys.builder)], threshold=threshold,
+                                   expires=expires)
     (root / "layout/keys").mkdir(parents=True)
     (root / "layout/root.layout").write_bytes(intoto.sign_link(the_layout, keys.owner))
     # Only the bindings whose artifact and product this release has.

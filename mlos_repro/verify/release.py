@@ -276,8 +276,15 @@ class ReleaseVerifier:
                     f"{output}.intoto.json"
 
     def _keys_of(self, stage: str) -> dict[str, dict[str, Any]]:
+        """Who may sign a step's statements: its functionaries, or, where those are OpenPGP
+        keys (which cannot sign DSSE), the layout's keys that sign no link."""
         step = next(s for s in self.layout.steps if s.name == stage)
-        return {k: self.layout.keys[k] for k in step.pubkeys if k in self.layout.keys}
+        mine = {k: self.layout.keys[k] for k in step.pubkeys
+                if k in self.layout.keys and "method" not in self.layout.keys[k]}
+        if mine:
+            return mine
+        in_steps = {k for s in self.layout.steps for k in s.pubkeys}
+        return {k: v for k, v in self.layout.keys.items() if k not in in_steps and "method" not in v}
 
     def _subjects(self, where: Path, statement: dict[str, Any], subjects: dict[str, Any],
                   predicate_type: str) -> None:

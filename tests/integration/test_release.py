@@ -543,3 +543,24 @@ def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path,
         assert a == b, rel
     for sbom in (first / "sbom").rglob("*.cdx.json"):
         assert sbom.read_bytes() == (second / sbom.relative_to(first)).read_bytes(), sbom
+
+
+def test_classic_links_signed_with_openpgp(built: tuple[Path, Path], keys: Path, shared_store: Path,
+                                           tmp_path: Path) -> None:
+    """--links openpgp: in-toto Metablocks signed by the release OpenPGP key; the statements
+    stay DSSE, signed by the builder key the layout lists outside any step."""
+    recipes, out = built
+    rel = tmp_path / "rel"
+    made = mlos("release", "--keys", keys, "--out", rel, "--from", out, "--recipes", recipes, "--store", shared_store,
+                "--links", "openpgp")
+    assert made.code == 0, made.stderr
+    (link,) = (rel / "attestations/links").glob("rootfs.*.link")
+    block = json.loads(link.read_text())
+    assert block["signed"]["_type"] == "link" and "other_headers" in block["signatures"][0]  # an OpenPGP signature
+    code, report, err = verify(rel, keys)
+    assert code == 0, (report, err)
+    # Edited after signing: refused like a DSSE link.
+    block["signed"]["products"]["rootfs/rootfs.tar"]["sha256"] = "0" * 64
+    link.write_text(json.dumps(block))
+    code, report, _ = verify(rel, keys)
+    assert code == 1 and "Step 'rootfs' requires at least '1' links" in failed(report)[3]
