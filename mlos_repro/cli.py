@@ -530,6 +530,21 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
         ui.info(f"release of {len(result.stages)} stages written to {path}")
 
 
+def _trust(*files: Path | None, identity: str | None = None,
+           issuer: str | None = None) -> tuple[Path, str, str | None] | None:
+    """The trust material given to verify or verify-iso: every file must exist, and a sigstore
+    trusted root comes with the identity it must vouch for (the last file given is the root)."""
+    from mlos_repro.errors import BadInputError
+
+    for given in files:
+        if given is not None and not given.is_file():
+            raise BadInputError(f"{given}: no such file")
+    trusted_root = files[-1]
+    if (trusted_root is None) != (identity is None):
+        raise click.UsageError("--trusted-root and --identity go together")
+    return (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
+
+
 @main.command("verify")
 @click.argument("release_dir", metavar="RELEASE", type=click.Path(path_type=Path))
 @click.option("--root-key", type=click.Path(path_type=Path), required=True,
@@ -558,12 +573,7 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
     if not release_dir.is_dir():
         raise BadInputError(f"{release_dir}: not a directory",
                             "name a release directory (mlos-repro release)")
-    for given in (root_key, keyring, trusted_root):
-        if given is not None and not given.is_file():
-            raise BadInputError(f"{given}: no such file")
-    if (trusted_root is None) != (identity is None):
-        raise click.UsageError("--trusted-root and --identity go together")
-    sigstore = (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
+    sigstore = _trust(root_key, keyring, trusted_root, identity=identity, issuer=issuer)
     outcome = ReleaseVerifier(release_dir, root_key, keyring, sigstore).run()
     if as_json:
         ui.emit_json({"release": str(release_dir), "ok": outcome.ok,
@@ -595,19 +605,13 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
 def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, identity: str | None,
                    issuer: str | None, release_dir: Path | None, as_json: bool) -> None:
     """Is this ISO the one the release key signed for? One verdict, and what the ISO is."""
-    from mlos_repro.errors import BadInputError
     from mlos_repro.verify.iso import verify_iso
     from mlos_repro.verify.release import Failed, Malformed
 
     if keyring is None and (trusted_root is None or identity is None):
         raise click.UsageError("give --keyring (the release's OpenPGP key), or --trusted-root and --identity "
                                "(its sigstore identity)")
-    if (trusted_root is None) != (identity is None):
-        raise click.UsageError("--trusted-root and --identity go together")
-    for given in (keyring, trusted_root):
-        if given is not None and not given.is_file():
-            raise BadInputError(f"{given}: no such file", "give the release's public key (release.asc)")
-    sigstore = (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
+    sigstore = _trust(keyring, trusted_root, identity=identity, issuer=issuer)
     try:
         verdict = verify_iso(iso, keyring, release_dir, sigstore)
     except (Failed, Malformed) as e:
