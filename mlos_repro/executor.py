@@ -229,10 +229,12 @@ class Executor:
                 dest.mkdir(parents=True)
                 for out, out_digest in upstream.outputs.items():
                     self.store.materialize(out_digest, upstream.kinds[out], dest / out)
+                _pin_mtimes(dest, self.recipes.builder.source_date_epoch)
                 mounts[inp.name] = dest
             elif digest.startswith("tree:"):
                 dest = work / "in" / inp.name
                 self.store.materialize(digest.removeprefix("tree:"), OutputKind.TREE, dest)
+                _pin_mtimes(dest, self.recipes.builder.source_date_epoch)
                 mounts[inp.name] = dest
             else:
                 # Blobs are immutable and read-only: bind them directly.
@@ -322,6 +324,15 @@ class Executor:
             f"stage {stage.name!r} ({stage.source}) failed: {what}\n"
             f"last {len(lines)} log lines:\n{tail}\nfull log: {self.store.log_path(log_digest)}",
             "fix the stage's run commands or its inputs, then build again")
+
+
+def _pin_mtimes(root: Path, sde: int) -> None:
+    """Inputs laid out for a stage carry SOURCE_DATE_EPOCH as every mtime, not the moment they
+    were copied: a stage that lists or archives its inputs must not see when it ran."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(Path(dirpath) / name, (sde, sde), follow_symlinks=False)
+    os.utime(root, (sde, sde))
 
 
 def write_out(store: Store, result: BuildResult, out_dir: Path,
