@@ -133,8 +133,8 @@ def make_disks(work: Path, mib: int) -> tuple[Path, Path]:
 def with_manifests(a: Path, b: Path, work: Path) -> tuple[float, float, list[str]]:
     """(seconds to record one manifest at build time, seconds to compare two, differences)."""
     from mlos_repro.digest import sha256_file
-    from mlos_repro.verify import manifest
-    from mlos_repro.verify.layers import compare, manifest_side
+    from mlos_repro.inspect import manifest
+    from mlos_repro.inspect.layers import compare, manifest_side
 
     start = time.perf_counter()
     ma = manifest.build(a, sha256_file(a), work / "ma")

@@ -33,8 +33,8 @@ PY = str(ROOT / ".venv/bin/python")
 REGENERATE = """
 import json, sys
 from pathlib import Path
-from mlos_repro.attest.artifacts import Sboms
-from mlos_repro.attest.policy import load_policy
+from mlos_repro.sbom.cache import Sboms
+from mlos_repro.sbom.policy import load_policy
 from mlos_repro.store import Store
 store, key, output = Store(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
 entry = store.get_stage(key)

@@ -125,11 +125,11 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     built a second time with the variations listed by --vary and judged bit for bit.
     """
     from mlos_repro.executor import Executor, write_out
+    from mlos_repro.rebuild.variations import parse_vary
     from mlos_repro.recipe import load_recipes
     from mlos_repro.sandbox.select import sandbox
     from mlos_repro.sign.gpg import GpgSigner, development_signer
     from mlos_repro.sign.repository import sign_repositories
-    from mlos_repro.verify.variations import parse_vary
 
     enabled = parse_vary(vary_spec)
     if vary_spec is not None and not verify:
@@ -166,15 +166,15 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
         ui.info(f"{len(result.stages)} stages ({built} built, {len(result.stages) - built} cached); "
                 f"manifest: {manifest}")
     if verify:
-        from mlos_repro.verify.rebuild import verify as verify_build
-        from mlos_repro.verify.report import DiffoscopeSettings
-        from mlos_repro.verify.variations import Host, plan
+        from mlos_repro.inspect.report import DiffoscopeSettings
+        from mlos_repro.rebuild.variations import Host, plan
+        from mlos_repro.rebuild.varied import varied_rebuild
 
         builders = [recipes.stages[n].builder for n in result.stages] or ["default"]
         host = Host.probe(executor.env(builders[0]).root, sandbox_name)
         the_plan = plan(enabled, host)
         ui.variations(the_plan)
-        checked = verify_build(executor, store, result, the_plan, out_dir,
+        checked = varied_rebuild(executor, store, result, the_plan, out_dir,
                                DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size))
         summary["verify"] = str(out_dir / "verify.json")
         summary["reproducible"] = checked.reproducible
@@ -205,8 +205,8 @@ def diff(first: Path, second: Path, report_dir: Path | None, diffoscope_timeout:
     """
     import tempfile
 
-    from mlos_repro.verify import report
-    from mlos_repro.verify.layers import compare_paths
+    from mlos_repro.inspect import report
+    from mlos_repro.inspect.layers import compare_paths
 
     with tempfile.TemporaryDirectory(prefix="mlos-diff-") as tmp:
         work = Path(tmp)
@@ -384,10 +384,10 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
     the artifact is at hand, that it describes those exact bytes. Exit 1 if a check fails;
     `sbom diff` exits 1 when components were added, removed or changed.
     """
-    from mlos_repro.attest import summary as sboms
-    from mlos_repro.attest.artifacts import SBOM_SUFFIX
     from mlos_repro.digest import sha256_file
     from mlos_repro.errors import BadInputError
+    from mlos_repro.sbom import summary as sboms
+    from mlos_repro.sbom.cache import SBOM_SUFFIX
 
     if args[0] == "diff":
         if len(args) != 3:
@@ -567,8 +567,8 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
     files), the provenance and SBOM statements (signed, bound to the listed digests) and the
     SBOMs themselves. Exit 0 when all hold, 1 when one fails, 2 when a file is malformed.
     """
+    from mlos_repro.audit.release import ReleaseVerifier
     from mlos_repro.errors import BadInputError
-    from mlos_repro.verify.release import ReleaseVerifier
 
     if not release_dir.is_dir():
         raise BadInputError(f"{release_dir}: not a directory",
@@ -605,8 +605,8 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
 def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, identity: str | None,
                    issuer: str | None, release_dir: Path | None, as_json: bool) -> None:
     """Is this ISO the one the release key signed for? One verdict, and what the ISO is."""
-    from mlos_repro.verify.iso import verify_iso
-    from mlos_repro.verify.release import Failed, Malformed
+    from mlos_repro.audit.iso import verify_iso
+    from mlos_repro.audit.release import Failed, Malformed
 
     if keyring is None and (trusted_root is None or identity is None):
         raise click.UsageError("give --keyring (the release's OpenPGP key), or --trusted-root and --identity "

@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from mlos_repro import run
-from mlos_repro.attest.artifacts import SBOM_SUFFIX, Sboms
-from mlos_repro.attest.policy import load_policy
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
 from mlos_repro.graph import cache_key, select
+from mlos_repro.inspect import manifest
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
+from mlos_repro.sandbox.disorder import shuffled
+from mlos_repro.sandbox.variant import BuildVariant, apply_variant
+from mlos_repro.sbom.cache import SBOM_SUFFIX, Sboms
+from mlos_repro.sbom.policy import load_policy
 from mlos_repro.store import OutputKind, StageEntry, Store, digest_of_output_set
-from mlos_repro.verify import manifest
-from mlos_repro.verify.disorder import shuffled
-from mlos_repro.verify.variations import BuildVariant, apply_variant
 
 log = logging.getLogger(__name__)
 LOG_TAIL = 25

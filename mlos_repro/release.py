@@ -35,10 +35,10 @@ from securesystemslib.signer import CryptoSigner
 
 from mlos_repro import __version__
 from mlos_repro.attest import intoto
-from mlos_repro.attest.artifacts import SBOM_SUFFIX
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult, Executor, write_out
+from mlos_repro.sbom.cache import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner
 from mlos_repro.sign.repository import sign_repositories
 

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from mlos_repro.verify.rebuild import VerifyResult
-    from mlos_repro.verify.variations import Plan
+    from mlos_repro.rebuild.variations import Plan
+    from mlos_repro.rebuild.varied import VerifyResult
 
 err = Console(stderr=True, highlight=False)
 
@@ -44,7 +44,7 @@ def emit_json(value: Any) -> None:
 
 
 def variations(plan: Plan) -> None:
-    from mlos_repro.verify.variations import describe
+    from mlos_repro.rebuild.variations import describe
 
     err.print(f"[bold]second build varies:[/bold] {escape(', '.join(plan.applied) or 'nothing')}")
     for name in plan.applied:

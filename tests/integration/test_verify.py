@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro.verify.variations import NAMES
+from mlos_repro.rebuild.variations import NAMES
 from tests.conftest import mlos
 
 REPRODUCIBLE = r"""

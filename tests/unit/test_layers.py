@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro.verify.layers import compare_paths
+from mlos_repro.inspect.layers import compare_paths
 from tests.conftest import mlos
 
 
@@ -146,8 +146,8 @@ def test_diff_directories(tmp_path: Path) -> None:
 
 def test_manifests_name_the_file_without_the_bytes_and_locate_leaves(tmp_path: Path) -> None:
     from mlos_repro.digest import sha256_file
-    from mlos_repro.verify import manifest
-    from mlos_repro.verify.layers import compare, manifest_side
+    from mlos_repro.inspect import manifest
+    from mlos_repro.inspect.layers import compare, manifest_side
 
     def bundle(value: bytes) -> bytes:
         initrd = gzip.compress(_cpio([("init", b"#!/bin/sh\n"), ("etc/hostname", value)]), mtime=0)

@@ -8,8 +8,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from mlos_repro.inspect import manifest
 from mlos_repro.store import Store
-from mlos_repro.verify import manifest
 
 
 def _tar(members: dict[str, bytes]) -> bytes:

@@ -18,3 +18,9 @@ def test_ruff() -> None:
     p = subprocess.run([sys.executable, "-m", "ruff", "check", "mlos_repro", "tests", "benchmarks"],
                        cwd=PROJECT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_import_layers() -> None:
+    """The package's layers (pyproject's [tool.importlinter]): no module imports from above it."""
+    p = subprocess.run([sys.executable, "-m", "importlinter.cli"], cwd=PROJECT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro.attest import check, sbom, summary
-from mlos_repro.attest.catalogue import Catalogue, File, Package
-from mlos_repro.attest.policy import load_policy
+from mlos_repro.sbom import document, summary, validate
+from mlos_repro.sbom.catalogue import Catalogue, File, Package
+from mlos_repro.sbom.policy import load_policy
 from tests.conftest import PROJECT, mlos
 
 SDE = 1764547200
@@ -40,7 +40,7 @@ def catalogue(libc_version: str = "2.36-9") -> Catalogue:
 
 
 def make(cat: Catalogue) -> bytes:
-    return sbom.make(cat, name="mlos.iso", sha256="ef" * 32, tree=False, policy=load_policy(PROJECT), sde=SDE,
+    return document.make(cat, name="mlos.iso", sha256="ef" * 32, tree=False, policy=load_policy(PROJECT), sde=SDE,
                      kernels=[{"release": "6.1.176-mlos",
                                "source": {"source": "linux", "version": "6.1.176-1", "sha256": "01" * 32},
                                "patches": [{"name": "0001-x.patch", "sha256": "02" * 32}]}])
@@ -48,7 +48,7 @@ def make(cat: Catalogue) -> bytes:
 
 def test_a_catalogue_becomes_a_valid_deterministic_sbom() -> None:
     data = make(catalogue())
-    assert check.problems(data) == []
+    assert validate.problems(data) == []
     assert make(catalogue()) == data
     doc = json.loads(data)
     assert doc["specVersion"] == "1.6"
@@ -80,7 +80,7 @@ def broken(edit: object) -> list[str]:
     doc = json.loads(make(catalogue()))
     bash = next(c for c in doc["components"] if c["name"] == "bash")
     edit(doc, bash)  # type: ignore[operator]
-    return check.problems(json.dumps(doc))
+    return validate.problems(json.dumps(doc))
 
 
 @pytest.mark.parametrize("edit, expected", [

@@ -50,9 +50,9 @@ from debian.deb822 import PkgRelation
 from packageurl import PackageURL
 
 from mlos_repro import __version__
-from mlos_repro.attest.catalogue import Catalogue, File, Package, join
-from mlos_repro.attest.policy import Policy, Supplier
 from mlos_repro.digest import canonical_json
+from mlos_repro.sbom.catalogue import Catalogue, File, Package, join
+from mlos_repro.sbom.policy import Policy, Supplier
 
 logging.getLogger("debian.copyright").setLevel(logging.ERROR)  # "Fixing Format URL", per file
 

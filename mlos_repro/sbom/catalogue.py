@@ -34,8 +34,8 @@ from debian.deb822 import Deb822
 from debian.debfile import DebFile
 
 from mlos_repro.digest import sha256_bytes
-from mlos_repro.verify.formats import reader_for
-from mlos_repro.verify.layers import ARROW, READ_ERRORS
+from mlos_repro.inspect.detect import reader_for
+from mlos_repro.inspect.layers import ARROW, READ_ERRORS
 
 DPKG_STATUS = "var/lib/dpkg/status"
 DPKG_DB = "var/lib/dpkg/"

@@ -42,10 +42,11 @@ from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import Key, SSlibKey
 
 from mlos_repro import run
-from mlos_repro.attest import check, intoto
-from mlos_repro.attest.artifacts import SBOM_SUFFIX
+from mlos_repro.attest import intoto
 from mlos_repro.digest import sha256_file
-from mlos_repro.verify.formats import reader_for
+from mlos_repro.inspect.detect import reader_for
+from mlos_repro.sbom import validate
+from mlos_repro.sbom.cache import SBOM_SUFFIX
 
 SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
 
@@ -327,12 +328,12 @@ class ReleaseVerifier:
             sbom_path = self.release / "sbom" / stage / f"{output}{SBOM_SUFFIX}"
             try:
                 sbom = read_json(sbom_path)
-                problems = check.problems(json.dumps(sbom))
+                problems = validate.problems(json.dumps(sbom))
                 if problems:
                     raise Failed(f"{sbom_path}: invalid: " + "; ".join(problems[:3]))
                 digest = str(info.get("stages", {}).get(stage, {}).get("outputs", {}).get(output) or ""
                              ).removeprefix("sha256:")
-                described = check.described(sbom)
+                described = validate.described(sbom)
                 if not digest or described != digest:
                     raise Failed(f"{sbom_path}: describes sha256 {described}, "
                                  f"but {stage}/{output} is {digest}")

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.attest import check
 from mlos_repro.errors import BadInputError
+from mlos_repro.sbom import validate
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -25,7 +25,7 @@ def load(path: Path) -> tuple[dict[str, Any], list[str]]:
         raise BadInputError(f"{path}: not JSON ({e})", "is this a CycloneDX JSON SBOM (.cdx.json)?") from None
     if not isinstance(data, dict) or data.get("bomFormat") != "CycloneDX":
         raise BadInputError(f"{path}: not a CycloneDX document (bomFormat is not \"CycloneDX\")")
-    return data, check.problems(text)
+    return data, validate.problems(text)
 
 
 def _properties(c: dict[str, Any]) -> dict[str, str]:
@@ -57,7 +57,7 @@ def summary(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {
         "artifact": _properties(root).get("mlos:artifact") or root.get("name"),
         "name": root.get("name"), "version": root.get("version"),
-        "sha256": check.described(data),
+        "sha256": validate.described(data),
         "timestamp": (data.get("metadata") or {}).get("timestamp"),
         "serialNumber": data.get("serialNumber"),
         "components": len(components),

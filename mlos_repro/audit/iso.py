@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.attest import check
-from mlos_repro.attest.artifacts import SBOM_SUFFIX
+from mlos_repro.audit.release import Failed, Malformed, gpgv, keyring_file, parse_sums
 from mlos_repro.errors import BadInputError
-from mlos_repro.verify.release import Failed, Malformed, gpgv, keyring_file, parse_sums
+from mlos_repro.sbom import validate
+from mlos_repro.sbom.cache import SBOM_SUFFIX
 
 CHUNK = 4 << 20
 SEARCH_UP = 3
@@ -113,7 +113,7 @@ def _facts(root: Path, listed: str, digest: str, notes: list[str]) -> dict[str, 
         return facts
     except ValueError as e:
         raise Malformed(f"{sbom_path}: not valid JSON ({e})") from None
-    described = check.described(sbom)
+    described = validate.described(sbom)
     if described != digest:
         raise Failed(f"{sbom_path}: describes sha256 {described}, not this ISO ({digest})")
     components = sbom.get("components") or []

@@ -12,7 +12,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from mlos_repro.attest.policy import NTIA_ELEMENTS
+from mlos_repro.sbom.policy import NTIA_ELEMENTS
 
 
 def described(data: Any) -> str | None:

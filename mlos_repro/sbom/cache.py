@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.attest import catalogue, check, sbom
-from mlos_repro.attest.policy import Policy
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.errors import StageFailedError
+from mlos_repro.inspect import manifest
+from mlos_repro.sbom import catalogue, document, validate
+from mlos_repro.sbom.policy import Policy
 from mlos_repro.store import OutputKind, StageEntry, Store
-from mlos_repro.verify import manifest
 
 SBOM_SUFFIX = ".cdx.json"
 KERNEL_METADATA = "kernel.json"
@@ -30,7 +30,7 @@ FORMAT = 1
 def _code_digest() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256(f"{FORMAT}:{manifest.readers_digest()}".encode())
-    for name in ("artifacts.py", "catalogue.py", "check.py", "sbom.py"):
+    for name in ("cache.py", "catalogue.py", "document.py", "validate.py"):
         digest.update((here / name).read_bytes())
     from importlib.metadata import version
     digest.update(version("cyclonedx-python-lib").encode())
@@ -84,9 +84,9 @@ class Sboms:
             else:
                 path = self.store.blob_path(digest)
             found = catalogue.catalogue(path, output, listing, work / "catalogue", memo)
-        data = sbom.make(found, name=output, sha256=digest, tree=tree, policy=self.policy, sde=self.sde,
+        data = document.make(found, name=output, sha256=digest, tree=tree, policy=self.policy, sde=self.sde,
                          kernels=kernels)
-        problems = check.problems(data, self.policy.required)
+        problems = validate.problems(data, self.policy.required)
         if problems:
             shown = "\n".join(f"  {p}" for p in problems[:20])
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""

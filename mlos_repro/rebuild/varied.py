@@ -8,13 +8,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.attest.artifacts import SBOM_SUFFIX
 from mlos_repro.errors import MlosReproError
 from mlos_repro.executor import BuildResult, Executor
+from mlos_repro.inspect import report
+from mlos_repro.inspect.layers import Difference, compare, compare_paths, manifest_side
+from mlos_repro.rebuild.variations import Plan, describe
+from mlos_repro.sbom.cache import SBOM_SUFFIX
 from mlos_repro.store import Store
-from mlos_repro.verify import report
-from mlos_repro.verify.layers import Difference, compare, compare_paths, manifest_side
-from mlos_repro.verify.variations import Plan, describe
 
 
 class Verdict:
@@ -68,7 +68,7 @@ class VerifyResult:
         }
 
 
-def verify(executor: Executor, store: Store, control: BuildResult, plan: Plan, out_dir: Path,
+def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan: Plan, out_dir: Path,
            settings: report.DiffoscopeSettings) -> VerifyResult:
     errors: dict[str, MlosReproError] = {}
     varied = executor.rebuild_varied(control, plan.variant, lambda name, e: errors.__setitem__(name, e))

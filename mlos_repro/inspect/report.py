@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlos_repro import run
-from mlos_repro.verify.layers import Difference
+from mlos_repro.inspect.layers import Difference
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from typing import Any, Protocol, TypeVar
 
 from mlos_repro.digest import sha256_file
 from mlos_repro.errors import MlosReproError
-from mlos_repro.verify.formats import KeepsNested, Member, Reader, reader_for, walk_members
+from mlos_repro.inspect.detect import reader_for
+from mlos_repro.inspect.members import KeepsNested, Member, Reader, walk_members
 
 ARROW = " → "
 # What a broken or unexpected nested container may raise; it is then compared as a leaf.

@@ -1,0 +1,67 @@
+"""GPT disks: protective MBR boot code, each partition as a member, GUIDs as meta members."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlos_repro.digest import sha256_bytes
+from mlos_repro.inspect.members import Member, copy_range, hash_and_hint, meta_member, safe_name
+
+SECTOR = 512
+
+
+class GptReader:
+    """A GPT disk: protective MBR (boot code), each partition as a member, GUIDs as meta."""
+
+    kind = "gpt"
+
+    def _table(self, path: Path) -> tuple[str, list[tuple[str, str, int, int]]]:
+        with path.open("rb") as f:
+            f.seek(SECTOR)
+            header = f.read(92)
+            disk_guid = str(uuid.UUID(bytes_le=header[56:72]))
+            entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+            f.seek(entries_lba * SECTOR)
+            table = f.read(count * size)
+        parts = []
+        for i in range(count):
+            e = table[i * size:(i + 1) * size]
+            if e[:16] == b"\0" * 16:
+                continue
+            first, last = struct.unpack_from("<QQ", e, 32)
+            label = e[56:128].decode("utf-16-le", errors="replace").rstrip("\0") or "part"
+            parts.append((f"p{i + 1}-{label}", str(uuid.UUID(bytes_le=e[16:32])), first, last))
+        return disk_guid, parts
+
+    def members(self, path: Path) -> Iterator[Member]:
+        disk_guid, parts = self._table(path)
+        yield meta_member("(disk guid)", disk_guid)
+        with path.open("rb") as f:
+            mbr = f.read(440)
+        yield Member("(mbr boot code)", "file", 0o644, 0, 0, 0, 440, sha256_bytes(mbr))
+        for name, part_guid, first, last in parts:
+            yield meta_member(f"{name} (partition guid)", part_guid)
+            length = (last - first + 1) * SECTOR
+            with path.open("rb") as f:
+                f.seek(first * SECTOR)
+                digest, nested = hash_and_hint(f, limit=length)
+            yield Member(name, "file", 0o644, 0, 0, 0, length, digest, nested=nested)
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        _, parts = self._table(path)
+        found = {}
+        for index, (name, _, first, last) in enumerate(parts):
+            if name not in names:
+                continue
+            target = dest / safe_name(index, name)
+            copy_range(path, target, first * SECTOR, (last - first + 1) * SECTOR)
+            found[name] = target
+        if "(mbr boot code)" in names:
+            target = dest / "mbr-boot-code"
+            with path.open("rb") as src:
+                target.write_bytes(src.read(440))
+            found["(mbr boot code)"] = target
+        return found

@@ -1,0 +1,46 @@
+"""ISO 9660 images with Rock Ridge (through bsdtar) and their El Torito boot images (xorriso)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlos_repro import run
+from mlos_repro.digest import sha256_file
+from mlos_repro.inspect.members import Member, file_hint
+from mlos_repro.inspect.tar import PipedTar
+
+BOOT_PREFIX = "[el-torito]/"
+
+
+class IsoReader(PipedTar):
+    """ISO 9660 with Rock Ridge through bsdtar, plus the El Torito boot images through xorriso."""
+
+    kind = "iso9660"
+    argv = ("bsdtar", "-cf", "-", "--format=pax", "@{}")
+
+    def members(self, path: Path) -> Iterator[Member]:
+        yield from super().members(path)
+        with tempfile.TemporaryDirectory(prefix="mlos-eltorito-") as tmp:
+            for name, file in self._boot_images(path, Path(tmp)).items():
+                yield Member(name, "file", 0o644, 0, 0, 0, file.stat().st_size, sha256_file(file),
+                             nested=file_hint(file))
+
+    def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
+        found = super().extract(path, names, dest)
+        if any(n.startswith(BOOT_PREFIX) for n in names):
+            images = self._boot_images(path, dest / "el-torito")
+            found.update({n: f for n, f in images.items() if n in names})
+        return found
+
+    def _boot_images(self, path: Path, into: Path) -> dict[str, Path]:
+        """El Torito images as pseudo-members `[el-torito]/NAME`: they may lie outside the tree."""
+        if shutil.which("xorriso") is None:
+            return {}
+        into.mkdir(parents=True, exist_ok=True)
+        run.run(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images", str(into)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        return {BOOT_PREFIX + p.name: p for p in sorted(into.iterdir()) if p.is_file()}
