@@ -33,7 +33,7 @@ test: deps
 	scripts/run-tests
 
 lint: deps
-	$(VENV)/bin/ruff check mlos_repro tests benchmarks
+	$(VENV)/bin/ruff check mlos_repro tests benchmarks stage-tools
 	$(VENV)/bin/mypy
 
 bench: deps

@@ -3,7 +3,7 @@ boot times of every image to systemd's multi-user.target under QEMU (TCG).
 
     .venv/bin/python benchmarks/images.py [--store DIR] [--skip-full-cold] [--boots N]
 
-"Bare" runs the stage scripts of mlos_repro/image (mmdebstrap, mksquashfs, the cpio writer,
+"Bare" runs the stage scripts of stage-tools/image (mmdebstrap, mksquashfs, the cpio writer,
 grub-mkimage, xorriso, sfdisk, qemu-img) directly on the host, as root, in a scratch
 directory, with /in and /out replaced by host directories, a scratch working directory and
 the stage's settings as environment variables: no sandbox, store, cache or manifests.
@@ -60,7 +60,7 @@ def forced_miss_recipes(work: Path) -> Path:
     """A copy of the repository whose image stages miss the cache (one more env variable)."""
     repo = work / "repo"
     shutil.copytree(PROJECT / "recipes", repo / "recipes")
-    for tree in ("mlos_repro/image", "mlos_repro/packaging", "kernel"):
+    for tree in ("stage-tools/image", "stage-tools/packaging", "kernel"):
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     image = repo / "recipes/image.toml"
     image.write_text(_add_env(image.read_text(), uuid.uuid4().hex))
@@ -90,7 +90,7 @@ def bare(store: Store, built: Path, work: Path) -> dict[str, float]:
     shutil.copytree(built / "repository/repo", inputs / "mlos/repo")
     shutil.copytree(built / "kernel", inputs / "kernel")
     tools = inputs / "tools"
-    shutil.copytree(PROJECT / "mlos_repro/image", tools, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECT / "stage-tools/image", tools, ignore=shutil.ignore_patterns("__pycache__"))
     for script in [*tools.glob("*.sh"), *tools.glob("*.py")]:
         script.write_text(script.read_text().replace("/in/", f"{inputs}/").replace("/out", f"{work}/out"))
     seconds: dict[str, float] = {}

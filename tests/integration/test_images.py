@@ -245,7 +245,7 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
                  "image.toml"):
         shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
     (repo / "recipes/kernel.toml").write_text(KERNEL_STAND_IN)
-    for tree in ("recipes/packages", "recipes/upstream", "mlos_repro/packaging", "mlos_repro/image", "sbom"):
+    for tree in ("recipes/packages", "recipes/upstream", "stage-tools", "sbom"):
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(images / "kernel", repo / "prebuilt-kernel")
     home = gnupg_key("MLOS test archive <archive@mlos.example>")

@@ -232,7 +232,7 @@ packages = "stage:packages"
 
 def _packaging_repo(root: Path) -> Path:
     recipes = write_repo(root, PACKAGING)
-    shutil.copytree(PROJECT / "mlos_repro/packaging", root / "tools",
+    shutil.copytree(PROJECT / "stage-tools/packaging", root / "tools",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PROJECT / "recipes/packages", root / "packages")
     return recipes

@@ -48,7 +48,7 @@ def _repo(tmp_path: Path, base: str) -> Path:
     text = (PROJECT / "recipes/upstream.toml").read_text().replace(UPSTREAM_HOST, base)
     recipes = write_repo(tmp_path / "repo", text)
     shutil.copytree(PROJECT / "recipes/upstream", recipes / "upstream")
-    shutil.copytree(PROJECT / "mlos_repro/packaging", tmp_path / "repo/mlos_repro/packaging",
+    shutil.copytree(PROJECT / "stage-tools/packaging", tmp_path / "repo/stage-tools/packaging",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return recipes
 

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import aptrepo
+import debbuild
 import pytest
 
-from mlos_repro.packaging import aptrepo, debbuild
 from tests.conftest import PROJECT
 
 SOURCES = PROJECT / "recipes/packages"

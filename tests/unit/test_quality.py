@@ -15,7 +15,7 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    p = subprocess.run([sys.executable, "-m", "ruff", "check", "mlos_repro", "tests", "benchmarks"],
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "mlos_repro", "tests", "benchmarks", "stage-tools"],
                        cwd=PROJECT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
 

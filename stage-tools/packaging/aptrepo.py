@@ -24,13 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from debbuild import gzip_n  # beside this script: Python puts its folder first on sys.path
 from debian.deb822 import Deb822, Packages, Release
 from debian.debfile import DebFile
-
-try:
-    from mlos_repro.packaging.debbuild import gzip_n
-except ImportError:  # run as a script inside the sandbox, next to debbuild.py
-    from debbuild import gzip_n  # type: ignore[import-not-found,no-redef]
 
 # The order dpkg-scanpackages writes fields in.
 STANZA_ORDER = ("Package", "Source", "Version", "Installed-Size", "Maintainer", "Architecture",

@@ -9,7 +9,7 @@ GRUB_MODULES="iso9660 part_msdos part_gpt fat normal configfile linux search sea
 # UEFI: a graphics mode for the kernel's handover (else GRUB warns "no suitable video mode").
 GRUB_EFI_MODULES="efi_gop"
 
-# render TEMPLATE ROOT: a GRUB config from mlos_repro/image with the placeholders filled in.
+# render TEMPLATE ROOT: a GRUB config from stage-tools/image with the placeholders filled in.
 render() {
 	sed -e "s|@ROOT@|$2|g" -e "s|@LABEL@|${MLOS_ISO_LABEL:-}|g" -e "s|@VERSION@|$MLOS_VERSION|g" \
 		-e "s|@PROFILE@|$MLOS_PROFILE|g" -e "s|@TIMEOUT@|${MLOS_GRUB_TIMEOUT:-3}|g" "$1"

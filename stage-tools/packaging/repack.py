@@ -25,10 +25,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-try:
-    from mlos_repro.packaging import debbuild
-except ImportError:  # run as a script inside the sandbox, next to debbuild.py
-    import debbuild  # type: ignore[import-not-found,no-redef]
+import debbuild  # beside this script: Python puts its folder first on sys.path
 
 
 class RepackError(Exception):

@@ -3,7 +3,7 @@
 #
 #   sh /in/tools/initramfs.sh
 #
-# busybox-static from the builder environment plus our /init (mlos_repro/image/init),
+# busybox-static from the builder environment plus our /init (stage-tools/image/init),
 # written by mkcpio.py (sorted, root-owned, SOURCE_DATE_EPOCH mtimes, gzip without a name
 # or timestamp). Output: /out/initrd.img.
 set -eu

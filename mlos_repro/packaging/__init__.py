@@ -1,1 +1,0 @@
-"""Stage tools that build .debs and APT repositories (run inside the sandbox)."""
