@@ -18,7 +18,8 @@ from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
-from mlos_repro.graph import cache_key, select
+from mlos_repro.fsutil import atomic_write
+from mlos_repro.graph import ancestors, cache_key, select
 from mlos_repro.inspect import manifest
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
@@ -118,20 +119,11 @@ class Executor:
         if self._sboms is None:
             self._sboms = Sboms(self.store, load_policy(self.recipes.root),
                                 self.recipes.builder.source_date_epoch)
-        upstream = [done.stages[n].entry for n in self._upstream(name) if n in done.stages]
+        upstream = [done.stages[n].entry for n in ancestors(self.recipes.stages, name)
+                    if n in done.stages]
         kernels = self._sboms.kernel_metadata([*upstream, entry])
         stage = self.recipes.stages[name]
         return self._sboms.for_stage(name, stage.source, entry, kernels, use_cache=use_cache)
-
-    def _upstream(self, name: str) -> list[str]:
-        seen: list[str] = []
-        todo = [i.target for i in self.recipes.stages[name].inputs if i.kind is InputKind.STAGE]
-        while todo:
-            n = todo.pop()
-            if n not in seen:
-                seen.append(n)
-                todo.extend(i.target for i in self.recipes.stages[n].inputs if i.kind is InputKind.STAGE)
-        return sorted(seen)
 
     def _check_pinned_inputs(self, order: Iterable[str]) -> None:
         """Every url:/deb: input of the build is in the store, before anything is built."""
@@ -371,12 +363,10 @@ def write_out(store: Store, result: BuildResult, out_dir: Path,
         else:
             staging.rename(final)
     manifest = out_dir / "manifest.json"
-    tmp = out_dir / f".manifest.json.{os.getpid()}"
     manifest_data = result.manifest()
     if extras:
         manifest_data["signatures"] = {path: "sha256:" + sha256_bytes(data)
                                        for path, data in sorted(extras.items())}
-    tmp.write_bytes(canonical_json(manifest_data) + b"\n")
-    tmp.replace(manifest)
+    atomic_write(manifest, canonical_json(manifest_data) + b"\n")
     return manifest
 

@@ -21,15 +21,25 @@ def select(stages: Mapping[str, Stage], wanted: Iterable[str]) -> list[str]:
     if unknown:
         raise BadInputError(f"unknown stage(s): {', '.join(unknown)}",
                             f"known stages: {', '.join(sorted(stages))}")
+    chosen = _closure(stages, wanted or list(stages))
+    sorter = graphlib.TopologicalSorter({n: stages[n].upstream for n in sorted(chosen)})
+    return list(sorter.static_order())
+
+
+def ancestors(stages: Mapping[str, Stage], name: str) -> list[str]:
+    """Every stage `name` depends on, directly or through others, sorted by name."""
+    return sorted(_closure(stages, list(stages[name].upstream)))
+
+
+def _closure(stages: Mapping[str, Stage], start: list[str]) -> set[str]:
     chosen: set[str] = set()
-    todo = wanted or list(stages)
+    todo = list(start)
     while todo:
         name = todo.pop()
         if name not in chosen:
             chosen.add(name)
             todo.extend(stages[name].upstream)
-    sorter = graphlib.TopologicalSorter({n: stages[n].upstream for n in sorted(chosen)})
-    return list(sorter.static_order())
+    return chosen
 
 
 def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,

@@ -8,7 +8,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -103,3 +103,25 @@ def run(
         check=check,
         timeout=timeout,
     )
+
+
+def run_or_raise(
+    argv: Sequence[str | os.PathLike[str]],
+    error: Callable[..., Exception],
+    what: str,
+    *,
+    hint: str | None = None,
+    tail: int = 5,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    stdout: IO[bytes] | int | None = subprocess.PIPE,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv; if it fails, raise error(message[, hint]) naming `what` and the exit status,
+    with the last `tail` lines the tool wrote to stderr (one line: on the same line)."""
+    result = run(argv, env=env, input=input, stdout=stdout, stderr=subprocess.PIPE, check=False)
+    if result.returncode == 0:
+        return result
+    lines = result.stderr.decode(errors="replace").strip().splitlines()[-tail:]
+    said = (": " + lines[0]) if len(lines) == 1 else "".join("\n" + line for line in lines)
+    message = f"{what} (exit {result.returncode}){said}"
+    raise error(message) if hint is None else error(message, hint)

@@ -30,6 +30,7 @@ from typing import Any
 
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError, DigestMismatchError
+from mlos_repro.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +262,7 @@ class Store:
         self.write_atomic(path, canonical_json(node))
 
     def write_atomic(self, path: Path, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
+        atomic_write(path, data, tmp_dir=self.root / "tmp")
 
     def log_path(self, entry_log: str) -> Path:
         return self.blob_path(entry_log)

@@ -9,18 +9,17 @@ the number of packages (its SBOM, which must name the same digest).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlos_repro.audit.release import Failed, Malformed, gpgv, keyring_file, parse_sums
+from mlos_repro.digest import sha256_file
 from mlos_repro.errors import BadInputError
 from mlos_repro.sbom import validate
 from mlos_repro.sbom.cache import SBOM_SUFFIX
 
-CHUNK = 4 << 20
 SEARCH_UP = 3
 
 
@@ -40,17 +39,6 @@ def find_release(iso: Path) -> Path:
             return parent
     raise BadInputError(f"{iso}: no SHA256SUMS next to it or in the {SEARCH_UP} folders above",
                         "download SHA256SUMS and SHA256SUMS.gpg with the ISO, or give --release DIR")
-
-
-def sha256_fast(path: Path) -> str:
-    """hashlib releases the GIL and reads in large blocks: the speed of sha256sum."""
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 SigstoreTrust = tuple[Path, str, str | None]  # trusted root, identity, issuer
@@ -77,7 +65,7 @@ def verify_iso(iso: Path, keyring: Path | None, release: Path | None = None,
         except ValueError as e:
             raise Failed(str(e)) from None
     sums = parse_sums(sums_path)
-    digest = sha256_fast(iso)
+    digest = sha256_file(iso)
     # The ISO as the release lays it out, or by its file name when it was downloaded alone.
     candidates = []
     artifacts = root / "artifacts"

@@ -472,8 +472,5 @@ def gpgv(keyring: Path, signature: Path, data: Path | None = None) -> bytes:
         argv += ["--output", "-", str(signature)]
     else:
         argv += [str(signature), str(data)]
-    result = run.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if result.returncode != 0:
-        reason = result.stderr.decode(errors="replace").strip().splitlines()
-        raise Failed(f"{signature}: bad or unknown signature: {reason[-1] if reason else 'gpgv failed'}")
+    result = run.run_or_raise(argv, Failed, f"{signature}: bad or unknown signature", tail=1)
     return bytes(result.stdout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,14 +91,10 @@ def assemble(env: Environment, locked: LockedEnvironment, source_date_epoch: int
             argv.append(f"--include={','.join(env.packages)}")
         argv += [env.suite, str(tarball),
                  f"deb [trusted=yes] copy://{mirror} {env.suite} {' '.join(env.components)}"]
-        result = run.run(argv, env=run.host_env({"SOURCE_DATE_EPOCH": str(source_date_epoch)}),
-                         stderr=-1, check=False)
-        if result.returncode != 0:
-            tail = result.stderr.decode(errors="replace").strip().splitlines()[-25:]
-            raise StageFailedError(
-                f"assembling environment {env.name!r} failed (mmdebstrap exit {result.returncode}):\n"
-                + "\n".join(tail),
-                "if packages are missing from the store, run: mlos-repro fetch")
+        run.run_or_raise(argv, StageFailedError, f"assembling environment {env.name!r} failed (mmdebstrap)",
+                         hint="if packages are missing from the store, run: mlos-repro fetch",
+                         tail=25, stdout=None,
+                         env=run.host_env({"SOURCE_DATE_EPOCH": str(source_date_epoch)}))
         digest = store.adopt_file(tarball, what=f"environment {env.name}")
     log.info("environment %s assembled: sha256:%s", env.name, digest)
     return digest
@@ -133,12 +128,8 @@ def _extract(store: Store, digest: str) -> Path:
         return root
     with store.tempdir("extract") as tmp:
         (tmp / "root").mkdir()
-        try:
-            run.run(["tar", "--numeric-owner", "-xpf", store.blob_path(digest), "-C", tmp / "root"],
-                    stderr=-1)
-        except subprocess.CalledProcessError as e:
-            raise BadInputError(f"extracting environment sha256:{digest} failed: "
-                                f"{e.stderr.decode(errors='replace').strip()}") from None
+        run.run_or_raise(["tar", "--numeric-owner", "-xpf", store.blob_path(digest), "-C", tmp / "root"],
+                         BadInputError, f"extracting environment sha256:{digest} failed", stdout=None)
         final.mkdir(exist_ok=True)
         os.replace(tmp / "root", root)
     return root

@@ -48,14 +48,11 @@ def lock_environment(env: Environment, source_date_epoch: int, store: Store,
                                     "the keyring key in recipes/builder.toml")
             argv.append(f"--keyring={env.keyring}")
         argv += [env.suite, "/dev/null", mirror]
-        result = run.run(argv, env=run.host_env({"SOURCE_DATE_EPOCH": str(source_date_epoch)}),
-                         stderr=-1, check=False)
-        if result.returncode != 0:
-            tail = result.stderr.decode(errors="replace").strip().splitlines()[-15:]
-            raise BadInputError(
-                f"environment {env.name!r}: resolving against {mirror} failed "
-                f"(mmdebstrap exit {result.returncode}):\n" + "\n".join(tail),
-                "check the suite, package names and mirror in recipes/builder.toml")
+        run.run_or_raise(argv, BadInputError,
+                         f"environment {env.name!r}: resolving against {mirror} failed (mmdebstrap)",
+                         hint="check the suite, package names and mirror in recipes/builder.toml",
+                         tail=15, stdout=None,
+                         env=run.host_env({"SOURCE_DATE_EPOCH": str(source_date_epoch)}))
         stanzas = _index_stanzas(lists)
         packages = []
         for deb in sorted(debs.glob("*.deb")):

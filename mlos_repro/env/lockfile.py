@@ -15,6 +15,7 @@ from typing import Any
 
 from mlos_repro.digest import canonical_json, is_sha256, sha256_bytes
 from mlos_repro.errors import BadInputError
+from mlos_repro.fsutil import atomic_write
 from mlos_repro.recipe.model import BuilderConfig, Environment
 
 LOCK_FILE = "builder.lock"
@@ -56,9 +57,7 @@ class LockedEnvironment:
 def write_lock(path: Path, envs: Mapping[str, LockedEnvironment]) -> None:
     data = {"lock_version": LOCK_VERSION,
             "environments": {name: envs[name].to_json() for name in sorted(envs)}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_lock(path: Path) -> dict[str, LockedEnvironment]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlos_repro.env.download import download
 from mlos_repro.errors import BadInputError
+from mlos_repro.fsutil import atomic_write
 from mlos_repro.recipe.loader import UNPINNED
 from mlos_repro.store import Store
 
@@ -32,8 +33,6 @@ def pin(recipes_dir: Path, url: str, store: Store) -> PinResult:
     for path, text in found.items():
         result.previous += [m.group(1) for m in pattern.finditer(text)]
         new = pattern.sub(f"url:{url}#sha256={digest}", text)
-        tmp = path.with_name(f".{path.name}.pin")
-        tmp.write_text(new)
-        tmp.replace(path)
+        atomic_write(path, new)
         result.files.append(path)
     return result

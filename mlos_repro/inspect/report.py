@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlos_repro import run
+from mlos_repro.fsutil import atomic_write
 from mlos_repro.inspect.layers import Difference
 
 
@@ -45,14 +46,14 @@ def write(label: str, diffs: list[Difference], dest: Path, work: Path,
     text = ours + "".join(f"note: {n}\n" for n in notes)
     if d_text:
         text += "\n# diffoscope on the differing members\n" + d_text
-    _atomic_write(text_path, text)
+    atomic_write(text_path, text)
     body = d_html or f"<pre>{html.escape(text)}</pre>"
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(label)}</title>"
             f"</head><body><h1>{html.escape(label)}</h1><pre>{html.escape(ours)}</pre>"
             + "".join(f"<p>note: {html.escape(n)}</p>" for n in notes) + body + "</body></html>")
     if d_html:
         page = d_html.replace("<body>", f"<body><pre>{html.escape(ours)}</pre>", 1)
-    _atomic_write(html_path, page)
+    atomic_write(html_path, page)
     return text_path, html_path
 
 
@@ -114,8 +115,3 @@ def _link_or_copy(src: Path, dest: Path) -> None:
     except OSError:
         shutil.copyfile(src, dest)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mlos_repro.errors import MlosReproError
 from mlos_repro.executor import BuildResult, Executor
+from mlos_repro.fsutil import atomic_write
 from mlos_repro.inspect import report
 from mlos_repro.inspect.layers import Difference, compare, compare_paths, manifest_side
 from mlos_repro.rebuild.variations import Plan, describe
@@ -111,9 +111,7 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
                                    (f"sha256:{second_sboms[output]}", "file", None), out_dir, settings))
     result = VerifyResult(plan, verdicts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".verify.json.{os.getpid()}"
-    tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(out_dir / "verify.json")
+    atomic_write(out_dir / "verify.json", json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     return result
 
 

@@ -22,13 +22,11 @@ def shuffled(inputs: Mapping[str, Path], base: Path) -> Iterator[dict[str, Path]
                 continue  # a single file has no order
             target = base / name
             target.mkdir(parents=True)
-            proc = run.run(["disorderfs", "--shuffle-dirents=yes", "--multi-user=yes",
-                            "-o", "allow_other,ro", str(source), str(target)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-            if proc.returncode != 0:
-                raise MlosReproError(f"disorderfs could not mount input {name!r}: "
-                                     f"{proc.stderr.decode(errors='replace').strip()}",
-                                     "turn the variation off with --vary=-fileordering")
+            run.run_or_raise(["disorderfs", "--shuffle-dirents=yes", "--multi-user=yes",
+                              "-o", "allow_other,ro", str(source), str(target)],
+                             MlosReproError, f"disorderfs could not mount input {name!r}",
+                             hint="turn the variation off with --vary=-fileordering",
+                             stdout=subprocess.DEVNULL)
             mounted.append(target)
             result[name] = target
         yield result

@@ -35,13 +35,10 @@ class Podman:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if exists.returncode == 0:
             return
-        result = run.run(["podman", *RUNTIME_OPTS, "import", "--quiet", str(spec.env_tarball), image],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        if result.returncode != 0:
-            raise StageFailedError(
-                f"podman could not import environment sha256:{spec.env_digest}: "
-                f"{result.stderr.decode(errors='replace').strip()}",
-                "check `podman info`; on this host podman needs runc (apt-get install runc)")
+        run.run_or_raise(["podman", *RUNTIME_OPTS, "import", "--quiet", str(spec.env_tarball), image],
+                         StageFailedError, f"podman could not import environment sha256:{spec.env_digest}",
+                         hint="check `podman info`; on this host podman needs runc (apt-get install runc)",
+                         stdout=subprocess.DEVNULL)
 
     def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         return podman_argv(spec, command)

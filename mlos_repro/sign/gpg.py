@@ -56,13 +56,10 @@ class GpgSigner:
 
     def _gpg(self, *args: str, stdin: bytes | None = None, what: str) -> bytes:
         argv = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", *args]
-        result = run.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=run.host_env({"GNUPGHOME": str(self.home)}), check=False)
-        if result.returncode != 0:
-            tail = "\n".join(result.stderr.decode(errors="replace").strip().splitlines()[-5:])
-            raise SigningError(f"gpg could not {what} (GnuPG home {self.home}):\n{tail}",
-                               "check that the key is present, not expired, and has no passphrase "
-                               "the agent cannot supply in batch mode")
+        result = run.run_or_raise(argv, SigningError, f"gpg could not {what} (GnuPG home {self.home})",
+                                  hint="check that the key is present, not expired, and has no passphrase "
+                                       "the agent cannot supply in batch mode",
+                                  input=stdin, env=run.host_env({"GNUPGHOME": str(self.home)}))
         return result.stdout
 
     def _resolve(self, key: str | None) -> tuple[str, str]:
@@ -122,10 +119,8 @@ def generate_key(home: Path, uid: str) -> None:
     check_agent_socket(home)
     argv = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode",
             "loopback", "--passphrase", "", "--quick-generate-key", uid, "ed25519", "sign", "never"]
-    result = run.run(argv, env=run.host_env({"GNUPGHOME": str(home)}), stderr=-1, stdout=-1, check=False)
-    if result.returncode != 0:
-        raise SigningError(f"gpg could not create a key in {home}: "
-                           + result.stderr.decode(errors="replace").strip()[-500:])
+    run.run_or_raise(argv, SigningError, f"gpg could not create a key in {home}",
+                     env=run.host_env({"GNUPGHOME": str(home)}))
 
 
 def development_signer() -> GpgSigner:

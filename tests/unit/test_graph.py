@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlos_repro.errors import BadInputError
-from mlos_repro.graph import cache_key, select
+from mlos_repro.graph import ancestors, cache_key, select
 from mlos_repro.recipe.model import Input, InputKind, Stage
 
 
@@ -21,6 +21,13 @@ def test_select_takes_dependencies_in_order() -> None:
     assert select(STAGES, ["c"]) == ["a", "b", "c"]
     order = select(STAGES, [])
     assert set(order) == set(STAGES) and order.index("a") < order.index("b") < order.index("c")
+
+
+def test_ancestors_are_every_stage_depended_on_directly_or_not() -> None:
+    assert ancestors(STAGES, "c") == ["a", "b"]
+    assert ancestors(STAGES, "a") == []
+    diamond = {s.name: s for s in (_stage("x"), _stage("l", "x"), _stage("r", "x"), _stage("top", "l", "r"))}
+    assert ancestors(diamond, "top") == ["l", "r", "x"]
 
 
 def test_select_unknown_stage() -> None:
