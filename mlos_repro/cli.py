@@ -124,67 +124,33 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     the sandbox (InRelease, Release.gpg, the exported keyring). With --verify, every stage is
     built a second time with the variations listed by --vary and judged bit for bit.
     """
-    from mlos_repro.executor import Executor, write_out
+    from mlos_repro import pipelines
+    from mlos_repro.inspect.report import DiffoscopeSettings
     from mlos_repro.rebuild.variations import parse_vary
-    from mlos_repro.recipe import load_recipes
-    from mlos_repro.sandbox.select import sandbox
-    from mlos_repro.sign.gpg import GpgSigner, development_signer
-    from mlos_repro.sign.repository import sign_repositories
 
     enabled = parse_vary(vary_spec)
     if vary_spec is not None and not verify:
         raise click.UsageError("--vary applies to --verify only")
     if archive_key is not None and gnupghome is None:
         raise click.UsageError("--archive-key needs --gnupghome (the GnuPG home holding it)")
-    recipes = load_recipes(recipes_dir, profile)
-    store = _store(store_dir)
-    executor = Executor(recipes, store, sandbox(sandbox_name), use_cache=not no_cache,
-                        progress=ui.progress)
-    result = executor.build(stages)
-
-    def signer() -> GpgSigner:
-        if gnupghome is not None:
-            return GpgSigner(gnupghome, archive_key)
-        gpg = development_signer()
-        ui.warn(f"signing with the development archive key {gpg.fingerprint} (not for release; "
-                "name the archive key with --gnupghome)")
-        return gpg
-
-    signatures = sign_repositories(store, result, signer)
-    manifest = write_out(store, result, out_dir, signatures)
-    summary: dict[str, Any] = {
-        "manifest": str(manifest),
-        "profile": recipes.profile,
-        "environments": result.environments,
-        "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs), "cached": r.cached,
-                       "seconds": round(r.seconds, 3),
-                       "sboms": {o: str(out_dir / n / (o + ".cdx.json")) for o in result.sboms.get(n, {})}}
-                   for n, r in result.stages.items()},
-    }
+    options = pipelines.BuildOptions(recipes_dir=recipes_dir, stages=stages, profile=profile, out_dir=out_dir,
+                                     sandbox=sandbox_name, use_cache=not no_cache, gnupghome=gnupghome,
+                                     archive_key=archive_key)
+    built = pipelines.build(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
     if not as_json:
-        built = sum(1 for r in result.stages.values() if not r.cached)
-        ui.info(f"{len(result.stages)} stages ({built} built, {len(result.stages) - built} cached); "
-                f"manifest: {manifest}")
+        stages_built = built.result.stages.values()
+        fresh = sum(1 for r in stages_built if not r.cached)
+        ui.info(f"{len(stages_built)} stages ({fresh} built, {len(stages_built) - fresh} cached); "
+                f"manifest: {built.manifest}")
     if verify:
-        from mlos_repro.inspect.report import DiffoscopeSettings
-        from mlos_repro.rebuild.variations import Host, plan
-        from mlos_repro.rebuild.varied import varied_rebuild
-
-        builders = [recipes.stages[n].builder for n in result.stages] or ["default"]
-        host = Host.probe(executor.env(builders[0]).root, sandbox_name)
-        the_plan = plan(enabled, host)
-        ui.variations(the_plan)
-        checked = varied_rebuild(executor, store, result, the_plan, out_dir,
-                               DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size))
-        summary["verify"] = str(out_dir / "verify.json")
-        summary["reproducible"] = checked.reproducible
+        settings = DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size)
+        checked = pipelines.verify_build(built, enabled, settings, on_plan=ui.variations)
         if not as_json:
             ui.verdicts(checked)
     if as_json:
-        ui.emit_json(summary)
-    if verify and not summary["reproducible"]:
+        ui.emit_json(built.summary())
+    if built.verified is not None and not built.verified.reproducible:
         sys.exit(int(ExitCode.VERIFICATION_FAILED))
-
 
 @main.command()
 @click.argument("first", type=click.Path(exists=True, path_type=Path))
@@ -288,28 +254,11 @@ def lock(environments: tuple[str, ...], recipes_dir: Path, store_dir: Path | Non
 
     Needs the network; the resolved .debs are kept in the store.
     """
-    from mlos_repro.env.lock import lock_environment
-    from mlos_repro.env.lockfile import LOCK_FILE, read_lock, write_lock
-    from mlos_repro.errors import BadInputError
+    from mlos_repro.env.lock import lock_environments
     from mlos_repro.recipe import load_recipes
 
-    recipes = load_recipes(recipes_dir)
-    builder = recipes.builder
-    names = environments or tuple(sorted(builder.environments))
-    for name in names:
-        if name not in builder.environments:
-            raise BadInputError(f"{builder.path}: no environment {name!r}",
-                                f"defined: {', '.join(sorted(builder.environments))}")
-    lock_path = builder.path.with_name(LOCK_FILE)
-    locked = read_lock(lock_path) if lock_path.exists() else {}
-    locked = {n: e for n, e in locked.items() if n in builder.environments}
-    store = _store(store_dir)
-    for name in names:
-        locked[name] = lock_environment(builder.environments[name], builder.source_date_epoch,
-                                        store, mirror)
-        ui.info(f"locked {name}: {len(locked[name].packages)} packages")
-        # After each: a later environment whose mirror is out of reach loses nothing.
-        write_lock(lock_path, locked)
+    lock_environments(load_recipes(recipes_dir).builder, environments, _store(store_dir), mirror,
+                      on_locked=lambda name, n: ui.info(f"locked {name}: {n} packages"))
 
 
 @main.command("env")
@@ -368,72 +317,52 @@ def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
 
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("args", nargs=-1, required=True, metavar="ARTIFACT | diff A.cdx.json B.cdx.json")
-@json_option
-@_handle_errors
-def sbom(args: tuple[str, ...], as_json: bool) -> None:
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it names no sub-command, goes to `default`:
+    `mlos-repro sbom ARTIFACT` is `mlos-repro sbom show ARTIFACT`."""
+
+    default = "show"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_DefaultGroup)
+def sbom() -> None:
     """Summarise an artifact's SBOM, or compare two.
 
     \b
     mlos-repro sbom OUT/iso/mlos.iso       # reads OUT/iso/mlos.iso.cdx.json (or give the .cdx.json)
     mlos-repro sbom diff A.cdx.json B.cdx.json
+    """
+
+
+@sbom.command("show")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@json_option
+@_handle_errors
+def sbom_show(artifact: Path, as_json: bool) -> None:
+    """Summarise ARTIFACT's SBOM (ARTIFACT.cdx.json beside it, or the .cdx.json itself).
 
     The summary gives the component count, a licence histogram and the files no package owns,
     and checks the SBOM (CycloneDX 1.6 schema, package URLs, NTIA minimum elements) and, when
-    the artifact is at hand, that it describes those exact bytes. Exit 1 if a check fails;
-    `sbom diff` exits 1 when components were added, removed or changed.
+    the artifact is at hand, that it describes those exact bytes. Exit 1 if a check fails.
     """
-    from mlos_repro.digest import sha256_file
-    from mlos_repro.errors import BadInputError
     from mlos_repro.sbom import summary as sboms
-    from mlos_repro.sbom.cache import SBOM_SUFFIX
 
-    if args[0] == "diff":
-        if len(args) != 3:
-            raise click.UsageError("usage: mlos-repro sbom diff A.cdx.json B.cdx.json")
-        (a, pa), (b, pb) = sboms.load(Path(args[1])), sboms.load(Path(args[2]))
-        changes = sboms.diff(a, b)
-        if as_json:
-            ui.emit_json({k: [c.to_json() for c in v] for k, v in changes.items()}
-                         | {"problems": {args[1]: pa, args[2]: pb}})
-        else:
-            for c in changes["added"]:
-                click.echo(f"+ {c.name} {c.second}")
-            for c in changes["removed"]:
-                click.echo(f"- {c.name} {c.first}")
-            for c in changes["changed"]:
-                detail = f"{c.first} -> {c.second}" if c.first != c.second else ", ".join(c.what)
-                click.echo(f"~ {c.name} {detail}")
-            if not any(changes.values()):
-                ui.info("same components")
-        if any(changes.values()):
-            sys.exit(int(ExitCode.VERIFICATION_FAILED))
-        return
-    if len(args) != 1:
-        raise click.UsageError("usage: mlos-repro sbom ARTIFACT  (or: mlos-repro sbom diff A B)")
-    given = Path(args[0])
-    artifact: Path | None = None
-    if given.name.endswith(SBOM_SUFFIX):
-        path = given
-        candidate = given.with_name(given.name.removesuffix(SBOM_SUFFIX))
-        artifact = candidate if candidate.is_file() else None
-    else:
-        path, artifact = given.with_name(given.name + SBOM_SUFFIX), given if given.is_file() else None
-        if not path.is_file():
-            raise BadInputError(f"{given}: no SBOM next to it (expected {path})",
-                                "mlos-repro build writes OUT/<stage>/<output>.cdx.json beside each output")
+    path, described = sboms.locate(artifact)
     data, problems = sboms.load(path)
     info = sboms.summary(data, problems)
-    if artifact is not None and info["sha256"] != (actual := sha256_file(artifact)):
-        problems.append(f"{artifact}: sha256 {actual}, but the SBOM describes {info['sha256']}")
-        info["valid"] = False
+    problems += sboms.check_artifact(info, described)
+    info["valid"] = info["valid"] and not problems
     if as_json:
         ui.emit_json(info)
     else:
         version = "" if str(info["version"]).startswith("sha256:") else f" {info['version']}"
-        described = f"{info['artifact']}, " if info["artifact"] != info["name"] else ""
-        click.echo(f"{info['name']}{version}  ({described}sha256 {info['sha256']})")
+        what = f"{info['artifact']}, " if info["artifact"] != info["name"] else ""
+        click.echo(f"{info['name']}{version}  ({what}sha256 {info['sha256']})")
         click.echo(f"{info['components']} components: "
                    + ", ".join(f"{n} {k}" for k, n in info["by_kind"].items()))
         click.echo("licences:")
@@ -452,6 +381,33 @@ def sbom(args: tuple[str, ...], as_json: bool) -> None:
     if problems:
         sys.exit(int(ExitCode.VERIFICATION_FAILED))
 
+
+@sbom.command("diff")
+@click.argument("first", type=click.Path(path_type=Path))
+@click.argument("second", type=click.Path(path_type=Path))
+@json_option
+@_handle_errors
+def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
+    """Components added, removed and changed from SBOM FIRST to SECOND. Exit 1 if any."""
+    from mlos_repro.sbom import summary as sboms
+
+    (a, pa), (b, pb) = sboms.load(first), sboms.load(second)
+    changes = sboms.diff(a, b)
+    if as_json:
+        ui.emit_json({k: [c.to_json() for c in v] for k, v in changes.items()}
+                     | {"problems": {str(first): pa, str(second): pb}})
+    else:
+        for c in changes["added"]:
+            click.echo(f"+ {c.name} {c.second}")
+        for c in changes["removed"]:
+            click.echo(f"- {c.name} {c.first}")
+        for c in changes["changed"]:
+            detail = f"{c.first} -> {c.second}" if c.first != c.second else ", ".join(c.what)
+            click.echo(f"~ {c.name} {detail}")
+        if not any(changes.values()):
+            ui.info("same components")
+    if any(changes.values()):
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))
 
 @main.command()
 @click.option("--keys", "keys_dir", type=click.Path(path_type=Path), required=True,
@@ -490,45 +446,20 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
     output, in DSSE envelopes signed by the builder key), layout/ (the layout made from the
     recipes, signed by the owner key, with its public keys) and inputs.lock.
     """
-    from mlos_repro.errors import BadInputError
-    from mlos_repro.executor import Executor
-    from mlos_repro.recipe import load_recipes
-    from mlos_repro.release import Keys, Sigstore, make_release
-    from mlos_repro.sandbox.select import sandbox
+    from mlos_repro import pipelines
+    from mlos_repro.release import Sigstore
 
     if (identity_token or trust_config) and not use_sigstore:
         raise click.UsageError("--identity-token and --trust-config apply to --sigstore only")
-    recipes = load_recipes(recipes_dir, profile)
-    keys = Keys.load(keys_dir, archive_key)
-    if link_format == "openpgp":
-        from dataclasses import replace
-
-        keys = replace(keys, openpgp_links=True)
-    executor = Executor(recipes, _store(store_dir), sandbox("bwrap"), cached_only=True)
-    wanted: tuple[str, ...] = ()
-    if from_dir is not None:
-        import json
-
-        try:
-            built = json.loads((from_dir / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise BadInputError(f"{from_dir / 'manifest.json'}: cannot read the build's manifest ({e})",
-                                "name the OUT directory of a finished `mlos-repro build`") from None
-        wanted = tuple(built.get("stages", {}))
-    result = executor.build(wanted)
-    if from_dir is not None:
-        differing = [n for n, s in built["stages"].items()
-                     if n not in result.stages or result.stages[n].entry.key != s.get("key")]
-        if differing:
-            raise BadInputError(f"{from_dir} was built from other inputs than these recipes give for: "
-                                + ", ".join(differing), "build again, or release from the matching recipes")
-    sigstore = Sigstore(identity_token, trust_config) if use_sigstore else None
-    path = make_release(executor, result, keys, out_dir, expires_days, sigstore)
+    options = pipelines.ReleaseOptions(
+        keys_dir=keys_dir, out_dir=out_dir, from_dir=from_dir, recipes_dir=recipes_dir, profile=profile,
+        archive_key=archive_key, expires_days=expires_days, openpgp_links=link_format == "openpgp",
+        sigstore=Sigstore(identity_token, trust_config) if use_sigstore else None)
+    released = pipelines.release(options, _store(store_dir))
     if as_json:
-        ui.emit_json({"release": str(path), "stages": sorted(result.stages)})
+        ui.emit_json({"release": str(released.path), "stages": list(released.stages)})
     else:
-        ui.info(f"release of {len(result.stages)} stages written to {path}")
-
+        ui.info(f"release of {len(released.stages)} stages written to {released.path}")
 
 def _trust(*files: Path | None, identity: str | None = None,
            issuer: str | None = None) -> tuple[Path, str, str | None] | None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from debian.deb822 import Packages
 
 from mlos_repro import run
 from mlos_repro.digest import sha256_file
-from mlos_repro.env.lockfile import LockedEnvironment, LockedPackage
+from mlos_repro.env.lockfile import LOCK_FILE, LockedEnvironment, LockedPackage, read_lock, write_lock
 from mlos_repro.errors import BadInputError
-from mlos_repro.recipe.model import Environment
+from mlos_repro.recipe.model import BuilderConfig, Environment
 from mlos_repro.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,3 +92,22 @@ def _index_stanzas(lists: Path) -> dict[tuple[str, str, str], Packages]:
     if not stanzas:
         raise BadInputError(f"no Packages index found after resolving ({os.fspath(lists)})")
     return stanzas
+
+
+def lock_environments(builder: BuilderConfig, names: Sequence[str], store: Store, mirror: str | None,
+                      on_locked: Callable[[str, int], None] = lambda name, n: None) -> None:
+    """Resolve environments `names` (all if empty) of builder.toml into builder.lock beside it;
+    the lock is written after each, so a later environment whose mirror is out of reach loses
+    nothing. Locks of environments builder.toml no longer names are dropped."""
+    names = names or sorted(builder.environments)
+    for name in names:
+        if name not in builder.environments:
+            raise BadInputError(f"{builder.path}: no environment {name!r}",
+                                f"defined: {', '.join(sorted(builder.environments))}")
+    lock_path = builder.path.with_name(LOCK_FILE)
+    locked = read_lock(lock_path) if lock_path.exists() else {}
+    locked = {n: e for n, e in locked.items() if n in builder.environments}
+    for name in names:
+        locked[name] = lock_environment(builder.environments[name], builder.source_date_epoch, store, mirror)
+        on_locked(name, len(locked[name].packages))
+        write_lock(lock_path, locked)

@@ -9,8 +9,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlos_repro.digest import sha256_file
 from mlos_repro.errors import BadInputError
 from mlos_repro.sbom import validate
+from mlos_repro.sbom.cache import SBOM_SUFFIX
+
+
+def locate(given: Path) -> tuple[Path, Path | None]:
+    """(the SBOM, the artifact it describes if at hand) for an artifact or an SBOM path."""
+    if given.name.endswith(SBOM_SUFFIX):
+        artifact = given.with_name(given.name.removesuffix(SBOM_SUFFIX))
+        return given, artifact if artifact.is_file() else None
+    path = given.with_name(given.name + SBOM_SUFFIX)
+    if not path.is_file():
+        raise BadInputError(f"{given}: no SBOM next to it (expected {path})",
+                            "mlos-repro build writes OUT/<stage>/<output>.cdx.json beside each output")
+    return path, given if given.is_file() else None
+
+
+def check_artifact(info: dict[str, Any], artifact: Path | None) -> list[str]:
+    """A problem if the artifact at hand is not the bytes the SBOM describes."""
+    if artifact is None or info["sha256"] == (actual := sha256_file(artifact)):
+        return []
+    return [f"{artifact}: sha256 {actual}, but the SBOM describes {info['sha256']}"]
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[str]]:
