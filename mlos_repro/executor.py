@@ -24,10 +24,11 @@ from mlos_repro.inspect import manifest
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.sandbox.disorder import shuffled
+from mlos_repro.sandbox.inputs import StageInput, lay_out
 from mlos_repro.sandbox.variant import BuildVariant, apply_variant
 from mlos_repro.sbom.cache import SBOM_SUFFIX, Sboms
 from mlos_repro.sbom.policy import load_policy
-from mlos_repro.store import OutputKind, StageEntry, Store, digest_of_output_set
+from mlos_repro.store import StageEntry, Store, digest_of_output_set
 
 log = logging.getLogger(__name__)
 LOG_TAIL = 25
@@ -212,26 +213,15 @@ class Executor:
 
     def _stage_inputs(self, stage: Stage, digests: dict[str, str], done: BuildResult,
                       work: Path) -> dict[str, Path]:
-        mounts: dict[str, Path] = {}
+        inputs = []
         for inp in stage.inputs:
-            digest = digests[inp.name]
             if inp.kind is InputKind.STAGE:
                 upstream = done.stages[inp.target].entry
-                dest = work / "in" / inp.name
-                dest.mkdir(parents=True)
-                for out, out_digest in upstream.outputs.items():
-                    self.store.materialize(out_digest, upstream.kinds[out], dest / out)
-                _pin_mtimes(dest, self.recipes.builder.source_date_epoch)
-                mounts[inp.name] = dest
-            elif digest.startswith("tree:"):
-                dest = work / "in" / inp.name
-                self.store.materialize(digest.removeprefix("tree:"), OutputKind.TREE, dest)
-                _pin_mtimes(dest, self.recipes.builder.source_date_epoch)
-                mounts[inp.name] = dest
+                outputs = {o: (d, upstream.kinds[o]) for o, d in upstream.outputs.items()}
+                inputs.append(StageInput(inp.name, digests[inp.name], outputs, is_stage=True))
             else:
-                # Blobs are immutable and read-only: bind them directly.
-                mounts[inp.name] = self.store.blob_path(digest.removeprefix("sha256:"))
-        return mounts
+                inputs.append(StageInput(inp.name, digests[inp.name]))
+        return lay_out(self.store, inputs, work, self.recipes.builder.source_date_epoch)
 
     def rebuild_varied(self, control: BuildResult, variant: BuildVariant,
                        on_error: Callable[[str, MlosReproError], None]) -> dict[str, StageEntry]:
@@ -316,15 +306,6 @@ class Executor:
             f"stage {stage.name!r} ({stage.source}) failed: {what}\n"
             f"last {len(lines)} log lines:\n{tail}\nfull log: {self.store.log_path(log_digest)}",
             "fix the stage's run commands or its inputs, then build again")
-
-
-def _pin_mtimes(root: Path, sde: int) -> None:
-    """Inputs laid out for a stage carry SOURCE_DATE_EPOCH as every mtime, not the moment they
-    were copied: a stage that lists or archives its inputs must not see when it ran."""
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames + dirnames:
-            os.utime(Path(dirpath) / name, (sde, sde), follow_symlinks=False)
-    os.utime(root, (sde, sde))
 
 
 def write_out(store: Store, result: BuildResult, out_dir: Path,

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import graphlib
+import hashlib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from mlos_repro import __version__
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.errors import BadInputError
 from mlos_repro.recipe.model import Stage
 
-# Bump when the sandbox contract changes in a way that can change outputs.
-SANDBOX_CONTRACT = 2
+# The code that decides what a stage sees: its environment and argv (the sandboxes) and how
+# its inputs are laid out. Their bytes are part of every cache key, so a change to them can
+# never hit an entry made under the old contract. (Read as files: the sandbox package is not
+# graph's to import.)
+CONTRACT_MODULES = ("sandbox/__init__.py", "sandbox/bwrap.py", "sandbox/podman.py", "sandbox/inputs.py")
+
+
+PACKAGE = Path(__file__).parent
+
+
+@functools.cache
+def contract_digest(package: Path = PACKAGE) -> str:
+    """sha256 of the sandbox contract's code (CONTRACT_MODULES, by name and content)."""
+    digest = hashlib.sha256()
+    for name in CONTRACT_MODULES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def select(stages: Mapping[str, Stage], wanted: Iterable[str]) -> list[str]:
@@ -47,7 +65,7 @@ def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
     """sha256 of everything that can change the stage's outputs, as canonical JSON."""
     return sha256_bytes(canonical_json({
         "toolkit": __version__,
-        "sandbox": SANDBOX_CONTRACT,
+        "sandbox": contract_digest(),
         "stage": stage.normalized(),
         "environment": env_digest,
         "source_date_epoch": source_date_epoch,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from mlos_repro.errors import BadInputError
-from mlos_repro.graph import ancestors, cache_key, select
+from mlos_repro.graph import CONTRACT_MODULES, PACKAGE, ancestors, cache_key, contract_digest, select
 from mlos_repro.recipe.model import Input, InputKind, Stage
 
 
@@ -42,3 +45,34 @@ def test_cache_key_covers_every_ingredient() -> None:
     assert base != cache_key(STAGES["b"], "f" * 64, 1, {"a": "sha256:" + "0" * 64})
     assert base != cache_key(STAGES["b"], "e" * 64, 2, {"a": "sha256:" + "0" * 64})
     assert base != cache_key(STAGES["b"], "e" * 64, 1, {"a": "sha256:" + "1" * 64})
+
+
+# The cache key of one known stage. It changes only when the key's format, the toolkit
+# version or the sandbox contract's code (graph.CONTRACT_MODULES) changes — and each such
+# change rebuilds every stage for every user, so it must be deliberate: update this value in
+# the same commit, and say why in its message.
+GOLDEN_KEY = "de1951129790272f3d9adac33e30824adb511a7ec90ff69e80b4e3d29c1f7384"
+
+
+def test_the_cache_key_of_a_known_stage_changes_only_deliberately() -> None:
+    stage = Stage(name="hello", builder="default", outputs=("hello.txt",),
+                  run=(("sh", "-c", "cat /in/greeting/msg > /out/hello.txt"),),
+                  inputs=(Input("greeting", InputKind.PATH, "path:recipes/data/greeting", "recipes/data/greeting"),))
+    key = cache_key(stage, "e" * 64, 1700000000, {"greeting": "tree:" + "0" * 64})
+    assert key == GOLDEN_KEY, (
+        f"cache keys changed (now {key}): every stored stage will be rebuilt; if that is intended, "
+        "set GOLDEN_KEY to it")
+
+
+def test_the_sandbox_contract_digest_follows_its_code(tmp_path: Path) -> None:
+    copy = tmp_path / "mlos_repro"
+    for name in CONTRACT_MODULES:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGE / name, copy / name)
+    assert contract_digest(copy) == contract_digest()
+    for name in CONTRACT_MODULES:
+        changed = tmp_path / f"changed-{name.replace('/', '-')}"
+        shutil.copytree(copy, changed)
+        with (changed / name).open("a") as f:
+            f.write("\n# a change to the contract\n")
+        assert contract_digest(changed) != contract_digest(), name
