@@ -10,7 +10,7 @@ all: build
 
 deps: $(VENV)/.deps-installed
 
-$(VENV)/.deps-installed: pyproject.toml scripts/install-deps
+$(VENV)/.deps-installed: pyproject.toml requirements.lock scripts/install-deps
 	VENV=$(VENV) scripts/install-deps
 	touch $@
 
@@ -37,12 +37,12 @@ lint: deps
 	$(VENV)/bin/mypy
 
 bench: deps
-	$(VENV)/bin/python benchmarks/engine.py
-	$(VENV)/bin/python benchmarks/diff.py
-	$(VENV)/bin/python benchmarks/kernel.py
-	$(VENV)/bin/python benchmarks/images.py
-	$(VENV)/bin/python benchmarks/sbom.py
-	$(VENV)/bin/python benchmarks/verify.py
+	$(VENV)/bin/python benchmarks/engine.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/diff.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/kernel.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/images.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/sbom.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/verify.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(OUT) $(RELEASE) .pytest_cache

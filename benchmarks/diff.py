@@ -1,6 +1,6 @@
 """Layered diff vs. diffoscope alone, on large images made here, measured in the same run.
 
-    .venv/bin/python benchmarks/diff.py [--size-mib 1024] [--disk-mib 2048] [--workdir DIR]
+    .venv/bin/python benchmarks/diff.py [--size-mib 1024] [--disk-mib 2048] [--workdir DIR] [--quick]
 
 1. two ISO images (~size) holding a squashfs, differing in one small file;
 2. two raw GPT disk images (ESP + ext4 root, ~disk size) differing in a handful of files and ids.
@@ -167,7 +167,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--diffoscope-timeout", type=float, default=300)
     parser.add_argument("--diffoscope-mem-gib", type=int, default=12)
+    parser.add_argument("--quick", action="store_true",
+                        help="small inputs, few repetitions: checks that the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.size_mib, args.disk_mib, args.diffoscope_timeout = 32, 256, 120
     mlos = [sys.executable, "-m", "mlos_repro", "diff"]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -1,6 +1,6 @@
 """Engine figures, each against a baseline measured in the same run.
 
-    .venv/bin/python benchmarks/engine.py [--store DIR] [--skip-env]
+    .venv/bin/python benchmarks/engine.py [--store DIR] [--skip-env] [--quick]
 
 1. no-op rebuild of a 20-stage toy graph (target <= 2 s), vs. bare interpreter start-up;
 2. sandbox overhead per stage (target <= 50 ms), vs. the same command run bare;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlos_repro.env.assemble import _local_mirror, environment
+from mlos_repro.env.assemble import environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.recipe import load_recipes
 from mlos_repro.run import host_env
@@ -44,11 +45,17 @@ def run(argv: list[str], **kw: object) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
 
 
+def _repeat(argv: list[str], times: int) -> None:
+    for _ in range(times):
+        run(argv)
+
+
 def toy_graph(root: Path, stages: int = 20) -> Path:
     recipes = root / "recipes"
     recipes.mkdir(parents=True)
     for name in ("builder.toml", "builder.lock"):
         (recipes / name).write_bytes((PROJECT / "recipes" / name).read_bytes())
+    shutil.copytree(PROJECT / "sbom", root / "sbom")  # every output gets an SBOM, under this policy
     (root / "data").mkdir()
     (root / "data" / "seed").write_text(f"{time.time_ns()}\n")
     text = []
@@ -102,7 +109,7 @@ def bench_sandbox(store_root: Path, work: Path) -> None:
     run(args)
     engine = statistics.median(timed(lambda: run(args), 3))
     bare_stage = ["sh", "-c", "echo x | sha256sum > /dev/null"]
-    bare20 = statistics.median(timed(lambda: [run(bare_stage) for _ in range(20)], 3))
+    bare20 = statistics.median(timed(lambda: _repeat(bare_stage, 20), 3))
     per_stage = (engine - bare20) / 20
     print(f"   engine, 20 stages --no-cache: {engine:7.3f} s; the same 20 commands bare: {bare20:7.3f} s")
     print(f"   => engine overhead per stage (incl. cache key, store, start-up share): "
@@ -116,7 +123,7 @@ def bench_env(store_root: Path, work: Path) -> None:
     sde = recipes.builder.source_date_epoch
     ours = timed(lambda: environment(env_spec, locked, sde, store, rebuild=True), 1)[0]
     mirror = work / "mirror"
-    _local_mirror(env_spec, locked, store, mirror)
+    local_mirror(env_spec, locked, store, mirror)
     argv = ["mmdebstrap", "--quiet", f"--variant={env_spec.variant}", "--format=null",
             f"--include={','.join(env_spec.packages)}", env_spec.suite, "/dev/null",
             f"deb [trusted=yes] copy://{mirror} {env_spec.suite} main"]
@@ -131,13 +138,15 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, default=None)
     parser.add_argument("--skip-env", action="store_true", help="skip the ~40 s assembly benchmark")
+    parser.add_argument("--quick", action="store_true",
+                        help="small inputs, few repetitions: checks that the benchmark runs (CI)")
     args = parser.parse_args()
     store = args.store or Path(os.environ.get("MLOS_REPRO_STORE") or default_root())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bench_noop(store, work)
         bench_sandbox(store, work)
-        if not args.skip_env:
+        if not (args.skip_env or args.quick):
             bench_env(store, work)
 
 

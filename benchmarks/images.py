@@ -1,7 +1,7 @@
 """Image stages: mlos-repro vs. the same scripts run bare, full small build cold and warm, and
 boot times of every image to systemd's multi-user.target under QEMU (TCG).
 
-    .venv/bin/python benchmarks/images.py [--store DIR] [--skip-full-cold] [--boots N]
+    .venv/bin/python benchmarks/images.py [--store DIR] [--skip-full-cold] [--boots N] [--quick]
 
 "Bare" runs the stage scripts of stage-tools/image (mmdebstrap, mksquashfs, the cpio writer,
 grub-mkimage, xorriso, sfdisk, qemu-img) directly on the host, as root, in a scratch
@@ -136,6 +136,20 @@ def boot_time(args: list[str], tmp: Path, timeout: float = 600) -> float:
     raise SystemExit(f"no {BOOTED!r} within {timeout} s: {' '.join(argv)}")
 
 
+def quick(built: Path, work: Path, warm: float) -> None:
+    kernel, initrd = built / "kernel/bzImage", work / "both.img"
+    pxe = built / "pxe/pxe"
+    initrd.write_bytes((pxe / "initrd.img").read_bytes() + (pxe / "rootfs.img").read_bytes())
+    base = boot_time(["-net", "none", "-kernel", str(kernel), "-initrd", str(initrd),
+                      "-append", "console=ttyS0 mlos.root=initrd"], work)
+    iso = boot_time(["-net", "none", "-cdrom", str(built / "iso/mlos.iso")], work)
+    print("full small build (`mlos-repro build`, every stage), --quick")
+    print(f"   warm (all cached):  {warm:7.2f} s")
+    print(f"boot to {BOOTED} under QEMU TCG, -smp 1, one boot each")
+    print(f"   {'kernel + initrds, no firmware (baseline)':42} {base:6.1f} s")
+    print(f"   {'ISO, BIOS':42} {iso:6.1f} s   ratio {iso / base:5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +157,8 @@ def main() -> None:
     parser.add_argument("--skip-full-cold", action="store_true",
                         help="leave out the full cold build (it rebuilds the kernel: ~7 min)")
     parser.add_argument("--boots", type=int, default=1, help="boots per image (median reported)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the warm build and two boots (kernel + initrds, ISO with BIOS) only (CI)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/images.py runs mmdebstrap as root (as the rootfs stage does)")
@@ -154,6 +170,9 @@ def main() -> None:
         warm, _ = mlos("build", "--store", store_root, "--out", work / "o-warm")
         built = work / "o-warm"
         full_cold = None
+        if args.quick:
+            quick(built, work, warm)
+            return
         if not args.skip_full_cold:
             full_cold, _ = mlos("build", "--no-cache", "--store", store_root, "--out", work / "o-cold")
         cold_total, cold = mlos("build", *IMAGE_STAGES, "--recipes", forced_miss_recipes(work),

@@ -1,6 +1,6 @@
 """verify-iso against sha256sum on the same file, and verify of a full release, same run.
 
-    .venv/bin/python benchmarks/verify.py [--size-mib 1024] [--runs 3] [--release DIR --keys DIR]
+    .venv/bin/python benchmarks/verify.py [--size-mib 1024] [--runs 3] [--release DIR --keys DIR] [--quick]
 
 1. A release-shaped directory with one SIZE MiB file (random bytes) as artifacts/iso/mlos.iso,
    SHA256SUMS signed by a throwaway key: `mlos-repro verify-iso` vs `sha256sum` of the file,
@@ -37,7 +37,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--release", type=Path, default=None)
     parser.add_argument("--keys", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="small inputs, few repetitions: checks that the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.size_mib, args.runs = 16, 1
     with tempfile.TemporaryDirectory(prefix="mlos-bench-verify-") as tmp:
         work = Path(tmp)
         iso = work / "rel/artifacts/iso/mlos.iso"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from mlos_repro.store import OutputKind, StageEntry, Store
 SBOM_SUFFIX = ".cdx.json"
 KERNEL_METADATA = "kernel.json"
 FORMAT = 1
+# The libraries whose versions can change an SBOM's bytes: the document's model and its
+# serialiser, licence expressions, package URLs, and the copyright parser.
+SBOM_LIBRARIES = ("cyclonedx-python-lib", "py-serializable", "sortedcontainers", "license-expression",
+                  "packageurl-python", "python-debian")
 
 
 def _code_digest() -> str:
@@ -32,8 +37,8 @@ def _code_digest() -> str:
     digest = hashlib.sha256(f"{FORMAT}:{manifest.readers_digest()}".encode())
     for name in ("cache.py", "catalogue.py", "document.py", "validate.py"):
         digest.update((here / name).read_bytes())
-    from importlib.metadata import version
-    digest.update(version("cyclonedx-python-lib").encode())
+    for library in SBOM_LIBRARIES:
+        digest.update(f"{library}=={version(library)}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -1,28 +1,27 @@
-"""Integration fixtures: the real store, fetched and with the builder environment assembled once.
+"""Integration fixtures: the suite's own store, fetched and with the builder environment assembled once.
 
-The store is the one `make build` uses (or $MLOS_REPRO_TEST_STORE), so the expensive parts —
-the locked .debs and the assembled environment — are shared across tests and runs.
+The store is tests.conftest.test_store() ($MLOS_REPRO_TEST_STORE, else ~/.cache/mlos-repro-test),
+never the user's: the expensive parts — the locked .debs, the assembled environments, the kernel —
+are shared across tests and runs of the suite.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from mlos_repro.env.lockfile import read_lock
-from mlos_repro.store import default_root
-from tests.conftest import PROJECT, mlos
+from tests.conftest import PROJECT, mlos, test_store
 
 
 @pytest.fixture(scope="session")
 def shared_store() -> Path:
     if shutil.which("bwrap") is None or shutil.which("mmdebstrap") is None:
         pytest.fail("integration tests need bubblewrap and mmdebstrap: run scripts/install-deps")
-    store = Path(os.environ.get("MLOS_REPRO_TEST_STORE") or default_root())
+    store = test_store()
     fetched = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store)
     assert fetched.code == 0, fetched.stderr
     env = mlos("env", "default", "--recipes", PROJECT / "recipes", "--store", store, "--json")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from mlos_repro import executor as executor_module
 from mlos_repro.errors import BadInputError
 from mlos_repro.executor import Executor
 from mlos_repro.recipe import load_recipes
@@ -134,6 +133,7 @@ def test_two_builds_share_one_store(shared_store: Path, repo: Callable[..., Path
     assert (tmp_path / "o0" / "manifest.json").read_bytes() == (tmp_path / "o1" / "manifest.json").read_bytes()
 
 
+@pytest.mark.root
 def test_a_privileged_stage_has_root_powers_but_no_network(shared_store: Path,
                                                             repo: Callable[..., Path]) -> None:
     recipes = repo("""
@@ -167,7 +167,7 @@ def test_a_privileged_stage_needs_root(shared_store: Path, repo: Callable[..., P
         outputs = ["x"]
         run = [["true"]]
     """))
-    monkeypatch.setattr(executor_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(BadInputError) as info:
         Executor(recipes, Store(shared_store), Bwrap()).build()
     assert "rootfs-like" in info.value.message and "privileged" in info.value.message

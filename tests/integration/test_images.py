@@ -11,10 +11,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import PROJECT, mlos
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -110,7 +113,7 @@ def test_iso_describes_itself(images: Path) -> None:
         assert f"'{path}'" in listing, listing
 
 
-def sbom_packages(sbom: dict) -> set[tuple[str, str, str]]:
+def sbom_packages(sbom: dict[str, Any]) -> set[tuple[str, str, str]]:
     from packageurl import PackageURL
 
     out = set()
@@ -255,15 +258,16 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
     assert result.code == 0, (verdicts, result.stderr)
     assert report["reproducible"] is True
-    for output in (("rootfs", "rootfs.squashfs"), ("rootfs", "packages.tsv"), ("initramfs", "initrd.img"),
-                   ("iso", "mlos.iso"), ("iso", "mlos.json"), ("disk", "mlos.raw"), ("disk", "mlos.qcow2"),
-                   ("pxe", "pxe")):
+    outputs = (("rootfs", "rootfs.squashfs"), ("rootfs", "packages.tsv"), ("initramfs", "initrd.img"),
+               ("iso", "mlos.iso"), ("iso", "mlos.json"), ("disk", "mlos.raw"), ("disk", "mlos.qcow2"),
+               ("pxe", "pxe"))
+    for output in outputs:
         assert verdicts[output] == "identical", verdicts
         # Each SBOM made again from the varied build's bytes, uncached: the same bytes.
         assert verdicts[(output[0], output[1] + ".cdx.json")] == "identical", verdicts
     # The control build is the project's own: the same bytes as the images the boot tests ran.
-    for stage, output in (("iso", "mlos.iso"), ("disk", "mlos.qcow2")):
-        assert (tmp_path / "out" / stage / output).read_bytes() == (images / stage / output).read_bytes()
+    for stage, name in (("iso", "mlos.iso"), ("disk", "mlos.qcow2")):
+        assert (tmp_path / "out" / stage / name).read_bytes() == (images / stage / name).read_bytes()
 
 
 def test_a_release_of_the_images_verifies(images: Path, shared_store: Path, tmp_path: Path) -> None:

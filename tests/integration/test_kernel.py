@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import PROJECT, gpg, mlos, write_repo
 
+pytestmark = [pytest.mark.slow]
+
 
 @pytest.fixture(scope="session")
 def kernel_out(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

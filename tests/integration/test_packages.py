@@ -65,7 +65,8 @@ def minbase_root(shared_store: Path) -> Path:
     """The assembled `packaging` environment: a minbase Debian with apt and gpgv."""
     env = mlos("env", "packaging", "--recipes", PROJECT / "recipes", "--store", shared_store, "--json")
     assert env.code == 0, env.stderr
-    return shared_store / "envs" / json.loads(env.stdout)["digest"].removeprefix("sha256:") / "root"
+    digest: str = json.loads(env.stdout)["digest"]
+    return shared_store / "envs" / digest.removeprefix("sha256:") / "root"
 
 
 class Chroot:
@@ -107,6 +108,7 @@ def chroot(built: Path, debian_mirror: Path, minbase_root: Path, tmp_path: Path)
     return make
 
 
+@pytest.mark.root
 def test_apt_installs_the_mlos_packages_from_the_signed_repository(chroot: Callable[..., Chroot]) -> None:
     c = chroot()
     update = c.apt("update")
@@ -137,6 +139,7 @@ def _tampered_copy(built: Path, tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.root
 def test_apt_refuses_a_tampered_packages_index(built: Path, chroot: Callable[..., Chroot],
                                                 tmp_path: Path) -> None:
     repo = _tampered_copy(built, tmp_path)
@@ -151,6 +154,7 @@ def test_apt_refuses_a_tampered_packages_index(built: Path, chroot: Callable[...
     assert "Hash Sum mismatch" in update.stderr or "unexpected size" in update.stderr, update.stderr
 
 
+@pytest.mark.root
 def test_apt_refuses_an_inrelease_signed_by_another_key(built: Path, chroot: Callable[..., Chroot],
                                                         gnupg_key: Callable[[str], Path], tmp_path: Path) -> None:
     repo = _tampered_copy(built, tmp_path)
@@ -164,6 +168,7 @@ def test_apt_refuses_an_inrelease_signed_by_another_key(built: Path, chroot: Cal
     assert "NO_PUBKEY" in update.stderr or "is not signed" in update.stderr, update.stderr
 
 
+@pytest.mark.root
 def test_apt_refuses_a_swapped_deb(built: Path, chroot: Callable[..., Chroot], tmp_path: Path) -> None:
     repo = _tampered_copy(built, tmp_path)
     pool = repo / "pool/main/m"

@@ -10,7 +10,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT, mlos
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_default_graph_builds_and_toolchain_is_reproducible(shared_store: Path, tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -40,7 +41,7 @@ product = "debs/debs/mlos-demo-a.deb"
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("keys") / "k"
     result = mlos("keys", "init", directory)
     assert result.code == 0, result.stderr
@@ -67,13 +68,14 @@ def release(built: tuple[Path, Path], keys: Path, store: Path, dest: Path) -> Pa
     return dest
 
 
-def owner_key(rel: Path) -> dict:
+def owner_key(rel: Path) -> dict[str, Any]:
     key = json.loads((rel / "layout/keys/owner.pub.json").read_text())
     return {key["keyid"]: key}
 
 
-def payload(path: Path) -> dict:
-    return json.loads(base64.b64decode(json.loads(path.read_text())["payload"]))
+def payload(path: Path) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(base64.b64decode(json.loads(path.read_text())["payload"]))
+    return decoded
 
 
 def test_an_honest_release_verifies(built: tuple[Path, Path], keys: Path, shared_store: Path,
@@ -211,13 +213,13 @@ def honest(built: tuple[Path, Path], keys: Path, shared_store: Path,
     return release(built, keys, shared_store, tmp_path_factory.mktemp("honest") / "rel")
 
 
-def verify(rel: Path, keys: Path, root_key: Path | None = None) -> tuple[int, dict, str]:
+def verify(rel: Path, keys: Path, root_key: Path | None = None) -> tuple[int, dict[str, Any], str]:
     result = mlos("verify", rel, "--root-key", root_key or keys / "attestation/owner.pub.json",
                   "--keyring", keys / "archive-keyring.gpg", "--json")
     return result.code, json.loads(result.stdout) if result.stdout else {}, result.stderr
 
 
-def failed(report: dict) -> dict[int, str]:
+def failed(report: dict[str, Any]) -> dict[int, str]:
     return {c["number"]: "\n".join(c["problems"]) for c in report["checks"] if not c["ok"]}
 
 
@@ -321,7 +323,7 @@ def sbom_schema_invalid(rel: Path, keys: Path, tmp: Path) -> None:
 
 
 def provenance_wrong_subject(rel: Path, keys: Path, tmp: Path) -> None:
-    def edit(d: dict) -> None:
+    def edit(d: dict[str, Any]) -> None:
         d["subject"][0]["digest"]["sha256"] = "2" * 64
     resign_statement(rel / "attestations/provenance/rootfs/rootfs.tar.intoto.json", edit,
                      keys / "attestation/builder.key")
@@ -335,7 +337,8 @@ def swap_bundle_member(rel: Path, keys: Path, tmp: Path) -> None:
         tar.add(rel / "artifacts/debs/debs/mlos-demo-b.deb", arcname="debs/mlos-demo-a.deb")
 
 
-TAMPERING = {
+Edit = Callable[[Path, Path, Path], object]
+TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     # case: (edit, failing check, words of its message, exit code)
     "swapped artifact": (lambda r, k, t: shutil.copy(r / "artifacts/debs/debs/mlos-demo-b.deb",
                                                       r / "artifacts/debs/debs/mlos-demo-a.deb"),
@@ -455,7 +458,7 @@ def keyless(built: tuple[Path, Path], keys: Path, shared_store: Path, standin: S
 IDENTITY = "release@mlos.example"
 
 
-def verify_keyless(rel: Path, keys: Path, standin: Standin, identity: str = IDENTITY) -> tuple[int, dict]:
+def verify_keyless(rel: Path, keys: Path, standin: Standin, identity: str = IDENTITY) -> tuple[int, dict[str, Any]]:
     result = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                   keys / "archive-keyring.gpg", "--trusted-root", rel / "trusted_root.json", "--identity", identity,
                   "--issuer", standin.issuer, "--json")

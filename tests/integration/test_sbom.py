@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import mlos, write_repo
 
@@ -50,8 +51,9 @@ def build(tmp_path: Path, store: Path, name: str, version: str) -> Path:
     return out
 
 
-def components(sbom: Path) -> list[dict]:
-    return json.loads(sbom.read_text())["components"]
+def components(sbom: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(sbom.read_text())["components"]
+    return found
 
 
 def test_sboms_of_debs_and_a_root_filesystem(tmp_path: Path, shared_store: Path, unique: str) -> None:

@@ -121,7 +121,8 @@ def test_diff_command(tmp_path: Path, as_json: bool) -> None:
     a, b = tmp_path / "one.tar.gz", tmp_path / "two.tar.gz"
     a.write_bytes(_tar([("usr/lib/os-release", b"VERSION=1\n", 0o644, 0)], "gz"))
     b.write_bytes(_tar([("usr/lib/os-release", b"VERSION=2\n", 0o644, 0)], "gz"))
-    args = ["diff", a, b, "--report", tmp_path / "reports"] + (["--json"] if as_json else [])
+    args: list[str | Path] = ["diff", a, b, "--report", tmp_path / "reports"]
+    args += ["--json"] if as_json else []
     result = mlos(*args)
     assert result.code == 1
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,8 @@ License: BSD-3-clause or Expat
 
 
 def catalogue(libc_version: str = "2.36-9") -> Catalogue:
-    common = {"where": "live/rootfs.squashfs", "installed": True, "distro": "debian-12", "distro_id": "debian"}
+    common: dict[str, Any] = {"where": "live/rootfs.squashfs", "installed": True, "distro": "debian-12",
+                              "distro_id": "debian"}
     return Catalogue(
         packages=[
             Package("bash", "5.2.15-2+b13", "amd64", depends="libc6 (>= 2.36), base-files",
