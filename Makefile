@@ -4,7 +4,7 @@ VENV ?= .venv
 MLOS := $(VENV)/bin/mlos-repro
 OUT ?= out
 
-.PHONY: all deps build test lint bench clean
+.PHONY: all deps build test check lint bench clean
 
 all: build
 
@@ -29,12 +29,18 @@ build: deps
 	$(MLOS) verify $(RELEASE) --root-key $(KEYS)/attestation/owner.pub.json --keyring $(KEYS)/archive-keyring.gpg
 	$(MLOS) verify-iso $(RELEASE)/artifacts/iso/mlos.iso --keyring $(KEYS)/archive-keyring.gpg
 
+# The whole suite, as CI runs it: unit and integration tests (root, slow, the benchmarks in --quick).
 test: deps
 	scripts/run-tests
+
+# The fast tier, for every change: lint, types, import layers and the unit tests (no sandbox, no store).
+check: deps
+	scripts/run-tests -m unit -q
 
 lint: deps
 	$(VENV)/bin/ruff check mlos_repro tests benchmarks stage-tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: deps
 	$(VENV)/bin/python benchmarks/engine.py $(BENCH_ARGS)

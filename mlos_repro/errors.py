@@ -42,7 +42,7 @@ class RecipeError(BadInputError):
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(
             f"{len(problems)} recipe {noun}:\n{lines}",
-            "fix the recipe keys named above (see DESIGN.md, 'Recipe contract')",
+            "fix the recipe keys named above (docs/recipes.md describes every key)",
         )
 
 

@@ -153,7 +153,8 @@ class Executor:
             raise BadInputError(
                 f"stage(s) {', '.join(privileged)} ({first.source}) are privileged: they make files "
                 "owned by several users and need the host's root (without network, inputs read-only)",
-                "run mlos-repro as root, or build only stages that do not depend on them")
+                "run mlos-repro as root, or build only stages that do not depend on them "
+                "(docs/recipes.md, 'Privileged stages')")
 
     # -- one stage --------------------------------------------------------------
 
