@@ -36,6 +36,18 @@ EOF
 rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed" \
 	"$root"/etc/ssh/ssh_host_*
 
+# e2fsprogs' scrubbing of ext4 LVM snapshots has nothing to do on a squashfs root under a
+# tmpfs overlay, and its reaper is an idle-priority oneshot that multi-user.target waits for:
+# under load, or on one slow CPU, it can hold the boot short of multi-user.target indefinitely.
+for unit in e2scrub_reap.service e2scrub_all.timer; do
+	if [ -e "$root/usr/lib/systemd/system/$unit" ] || [ -e "$root/lib/systemd/system/$unit" ]; then
+		mkdir -p "$root/etc/systemd/system"
+		ln -sf /dev/null "$root/etc/systemd/system/$unit"
+	fi
+done
+rm -f "$root/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service" \
+	"$root/etc/systemd/system/timers.target.wants/e2scrub_all.timer"
+
 # No logs, caches or lists from the build; empty directories stay.
 find "$root/var/log" "$root/var/cache/apt" "$root/var/lib/apt/lists" -type f -delete
 rm -f "$root/var/cache/ldconfig/aux-cache" "$root/var/cache/debconf/"*-old \
