@@ -66,13 +66,13 @@ CHECKOUT_NOISE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruf
 Progress = Callable[[str, str, float], None]
 
 
-def _no_progress(stage: str, state: str, seconds: float) -> None:
+def no_progress(stage: str, state: str, seconds: float) -> None:
     return None
 
 
 class Executor:
     def __init__(self, recipes: RecipeSet, store: Store, sandbox: Sandbox, *,
-                 use_cache: bool = True, progress: Progress = _no_progress,
+                 use_cache: bool = True, progress: Progress = no_progress,
                  cached_only: bool = False) -> None:
         self.recipes = recipes
         self.store = store

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlos_repro.errors import BadInputError
-from mlos_repro.executor import BuildResult, Executor, Progress, write_out
+from mlos_repro.executor import BuildResult, Executor, Progress, no_progress, write_out
 from mlos_repro.inspect.report import DiffoscopeSettings
 from mlos_repro.rebuild.variations import Host, Plan, plan
 from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
@@ -30,10 +30,6 @@ Warn = Callable[[str], None]
 
 
 def _silent(message: str) -> None:
-    return None
-
-
-def _no_progress(stage: str, state: str, seconds: float) -> None:
     return None
 
 
@@ -81,7 +77,7 @@ class Built:
         return summary
 
 
-def build(options: BuildOptions, store: Store, *, progress: Progress = _no_progress,
+def build(options: BuildOptions, store: Store, *, progress: Progress = no_progress,
           warn: Warn = _silent) -> Built:
     """Build the selected stages (cached ones from the store), sign the APT repositories
     among them outside the sandbox, and write OUT/<stage>/ and OUT/manifest.json."""

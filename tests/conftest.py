@@ -19,16 +19,13 @@ TESTS = Path(__file__).resolve().parent
 MLOS = [sys.executable, "-m", "mlos_repro"]
 
 
-def test_store() -> Path:
+def suite_store() -> Path:
     """The store the suite uses: $MLOS_REPRO_TEST_STORE, else one of its own beside the user's
     default store (which the suite never touches)."""
     given = os.environ.get("MLOS_REPRO_TEST_STORE")
     if given:
         return Path(given)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlos-repro-test"
-
-
-test_store.__test__ = False  # type: ignore[attr-defined]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,7 +51,7 @@ def mlos(*args: str | os.PathLike[str], store: Path | None = None, cwd: Path | N
          env: dict[str, str] | None = None) -> Result:
     """Run the real command line, as a user would."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
-    full_env["MLOS_REPRO_STORE"] = str(store or test_store())
+    full_env["MLOS_REPRO_STORE"] = str(store or suite_store())
     full_env.update(env or {})
     p = subprocess.run([*MLOS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                        env=full_env)

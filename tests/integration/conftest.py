@@ -1,6 +1,6 @@
 """Integration fixtures: the suite's own store, fetched and with the builder environment assembled once.
 
-The store is tests.conftest.test_store() ($MLOS_REPRO_TEST_STORE, else ~/.cache/mlos-repro-test),
+The store is tests.conftest.suite_store() ($MLOS_REPRO_TEST_STORE, else ~/.cache/mlos-repro-test),
 never the user's: the expensive parts — the locked .debs, the assembled environments, the kernel —
 are shared across tests and runs of the suite.
 """
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from mlos_repro.env.lockfile import read_lock
-from tests.conftest import PROJECT, mlos, test_store
+from tests.conftest import PROJECT, mlos, suite_store
 
 
 @pytest.fixture(scope="session")
 def shared_store() -> Path:
     if shutil.which("bwrap") is None or shutil.which("mmdebstrap") is None:
         pytest.fail("integration tests need bubblewrap and mmdebstrap: run scripts/install-deps")
-    store = test_store()
+    store = suite_store()
     fetched = mlos("fetch", "--recipes", PROJECT / "recipes", "--store", store)
     assert fetched.code == 0, fetched.stderr
     env = mlos("env", "default", "--recipes", PROJECT / "recipes", "--store", store, "--json")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT, test_store
+from tests.conftest import PROJECT, suite_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -27,7 +27,7 @@ def test_every_benchmark_is_exercised() -> None:
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_runs_quick(name: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
-    env["MLOS_REPRO_STORE"] = str(test_store())
+    env["MLOS_REPRO_STORE"] = str(suite_store())
     p = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--quick"], cwd=PROJECT, env=env,
                        capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stdout + p.stderr
