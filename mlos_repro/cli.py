@@ -422,7 +422,11 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
 @click.option("--archive-key", default=None, metavar="KEYID",
               help="Which secret key of KEYS/gnupg signs (needed when it holds several).")
 @click.option("--expires-days", type=click.IntRange(min=1), default=None,
-              help="Days until the layout expires [default: layouts/layout.toml, else 365].")
+              help="Days until the release and its layout expire [default: layouts/layout.toml, "
+                   "else 365].")
+@click.option("--release-version", "version", default=None, metavar="VERSION",
+              help="The release's version, signed in release.json (verify-iso refuses older ones) "
+                   "[default: the version in the build's mlos.json].")
 @click.option("--links", "link_format", type=click.Choice(["dsse", "openpgp"]), default="dsse",
               show_default=True,
               help="Sign the in-toto links as DSSE envelopes with the builder key, or as classic links "
@@ -436,15 +440,18 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
 @json_option
 @_handle_errors
 def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
-            store_dir: Path | None, archive_key: str | None, expires_days: int | None, link_format: str,
-            use_sigstore: bool, identity_token: str | None, trust_config: Path | None, as_json: bool) -> None:
+            store_dir: Path | None, archive_key: str | None, expires_days: int | None,
+            version: str | None, link_format: str, use_sigstore: bool, identity_token: str | None,
+            trust_config: Path | None, as_json: bool) -> None:
     """Assemble and sign the release directory of a finished build.
 
     Every stage must be in the store already (run `mlos-repro build` first); nothing is built.
     Writes artifacts/, SHA256SUMS (+ .gpg detached, .asc clearsigned, by the release key),
     sbom/, attestations/ (an in-toto link per stage, SLSA provenance and SBOM statements per
     output, in DSSE envelopes signed by the builder key), layout/ (the layout made from the
-    recipes, signed by the owner key, with its public keys) and inputs.lock.
+    recipes, signed by the owner key, with its public keys), inputs.lock and release.json
+    (what the release is, its version and expiry, and the digest of every file above but the
+    artifacts, signed by the release key: release.json.gpg).
     """
     from mlos_repro import pipelines
     from mlos_repro.release import Sigstore
@@ -453,7 +460,8 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
         raise click.UsageError("--identity-token and --trust-config apply to --sigstore only")
     options = pipelines.ReleaseOptions(
         keys_dir=keys_dir, out_dir=out_dir, from_dir=from_dir, recipes_dir=recipes_dir, profile=profile,
-        archive_key=archive_key, expires_days=expires_days, openpgp_links=link_format == "openpgp",
+        archive_key=archive_key, expires_days=expires_days, version=version,
+        openpgp_links=link_format == "openpgp",
         sigstore=Sigstore(identity_token, trust_config) if use_sigstore else None)
     released = pipelines.release(options, _store(store_dir))
     if as_json:
@@ -461,19 +469,41 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
     else:
         ui.info(f"release of {len(released.stages)} stages written to {released.path}")
 
-def _trust(*files: Path | None, identity: str | None = None,
-           issuer: str | None = None) -> tuple[Path, str, str | None] | None:
-    """The trust material given to verify or verify-iso: every file must exist, and a sigstore
-    trusted root comes with the identity it must vouch for (the last file given is the root)."""
+def _trust(keyring: Path | None, trusted_root: Path | None, identity: str | None, issuer: str | None,
+           *others: Path) -> Any:
+    """The trust anchors given to verify or verify-iso: the release key, or a sigstore trusted
+    root with the identity and issuer that must have signed (all three, as sigstore's own CLI
+    wants), or both. Every file named must exist."""
+    from mlos_repro.audit.trust import Trust
     from mlos_repro.errors import BadInputError
 
-    for given in files:
+    for given in (keyring, trusted_root, *others):
         if given is not None and not given.is_file():
             raise BadInputError(f"{given}: no such file")
-    trusted_root = files[-1]
-    if (trusted_root is None) != (identity is None):
-        raise click.UsageError("--trusted-root and --identity go together")
-    return (trusted_root, identity, issuer) if trusted_root is not None and identity is not None else None
+    keyless = (trusted_root, identity, issuer)
+    if any(v is not None for v in keyless) and not all(v is not None for v in keyless):
+        raise click.UsageError("--trusted-root, --identity and --issuer go together: a sigstore signature "
+                               "proves nothing without the identity and the issuer that vouched for it")
+    if keyring is None and trusted_root is None:
+        raise click.UsageError("give a trust anchor: --keyring (the release's OpenPGP public key), or "
+                               "--trusted-root, --identity and --issuer (its sigstore identity)")
+    return Trust(keyring, (trusted_root, identity, issuer) if trusted_root and identity and issuer else None)
+
+
+trust_options = [
+    click.option("--keyring", type=click.Path(path_type=Path), default=None,
+                 help="The release OpenPGP public key you trust (armored or binary)."),
+    click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
+                 help="Instead of (or as well as) --keyring: the sigstore trusted root you trust ..."),
+    click.option("--identity", default=None, help="... the identity that must have signed ..."),
+    click.option("--issuer", default=None, help="... and the OIDC issuer that vouched for that identity."),
+]
+
+
+def with_trust_options(func: F) -> F:
+    for option in reversed(trust_options):
+        func = option(func)
+    return func
 
 
 @main.command("verify")
@@ -481,86 +511,96 @@ def _trust(*files: Path | None, identity: str | None = None,
 @click.option("--root-key", type=click.Path(path_type=Path), required=True,
               help="The layout's root (owner) public key you trust: a key dict with keyid, as "
                    "`keys init` writes attestation/owner.pub.json.")
-@click.option("--keyring", type=click.Path(path_type=Path), default=None,
-              help="The release OpenPGP public key you trust (armored or binary), for SHA256SUMS.")
-@click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
-              help="The sigstore trusted root you trust, for the sigstore bundles (with --identity).")
-@click.option("--identity", default=None, help="The signer identity the sigstore bundles must carry.")
-@click.option("--issuer", default=None, help="The OIDC issuer that identity must come from.")
+@with_trust_options
 @json_option
 @_handle_errors
 def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trusted_root: Path | None,
                    identity: str | None, issuer: str | None, as_json: bool) -> None:
     """Check a release's whole supply chain offline, step by numbered step.
 
-    The layout (signature by --root-key, expiry), each step's links (present, signed by its
-    functionaries, threshold, artifact rules), SHA256SUMS (its signature by --keyring; the
-    files), the provenance and SBOM statements (signed, bound to the listed digests) and the
-    SBOMs themselves. Exit 0 when all hold, 1 when one fails, 2 when a file is malformed.
+    release.json (signed by the release key: what the release is, the digest of every file
+    outside artifacts/, its expiry), the layout (signature by --root-key, expiry), each step's
+    links (present, signed by its functionaries, threshold, artifact rules), SHA256SUMS (its
+    signature; the files), the provenance and SBOM statements (signed, bound to the listed
+    digests), the SBOMs, the images' bindings and the APT repository signatures. A check whose
+    anchor was not given is skipped, never ok. Exit 0 when all hold, 1 when one fails, 2 when
+    a file is malformed.
     """
     from mlos_repro.audit.release import ReleaseVerifier
+    from mlos_repro.audit.trust import anchor_warnings
     from mlos_repro.errors import BadInputError
 
     if not release_dir.is_dir():
         raise BadInputError(f"{release_dir}: not a directory",
                             "name a release directory (mlos-repro release)")
-    sigstore = _trust(root_key, keyring, trusted_root, identity=identity, issuer=issuer)
-    outcome = ReleaseVerifier(release_dir, root_key, keyring, sigstore).run()
+    trust = _trust(keyring, trusted_root, identity, issuer, root_key)
+    warnings = anchor_warnings(trust, release_dir, root_key)
+    for warning in warnings:
+        ui.warn(warning)
+    outcome = ReleaseVerifier(release_dir, root_key, trust).run()
     if as_json:
-        ui.emit_json({"release": str(release_dir), "ok": outcome.ok,
-                      "checks": [c.to_json() for c in outcome.checks]})
+        ui.emit_json({"release": str(release_dir), "ok": outcome.ok, "verdict": outcome.verdict,
+                      **{s: outcome.count(s) for s in ("passed", "failed", "skipped")},
+                      "checks": [c.to_json() for c in outcome.checks], "warnings": warnings})
     else:
+        marks = {"passed": "ok  ", "skipped": "skip", "failed": "FAIL"}
         for c in outcome.checks:
-            mark = "ok  " if c.ok and not c.note.startswith("not checked") else \
-                "skip" if c.ok else "FAIL"
-            click.echo(f"{c.number}. {mark} {c.name}" + (f" — {c.note}" if c.note and c.ok else ""))
+            note = f" — {c.note}" if c.note and c.ok else ""
+            click.echo(f"{c.number:2}. {marks[c.status]} {c.name}{ui.printable(note)}")
             for p in c.problems:
-                click.echo(f"       {p}")
-        ui.info("release verified" if outcome.ok else "release NOT verified")
+                click.echo(f"        {ui.printable(p)}")
+        ui.info(outcome.verdict)
     if not outcome.ok:
         sys.exit(int(ExitCode.BAD_INPUT if outcome.malformed else ExitCode.VERIFICATION_FAILED))
 
 
 @main.command("verify-iso")
 @click.argument("iso", type=click.Path(path_type=Path))
-@click.option("--keyring", type=click.Path(path_type=Path), default=None,
-              help="The release OpenPGP public key you trust (armored or binary).")
-@click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
-              help="Instead of (or as well as) --keyring: the sigstore trusted root you trust ...")
-@click.option("--identity", default=None, help="... and the identity that must have signed SHA256SUMS.")
-@click.option("--issuer", default=None, help="The OIDC issuer that identity must come from.")
+@with_trust_options
 @click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
               help="Where SHA256SUMS and its signature are [default: beside the ISO or above it].")
+@click.option("--min-version", default=None, metavar="VERSION",
+              help="Refuse a release older than VERSION (Debian version order).")
+@click.option("--accept-older", is_flag=True,
+              help="Accept a release older than the newest verified before on this machine.")
 @json_option
 @_handle_errors
 def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, identity: str | None,
-                   issuer: str | None, release_dir: Path | None, as_json: bool) -> None:
-    """Is this ISO the one the release key signed for? One verdict, and what the ISO is."""
-    from mlos_repro.audit.iso import verify_iso
-    from mlos_repro.audit.release import Failed, Malformed
+                   issuer: str | None, release_dir: Path | None, min_version: str | None, accept_older: bool,
+                   as_json: bool) -> None:
+    """Is this ISO the one the release key signed for? One verdict, and what the ISO is.
 
-    if keyring is None and (trusted_root is None or identity is None):
-        raise click.UsageError("give --keyring (the release's OpenPGP key), or --trusted-root and --identity "
-                               "(its sigstore identity)")
-    sigstore = _trust(keyring, trusted_root, identity=identity, issuer=issuer)
+    Only signed facts are shown: the version and build date from release.json and the kernel
+    and package count from the SBOM it lists, when both are beside SHA256SUMS and signed. A
+    release older than one verified before on this machine is refused (a rollback).
+    """
+    from mlos_repro.audit.iso import verify_iso
+    from mlos_repro.audit.trust import Failed, Malformed, anchor_warnings
+
+    trust = _trust(keyring, trusted_root, identity, issuer)
     try:
-        verdict = verify_iso(iso, keyring, release_dir, sigstore)
+        verdict = verify_iso(iso, trust, release_dir, min_version=min_version, accept_older=accept_older)
     except (Failed, Malformed) as e:
         if as_json:
             ui.emit_json({"iso": str(iso), "ok": False, "error": str(e)})
         else:
-            ui.error(f"NOT VERIFIED: {e}", None)
+            ui.error(f"NOT VERIFIED: {ui.printable(str(e))}", None)
         sys.exit(int(ExitCode.BAD_INPUT if isinstance(e, Malformed) else ExitCode.VERIFICATION_FAILED))
+    notes = anchor_warnings(trust, verdict.release) + verdict.notes
     if as_json:
         ui.emit_json({"iso": str(iso), "ok": True, "sha256": verdict.sha256, "listed_as": verdict.listed_as,
-                      "release": str(verdict.release), **verdict.facts, "notes": verdict.notes})
+                      "release": str(verdict.release), "signed_by": verdict.signed_by, "facts": verdict.facts,
+                      "notes": notes})
         return
     f = verdict.facts
-    click.echo(f"VERIFIED: {iso.name} is {verdict.listed_as} of the signed release in {verdict.release}")
-    click.echo(f"  {f.get('name') or 'MLOS Linux'} {f.get('version') or ''} ({f.get('profile') or '?'}), "
-               f"built {f.get('build_date') or '?'}")
+    click.echo(f"VERIFIED: {iso.name} is {verdict.listed_as} of the release in {verdict.release}")
+    click.echo(f"  SHA256SUMS {', '.join(verdict.signed_by)}")
+    if f:
+        click.echo(ui.printable(f"  {f['name']} {f['version']} ({f['profile']}), built {f['build_date']}, "
+                                f"released {f['released']}, expires {f['expires']}"))
     if "kernel" in f:
-        click.echo(f"  kernel {f['kernel']}, {f['packages']} packages (from its SBOM)")
+        click.echo(f"  kernel {ui.printable(str(f['kernel']))}, {f['packages']} packages "
+                   "(its SBOM, listed in the signed release.json)")
     click.echo(f"  sha256 {verdict.sha256}")
-    for note in verdict.notes:
+    for note in notes:
         ui.warn(note)

@@ -26,7 +26,8 @@ from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.sandbox.disorder import shuffled
 from mlos_repro.sandbox.inputs import StageInput, lay_out
 from mlos_repro.sandbox.variant import BuildVariant, apply_variant
-from mlos_repro.sbom.cache import SBOM_SUFFIX, Sboms
+from mlos_repro.sbom.cache import Sboms
+from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sbom.policy import load_policy
 from mlos_repro.store import StageEntry, Store, digest_of_output_set
 

@@ -21,7 +21,7 @@ from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
 from mlos_repro.recipe import RecipeSet, load_recipes
 from mlos_repro.release import Keys, Sigstore, make_release
 from mlos_repro.sandbox.select import sandbox
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner, development_signer
 from mlos_repro.sign.repository import sign_repositories
 from mlos_repro.store import Store
@@ -124,6 +124,7 @@ class ReleaseOptions:
     profile: str | None = None
     archive_key: str | None = None
     expires_days: int | None = None
+    version: str | None = None  # default: the build's mlos.json
     openpgp_links: bool = False
     sigstore: Sigstore | None = None
 
@@ -148,7 +149,8 @@ def release(options: ReleaseOptions, store: Store) -> Released:
     if differing:
         raise BadInputError(f"{options.from_dir} was built from other inputs than these recipes give for: "
                             + ", ".join(differing), "build again, or release from the matching recipes")
-    path = make_release(executor, result, keys, options.out_dir, options.expires_days, options.sigstore)
+    path = make_release(executor, result, keys, options.out_dir, options.expires_days, options.sigstore,
+                        options.version)
     return Released(path, tuple(sorted(result.stages)))
 
 

@@ -11,7 +11,9 @@
     RELEASE/layout/root.layout           the in-toto layout, from the recipes, owner-signed
     RELEASE/layout/keys/NAME.pub.json    the owner's and functionaries' public keys
     RELEASE/inputs.lock                  what a rebuilder starts from
-    RELEASE/release.json                 what this release is
+    RELEASE/release.json                 what this release is, and the sha256 of every file
+                                         above but the artifacts (attest/release_meta.py)
+    RELEASE/release.json.gpg             its detached signature by the release key
 
 Nothing is built here: every stage must already be in the store (`mlos-repro build`). The
 directory appears complete or not at all.
@@ -34,11 +36,11 @@ from securesystemslib.dsse import Envelope as DsseEnvelope
 from securesystemslib.signer import CryptoSigner
 
 from mlos_repro import __version__
-from mlos_repro.attest import intoto
-from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
+from mlos_repro.attest import intoto, release_meta
+from mlos_repro.digest import canonical_json, sha256_file
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult, Executor, write_out
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner
 from mlos_repro.sign.repository import sign_repositories
 
@@ -109,7 +111,8 @@ def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:
 
 
 def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
-                 expires_days: int | None = None, sigstore: Sigstore | None = None) -> Path:
+                 expires_days: int | None = None, sigstore: Sigstore | None = None,
+                 version: str | None = None) -> Path:
     recipes = executor.recipes
     sde = recipes.builder.source_date_epoch
     if out.exists() and any(out.iterdir()):
@@ -122,7 +125,7 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        _write(executor, result, keys, staging, sde, threshold, days, bindings)
+        _write(executor, result, keys, staging, sde, threshold, days, bindings, version)
         if sigstore is not None:
             _sigstore(staging, sigstore)
         if out.exists():
@@ -135,22 +138,24 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
 
 
 def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde: int, threshold: int,
-           days: int, bindings: list[dict[str, Any]]) -> None:
+           days: int, bindings: list[dict[str, Any]], version: str | None) -> None:
     recipes, store = executor.recipes, executor.store
-    # The artifacts as `build` writes them, with the repository signatures made by the release key.
-    signatures = sign_repositories(store, result, lambda: keys.gpg)
+    # The artifacts as `build` writes them, with the repository signatures made by the release
+    # key; the repositories expire with the release.
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    expiry = now + datetime.timedelta(days=days)
+    signatures = sign_repositories(store, result, lambda: keys.gpg, valid_until=expiry)
     write_out(store, result, root / "artifacts", signatures)
     (root / "artifacts/manifest.json").unlink()
     for sbom in sorted((root / "artifacts").rglob("*" + SBOM_SUFFIX)):
         dest = root / "sbom" / sbom.relative_to(root / "artifacts")
         dest.parent.mkdir(parents=True, exist_ok=True)
         sbom.rename(dest)
-    sums = []
-    for path in sorted(p for p in (root / "artifacts").rglob("*") if p.is_file() or p.is_symlink()):
-        rel = path.relative_to(root / "artifacts").as_posix()
-        digest = sha256_file(path) if not path.is_symlink() else sha256_bytes(os.readlink(path).encode())
-        sums.append(f"{digest}  {rel}\n")
-    data = "".join(sums).encode()
+    listed = release_meta.walk(root)
+    if listed.refused:
+        raise BadInputError(f"{root}: " + "; ".join(listed.refused))
+    data = release_meta.sums_text({name: release_meta.entry_digest(root / "artifacts" / name)
+                                   for name in listed.artifacts})
     (root / "SHA256SUMS").write_bytes(data)
     (root / "SHA256SUMS.gpg").write_bytes(keys.gpg.detach(data))
     (root / "SHA256SUMS.asc").write_bytes(keys.gpg.clearsign(data))
@@ -186,8 +191,8 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
             dest.write_bytes(intoto.sign_statement(intoto.statement(subjects, intoto.CYCLONEDX, sbom),
                                                    keys.builder))
 
-    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    released = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
     if keys.openpgp_links:
         # The OpenPGP key signs the links; the builder key still signs the statements (DSSE).
         the_layout = intoto.layout(recipes, list(result.stages),
@@ -212,19 +217,24 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     (root / "layout/keys/release.asc").write_bytes(keys.gpg.export_armored())
 
     (root / "inputs.lock").write_bytes(canonical_json(_inputs_lock(executor, result)) + b"\n")
-    info = _release_info(root, result, sde, keys)
+    info = _release_info(root, result, sde, keys, version)
     # Files made after the build by the release key (APT repository signatures): in
     # SHA256SUMS, but no stage's products.
     info["signed_after_build"] = sorted(signatures)
-    (root / "release.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    info.update(released=released, expires=expires, format=release_meta.FORMAT,
+                files=release_meta.inventory(root, release_meta.walk(root).metadata))
+    text = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    (root / release_meta.RELEASE_INFO).write_bytes(text)
+    (root / (release_meta.RELEASE_INFO + release_meta.GPG_SUFFIX)).write_bytes(keys.gpg.detach(text))
 
 
 def _sigstore(root: Path, options: Sigstore) -> None:
-    """SHA256SUMS and every provenance statement, signed keylessly; bundles beside them, and
+    """SHA256SUMS, release.json and every provenance statement, signed keylessly; bundles beside them, and
     the trusted root they verify against."""
     from mlos_repro.sign import sigstore
 
-    targets = [root / "SHA256SUMS", *sorted((root / "attestations/provenance").rglob("*.intoto.json"))]
+    targets = [root / "SHA256SUMS", root / release_meta.RELEASE_INFO,
+               *sorted((root / "attestations/provenance").rglob("*.intoto.json"))]
     bundles, trusted_root = sigstore.sign({p.relative_to(root).as_posix(): p.read_bytes() for p in targets},
                                           options.identity_token, options.trust_config)
     for name, bundle in bundles.items():
@@ -265,12 +275,17 @@ def _git(root: Path) -> dict[str, Any]:
     return {"commit": head, "dirty": dirty}
 
 
-def _release_info(root: Path, result: BuildResult, sde: int, keys: Keys) -> dict[str, Any]:
+def _release_info(root: Path, result: BuildResult, sde: int, keys: Keys,
+                  version: str | None) -> dict[str, Any]:
     product: dict[str, Any] = {}
     for candidate in sorted((root / "artifacts").glob("*/mlos.json")):
         product = json.loads(candidate.read_text())
+    version = version or product.get("version")
+    if not isinstance(version, str) or not version:
+        raise BadInputError("the release has no version: the build has no mlos.json naming one",
+                            "give --release-version VERSION")
     return {
-        "name": product.get("name", "MLOS Linux"), "version": product.get("version"),
+        "name": product.get("name", "MLOS Linux"), "version": version,
         "profile": result.profile, "build_date": intoto.utc(sde), "mlos-repro": __version__,
         "release_key": keys.gpg.fingerprint,
         "stages": {n: {"key": r.entry.key, "outputs": dict(r.entry.outputs)}

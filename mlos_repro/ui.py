@@ -25,18 +25,29 @@ def progress(stage: str, state: str, seconds: float) -> None:
     err.print(f"[{style}]{state:>8}[/{style}]  {stage}{timing}")
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_CONTROL_BUT_NEWLINE = {c: v for c, v in _CONTROL.items() if c != 0x0A}
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """`text` with control characters shown as \\xNN: a name from a hostile file can neither clear
+    the screen nor start a line of its own (with newlines=True, line breaks are kept)."""
+    return text.translate(_CONTROL_BUT_NEWLINE if newlines else _CONTROL)
+
+
 def error(message: str, hint: str | None) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(printable(message, newlines=True))}", soft_wrap=True)
     if hint:
-        err.print(f"[cyan]hint:[/cyan] {escape(hint)}", soft_wrap=True)
+        err.print(f"[cyan]hint:[/cyan] {escape(printable(hint, newlines=True))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True)
+    shown = escape(printable(message, newlines=True))
+    err.print(f"[bold yellow]warning:[/bold yellow] {shown}", soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err.print(escape(message), soft_wrap=True)
+    err.print(escape(printable(message, newlines=True)), soft_wrap=True)
 
 
 def emit_json(value: Any) -> None:

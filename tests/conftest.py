@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,8 +54,12 @@ def mlos(*args: str | os.PathLike[str], store: Path | None = None, cwd: Path | N
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
     full_env["MLOS_REPRO_STORE"] = str(store or suite_store())
     full_env.update(env or {})
-    p = subprocess.run([*MLOS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       env=full_env)
+    with tempfile.TemporaryDirectory(prefix="mlos-test-state-") as state:
+        # What verify-iso records of releases seen stays with this one command unless a test
+        # gives its own XDG_STATE_HOME.
+        full_env.setdefault("XDG_STATE_HOME", state)
+        p = subprocess.run([*MLOS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                           env=full_env)
     return Result(p.returncode, p.stdout, p.stderr)
 
 

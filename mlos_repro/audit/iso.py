@@ -1,26 +1,37 @@
 """`mlos-repro verify-iso FILE.iso`: one verdict for someone who downloaded an ISO.
 
 Finds SHA256SUMS and its signature next to the ISO or above it (a release's artifacts/ tree),
-or in --release DIR; checks the signature with the release public key the user trusts; hashes
-the ISO once, at sha256sum's speed; and requires its digest to be listed for this very file
-name. It then says what the ISO is: version and build date (release.json), the kernel and
-the number of packages (its SBOM, which must name the same digest).
+or in --release DIR; checks its signature with the trust anchor the user gives (the release
+OpenPGP key, or a sigstore identity); hashes the ISO once, at sha256sum's speed; and requires
+its digest to be listed for this very file name.
+
+What the ISO is (name, version, build date, kernel, package count) is said only when signed:
+release.json must carry the release key's signature and name this SHA256SUMS, and the SBOM
+must be the one release.json lists. Otherwise the facts are left out and a note says why.
+A release older than the newest one verified before on this machine (recorded per release
+key and name under $XDG_STATE_HOME/mlos-repro/) or than --min-version is refused: an honest
+old release presented as current is a rollback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.audit.release import Failed, Malformed, gpgv, keyring_file, parse_sums
-from mlos_repro.digest import sha256_file
+from mlos_repro.attest import release_meta
+from mlos_repro.attest.release_meta import MetaError, ReleaseInfo
+from mlos_repro.audit.trust import Failed, Malformed, Trust, authenticate, keyring_file, parse_json, read
+from mlos_repro.digest import sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError
-from mlos_repro.sbom import validate
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.fsutil import NotRegularFile, atomic_write, open_regular
+from mlos_repro.sbom.facts import SBOM_SUFFIX, described, kernel_and_packages
 
 SEARCH_UP = 3
+SUMS_LIMIT = 16 << 20
 
 
 @dataclass
@@ -29,87 +40,163 @@ class IsoVerdict:
     sha256: str
     release: Path
     listed_as: str
-    facts: dict[str, Any] = field(default_factory=dict)
+    signed_by: list[str]
+    facts: dict[str, Any] = field(default_factory=dict)  # signed facts only
     notes: list[str] = field(default_factory=list)
 
 
 def find_release(iso: Path) -> Path:
     for parent in list(iso.absolute().parents)[:SEARCH_UP + 1]:
-        if (parent / "SHA256SUMS").is_file():
+        if os.path.lexists(parent / release_meta.SUMS):  # whatever it is, it is judged when read
             return parent
     raise BadInputError(f"{iso}: no SHA256SUMS next to it or in the {SEARCH_UP} folders above",
                         "download SHA256SUMS and SHA256SUMS.gpg with the ISO, or give --release DIR")
 
 
-SigstoreTrust = tuple[Path, str, str | None]  # trusted root, identity, issuer
-
-
-def verify_iso(iso: Path, keyring: Path | None, release: Path | None = None,
-               sigstore: SigstoreTrust | None = None) -> IsoVerdict:
-    if not iso.is_file():
-        raise BadInputError(f"{iso}: no such file")
+def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_version: str | None = None,
+               state: Path | None = None, accept_older: bool = False) -> IsoVerdict:
+    try:
+        os.close(_open_iso(iso))
+    except FileNotFoundError:
+        raise BadInputError(f"{iso}: no such file") from None
     root = release or find_release(iso)
-    sums_path, signature = root / "SHA256SUMS", root / "SHA256SUMS.gpg"
-    if keyring is not None:
-        if not signature.exists():
-            raise Failed(f"{signature}: missing: SHA256SUMS is not signed, so it proves nothing")
-        with keyring_file(keyring) as ring:
-            gpgv(ring, signature, sums_path)
-    if sigstore is not None:
-        from mlos_repro.sign import sigstore as keyless
-
+    with keyring_file(trust.keyring) if trust.keyring else contextlib.nullcontext() as ring:
+        sums_path = root / release_meta.SUMS
+        data = read(sums_path, SUMS_LIMIT)
+        said = authenticate(data, sums_path, trust, ring)
         try:
-            keyless.verify(sums_path.read_bytes(), root / f"SHA256SUMS{keyless.BUNDLE_SUFFIX}", *sigstore)
-        except keyless.MalformedError as e:
+            sums = release_meta.parse_sums(data, str(sums_path))
+        except MetaError as e:
             raise Malformed(str(e)) from None
-        except ValueError as e:
-            raise Failed(str(e)) from None
-    sums = parse_sums(sums_path)
-    digest = sha256_file(iso)
-    # The ISO as the release lays it out, or by its file name when it was downloaded alone.
+        digest = sha256_file(iso)
+        listed = _listed(iso, root, sums, digest)
+        verdict = IsoVerdict(iso, digest, root, listed, said)
+        info = _release_info(root, data, trust, ring, verdict.notes)
+    if info is not None:
+        verdict.facts.update(name=info.name, version=info.version, profile=info.profile,
+                             build_date=info.build_date, released=info.released, expires=info.expires)
+        verdict.facts.update(_sbom_facts(root, listed, digest, info, verdict.notes))
+    _freshness(info, min_version, state or state_file(), accept_older, verdict.notes)
+    return verdict
+
+
+def _open_iso(iso: Path) -> int:
+    try:
+        return open_regular(iso, follow=True)
+    except NotRegularFile as e:
+        raise BadInputError(str(e), "name the downloaded ISO file") from None
+
+
+def _listed(iso: Path, root: Path, sums: dict[str, str], digest: str) -> str:
+    """The ISO's name in SHA256SUMS: as the release lays it out, or by its file name alone."""
     candidates = []
-    artifacts = root / "artifacts"
+    artifacts = root / release_meta.ARTIFACTS
     if iso.absolute().is_relative_to(artifacts.absolute()):
         candidates.append(iso.absolute().relative_to(artifacts.absolute()).as_posix())
     candidates += sorted(n for n in sums if Path(n).name == iso.name and n not in candidates)
     if not candidates:
-        raise Failed(f"{iso.name}: not listed in {sums_path}: this SHA256SUMS is for another release")
+        raise Failed(f"{iso.name}: not listed in {root / release_meta.SUMS}: this SHA256SUMS is for another "
+                     "release")
     listed = next((n for n in candidates if sums.get(n) == digest), None)
     if listed is None:
         shown = ", ".join(f"{n} = {sums[n][:16]}…" for n in candidates if n in sums)
         raise Failed(f"{iso}: sha256 {digest} is not what the signed SHA256SUMS lists ({shown}): "
                      "the ISO is damaged, tampered with, or from another release")
-    verdict = IsoVerdict(iso, digest, root, listed)
-    verdict.facts.update(_facts(root, listed, digest, verdict.notes))
-    return verdict
+    return listed
 
 
-def _facts(root: Path, listed: str, digest: str, notes: list[str]) -> dict[str, Any]:
-    facts: dict[str, Any] = {}
+def _release_info(root: Path, sums: bytes, trust: Trust, ring: Path | None,
+                  notes: list[str]) -> ReleaseInfo | None:
+    path = root / release_meta.RELEASE_INFO
+    if not path.exists() and not path.is_symlink():
+        notes.append(f"version, build date, kernel and packages not shown: no {path.name} beside SHA256SUMS")
+        return None
+    data = read(path)
+    signatures = [path.with_name(path.name + suffix)
+                  for suffix in (release_meta.GPG_SUFFIX, release_meta.SIGSTORE_SUFFIX)]
+    if not any(s.exists() for s in signatures):
+        notes.append(f"version, build date, kernel and packages not shown: {path} is not signed")
+        return None
+    authenticate(data, path, trust, ring)
     try:
-        info = json.loads((root / "release.json").read_text())
-        facts.update({k: info.get(k) for k in ("name", "version", "profile", "build_date")})
-    except FileNotFoundError:
-        notes.append("no release.json beside SHA256SUMS")
-    except ValueError as e:
-        raise Malformed(f"{root / 'release.json'}: not valid JSON ({e})") from None
-    sbom_path = root / "sbom" / f"{listed}{SBOM_SUFFIX}"
+        info = ReleaseInfo.parse(data, str(path))
+    except MetaError as e:
+        raise Malformed(str(e)) from None
+    if info.files.get(release_meta.SUMS) != sha256_bytes(sums):
+        raise Failed(f"{path}: signed for another SHA256SUMS than {root / release_meta.SUMS}: the two files "
+                     "come from different releases")
+    if info.expired:
+        raise Failed(f"{path}: {info.name} {info.version} expired on {info.expires}: its owner no longer "
+                     "vouches for it")
+    return info
+
+
+def _sbom_facts(root: Path, listed: str, digest: str, info: ReleaseInfo, notes: list[str]) -> dict[str, Any]:
+    name = f"sbom/{listed}{SBOM_SUFFIX}"
+    path = root / name
+    if not path.exists() and not path.is_symlink():
+        notes.append(f"kernel and packages not shown: no SBOM at {path}")
+        return {}
+    data = read(path)
+    if info.files.get(name) != sha256_bytes(data):
+        raise Failed(f"{path}: not the SBOM the signed release.json lists (sha256 {sha256_bytes(data)})")
+    sbom = parse_json(data, path)
+    if described(sbom) != digest:
+        raise Failed(f"{path}: describes sha256 {described(sbom)}, not this ISO ({digest})")
+    kernel, packages = kernel_and_packages(sbom)
+    return {"kernel": kernel, "packages": packages}
+
+
+# -- freshness ----------------------------------------------------------------------------
+
+def state_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(base) / "mlos-repro" / "newest-releases.json"
+
+
+def _older(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Whether release a = (version, released) is older than b: Debian version order, then time."""
+    from debian.debian_support import version_compare
+
     try:
-        sbom = json.loads(sbom_path.read_text())
+        order = version_compare(a[0], b[0])
+    except ValueError:  # not a Debian version: compare as text
+        order = (a[0] > b[0]) - (a[0] < b[0])
+    return order < 0 or (order == 0 and a[1] < b[1])
+
+
+def _freshness(info: ReleaseInfo | None, min_version: str | None, state: Path, accept_older: bool,
+               notes: list[str]) -> None:
+    if info is None:
+        if min_version is not None:
+            raise Failed(f"--min-version {min_version}: the version is not signed (no signed release.json "
+                         "beside SHA256SUMS), so it cannot be checked")
+        return
+    if min_version is not None and _older((info.version, "~"), (min_version, "")):
+        raise Failed(f"{info.name} {info.version} is older than --min-version {min_version}")
+    key = f"{info.release_key}/{info.name}"
+    try:
+        seen = json.loads(state.read_text())
+        if not isinstance(seen, dict):
+            seen = {}
     except FileNotFoundError:
-        notes.append(f"no SBOM at {sbom_path}")
-        return facts
-    except ValueError as e:
-        raise Malformed(f"{sbom_path}: not valid JSON ({e})") from None
-    described = validate.described(sbom)
-    if described != digest:
-        raise Failed(f"{sbom_path}: describes sha256 {described}, not this ISO ({digest})")
-    components = sbom.get("components") or []
-    facts["kernel"] = next((c.get("version") for c in components if c.get("name") == "linux"
-                            and c.get("type") == "operating-system"), None)
-    facts["packages"] = sum(1 for c in components if c.get("type") == "library")
-    provenance = root / "attestations/provenance" / f"{listed}.intoto.json"
-    facts["provenance"] = provenance.exists()
-    if not provenance.exists():
-        notes.append(f"no provenance at {provenance}")
-    return facts
+        seen = {}
+    except (OSError, ValueError) as e:
+        notes.append(f"{state}: unreadable ({e}); no record of newer releases was consulted")
+        seen = {}
+    newest = seen.get(key)
+    mine = (info.version, info.released)
+    theirs = (newest.get("version"), newest.get("released")) if isinstance(newest, dict) else (None, None)
+    if isinstance(theirs[0], str) and isinstance(theirs[1], str) and _older(mine, (theirs[0], theirs[1])):
+        if not accept_older:
+            raise Failed(f"{info.name} {info.version} (released {info.released}) is older than "
+                         f"{theirs[0]} (released {theirs[1]}), verified before on this machine "
+                         f"({state}): a rollback. Pass --accept-older if you mean to use an older release")
+        notes.append(f"older than {theirs[0]} (released {theirs[1]}), accepted with --accept-older")
+        return
+    seen[key] = {"version": info.version, "released": info.released}
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(state, json.dumps(seen, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        notes.append(f"{state}: cannot record this release as the newest seen ({e.strerror})")

@@ -1,24 +1,37 @@
 """`mlos-repro verify RELEASE`: every step of a release's supply chain, checked offline.
 
-Numbered checks, each with its own error naming the file, step or artifact at fault:
+Trust anchors: the layout's root key (--root-key) and the release key (--keyring) or a
+sigstore identity (--trusted-root, --identity, --issuer); at least one of the latter two,
+since they are what sign the files outside the in-toto graph. Numbered checks, each with its
+own error naming the file, step or artifact at fault:
 
-  1 layout signature      root.layout is signed by the root (owner) key given
-  2 layout expiry         the layout has not expired
-  3 links                 each step's links are present, signed by its functionaries, threshold met
-  4 artifact rules        each step's materials and products obey the layout's rules
-  5 SHA256SUMS signature  SHA256SUMS.gpg (and the clearsigned .asc) by a key of --keyring
-  6 SHA256SUMS = files    every file under artifacts/ is listed with its digest, and nothing else
-  7 provenance            per output a statement signed by a functionary of its step, whose
-                          subjects are the step's products, as SHA256SUMS lists them
-  8 SBOMs                 per output a valid SBOM naming the output's digest, and its signed
-                          statement, bound to the same subjects
-  9 sigstore              SHA256SUMS and each provenance statement signed keylessly by the
-                          identity given, against the trusted root given (offline)
- 10 bindings              layout/bindings.json, signed by the root key: each image carries the
-                          other steps' products it names, unchanged (e.g. the ISO's squashfs is
-                          the rootfs step's product)
+  1 release.json         signed by the release key (and/or keylessly), not expired: what the
+                         release is, and the sha256 of every file outside artifacts/
+  2 release contents     every file outside artifacts/ is one release.json lists, with its
+                         digest; nothing else; no FIFO, device or stray symlink anywhere
+  3 layout signature     root.layout is signed by the root (owner) key given
+  4 layout expiry        the layout has not expired
+  5 links                each step's links are present, signed by its functionaries, the
+                         threshold met by distinct keys
+  6 artifact rules       each step's materials and products obey the layout's rules
+  7 SHA256SUMS signature SHA256SUMS.gpg (and the clearsigned .asc) by a key of --keyring
+  8 SHA256SUMS = files   every file under artifacts/ is listed with its digest, and nothing else
+  9 provenance           per output a statement signed by a functionary of its step, whose
+                         subjects are the step's products, as SHA256SUMS lists them; files
+                         outside every step are only the repository signatures release.json names
+ 10 SBOMs                per output a valid SBOM naming the output's digest, and its signed
+                         statement, bound to the same subjects
+ 11 sigstore             SHA256SUMS, release.json and each provenance statement signed keylessly
+                         by the identity given, against the trusted root given (offline)
+ 12 bindings             layout/bindings.json, signed by the root key: each image carries the
+                         other steps' products it names, unchanged; only images whose digest
+                         check 8 confirmed are opened
+ 13 repository signatures  each APT repository's InRelease signs its attested Release (plus
+                         Valid-Until = the release's expiry) with the release key, and its
+                         keyring is that key
 
-A malformed metadata file fails its check as such; `malformed` is then set (exit 2, not 1).
+A check whose trust anchor was not given is `skipped`, never `ok`. A malformed metadata file
+fails its check as such; `malformed` is then set (exit 2, not 1).
 """
 
 from __future__ import annotations
@@ -27,8 +40,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import re
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,40 +53,53 @@ from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import Key, SSlibKey
 
 from mlos_repro import run
-from mlos_repro.attest import intoto
-from mlos_repro.digest import sha256_file
+from mlos_repro.attest import intoto, release_meta
+from mlos_repro.attest.release_meta import MetaError, ReleaseInfo
+from mlos_repro.audit.trust import (
+    Failed,
+    Malformed,
+    Trust,
+    authenticate,
+    gpgv,
+    keyring_file,
+    parse_json,
+    read,
+    read_json,
+)
 from mlos_repro.inspect.detect import reader_for
-from mlos_repro.sbom import validate
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.sbom.facts import SBOM_SUFFIX, described
+from mlos_repro.sign.repository import KEYRING, with_valid_until
 
-SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
+__all__ = ["Failed", "Malformed", "Outcome", "ReleaseVerifier"]
 
-
-class Malformed(Exception):
-    """A metadata file that cannot be read as what it must be."""
-
-
-class Failed(Exception):
-    pass
 
 
 @dataclass
 class Check:
     number: int
     name: str
-    ok: bool = True
     problems: list[str] = field(default_factory=list)
     note: str = ""
     malformed: bool = False
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.problems else "skipped" if self.skipped else "passed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"number": self.number, "check": self.name, "ok": self.ok, "problems": self.problems,
+        return {"number": self.number, "check": self.name, "status": self.status, "problems": self.problems,
                 "note": self.note or None, "malformed": self.malformed}
 
 
 @dataclass
 class Outcome:
     checks: list[Check]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,14 +109,15 @@ class Outcome:
     def malformed(self) -> bool:
         return any(c.malformed for c in self.checks)
 
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checks if c.status == status)
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Failed(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Malformed(f"{path}: not valid JSON ({e})") from None
+    @property
+    def verdict(self) -> str:
+        if not self.ok:
+            return f"release NOT verified: {self.count('failed')} checks failed"
+        skipped = self.count("skipped")
+        return "release verified" + (f", {skipped} checks skipped" if skipped else "")
 
 
 def dsse_payload(path: Path, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -109,87 +134,147 @@ def _dsse(path: Path, keys: dict[str, dict[str, Any]], payload_type: str) -> dic
         envelope = DsseEnvelope.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Malformed(f"{path}: not a DSSE envelope ({e})") from None
-    verifiers: list[Key] = [SSlibKey.from_dict(k, {f: v for f, v in key.items() if f != "keyid"})
-                            for k, key in keys.items()]
+    try:
+        verifiers: list[Key] = [SSlibKey.from_dict(k, {f: v for f, v in key.items() if f != "keyid"})
+                                for k, key in keys.items()]
+    except (KeyError, TypeError, ValueError) as e:
+        raise Malformed(f"a key of the layout cannot be read ({e})") from None
     try:
         envelope.verify(verifiers, 1)
-    except (VerificationError, ValueError):
+    except (VerificationError, ValueError, TypeError):
         raise Failed(f"{path}: not signed by a trusted key (key ids "
                      f"{', '.join(sorted(keys)) or 'none'})") from None
-    try:
-        statement = json.loads(envelope.payload)
-    except ValueError as e:
-        raise Malformed(f"{path}: the signed payload is not JSON ({e})") from None
+    statement = parse_json(envelope.payload, f"{path}: the signed payload")
     if envelope.payload_type != payload_type or not isinstance(statement, dict):
         raise Malformed(f"{path}: the payload is not {payload_type}")
     return statement
 
 
+class _Skip(Exception):
+    pass
+
+
 class ReleaseVerifier:
-    def __init__(self, release: Path, root_key: Path, keyring: Path | None,
-                 sigstore: tuple[Path, str, str | None] | None = None) -> None:
+    def __init__(self, release: Path, root_key: Path, trust: Trust) -> None:
+        if trust.keyring is None and trust.sigstore is None:
+            raise ValueError("a release is verified against the release key or a sigstore identity")
         self.release = release
         self.root_key = root_key
-        self.keyring = keyring
-        self.sigstore = sigstore
+        self.trust = trust
+        self.ring: Path | None = None
+        self.info: ReleaseInfo | None = None
+        self.contents_ok = False
         self.layout: Any = None
         self.links: dict[str, Any] = {}
+        self._sums_bytes: bytes | None = None
         self.sums: dict[str, str] = {}
+        self.verified: set[str] = set()  # artifacts whose bytes match SHA256SUMS
 
     def run(self) -> Outcome:
-        checks = [
-            self._check(1, "layout signature", self.layout_signature),
-            self._check(2, "layout expiry", self.layout_expiry),
-            self._check(3, "links: present, signed by functionaries, threshold", self.link_thresholds),
-            self._check(4, "artifact rules", self.artifact_rules),
-            self._check(5, "SHA256SUMS signature", self.sums_signature),
-            self._check(6, "SHA256SUMS = artifacts", self.sums_files),
-            self._check(7, "provenance", self.provenance),
-            self._check(8, "SBOMs", self.sboms),
-            self._check(9, "sigstore bundles", self.sigstore_bundles),
-            self._check(10, "bindings: images carry their upstream products", self.bindings),
-        ]
+        with _ring(self.trust) as ring:
+            self.ring = ring
+            checks = [
+                self._check(1, "release.json: signed, current", self.release_info),
+                self._check(2, "release contents: every file signed, nothing else", self.contents),
+                self._check(3, "layout signature", self.layout_signature),
+                self._check(4, "layout expiry", self.layout_expiry),
+                self._check(5, "links: present, signed by functionaries, threshold", self.link_thresholds),
+                self._check(6, "artifact rules", self.artifact_rules),
+                self._check(7, "SHA256SUMS signature", self.sums_signature),
+                self._check(8, "SHA256SUMS = artifacts", self.sums_files),
+                self._check(9, "provenance", self.provenance),
+                self._check(10, "SBOMs", self.sboms),
+                self._check(11, "sigstore bundles", self.sigstore_bundles),
+                self._check(12, "bindings: images carry their upstream products", self.bindings),
+                self._check(13, "repository signatures", self.repository_signatures),
+            ]
         return Outcome(checks)
 
     def _check(self, number: int, name: str, body: Callable[[Check], None]) -> Check:
         c = Check(number, name)
         try:
             body(c)
-        except Malformed as e:
+        except (Malformed, MetaError) as e:
             c.problems.append(str(e))
-            c.malformed = True
+            c.malformed = getattr(e, "malformed", True)
         except (Failed, exceptions.SignatureVerificationError, exceptions.LayoutExpiredError,
                 exceptions.RuleVerificationError, exceptions.ThresholdVerificationError,
                 exceptions.LinkNotFoundError) as e:
             c.problems.append(str(e))
         except _Skip as e:
-            c.note = str(e)
-        c.ok = not c.problems
+            c.note, c.skipped = str(e), True
         return c
 
     def _need(self, what: Any, check: str) -> Any:
-        if what is None:
+        if what is None or what is False:
             raise Failed(f"not checked: {check} failed")
         return what
+
+    def sums_bytes(self) -> bytes:
+        """SHA256SUMS, read once: the bytes whose signature is checked are the bytes parsed."""
+        if self._sums_bytes is None:
+            self._sums_bytes = read(self.release / release_meta.SUMS)
+        return self._sums_bytes
+
+    def _sums(self) -> dict[str, str]:
+        if not self.sums:
+            try:
+                self.sums = release_meta.parse_sums(self.sums_bytes(), str(self.release / release_meta.SUMS))
+            except MetaError as e:
+                raise Malformed(str(e)) from None
+        return self.sums
+
+    # -- what the release key signed --------------------------------------------------
+
+    def release_info(self, c: Check) -> None:
+        path = self.release / release_meta.RELEASE_INFO
+        data = read(path)
+        said = authenticate(data, path, self.trust, self.ring)
+        info = ReleaseInfo.parse(data, str(path))
+        if info.expired:
+            raise Failed(f"{path}: the release expired on {info.expires}: its owner no longer vouches for it")
+        self.info = info
+        c.note = f"{info.name} {info.version}, released {info.released}, expires {info.expires}; " + \
+            ", ".join(said)
+
+    def contents(self, c: Check) -> None:
+        walk = release_meta.walk(self.release)
+        c.problems.extend(walk.refused)
+        self.contents_ok = not walk.refused  # what the other checks may open
+        info = self._need(self.info, "release.json")
+        listed = info.files
+        present = {m for m in walk.metadata if not release_meta.signed_elsewhere(m)}
+        for name in sorted(set(listed) - present):
+            c.problems.append(f"{name}: listed in release.json but missing")
+        for name in sorted(present - set(listed)):
+            c.problems.append(f"{name}: not signed: release.json does not list it")
+        for name in sorted(present & set(listed)):
+            data = self.sums_bytes() if name == release_meta.SUMS else read(self.release / name)
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != listed[name]:
+                c.problems.append(f"{name}: sha256 {actual}, release.json says {listed[name]} "
+                                  "(changed after signing, or from another release)")
+        c.note = f"{len(listed)} metadata files, {len(walk.artifacts)} artifacts"
 
     # -- in-toto ----------------------------------------------------------------------
 
     def layout_signature(self, c: Check) -> None:
         key = read_json(self.root_key)
-        if not isinstance(key, dict) or "keyid" not in key:
+        if not isinstance(key, dict) or not isinstance(key.get("keyid"), str):
             raise Malformed(f"{self.root_key}: not a public key dict with keyid (layout/keys/owner.pub.json)")
         path = self.release / "layout/root.layout"
-        if not path.exists():
-            raise Failed(f"{path}: missing")
+        data = read_json(path)
         try:
-            metadata = Envelope.load(str(path))
+            metadata = Envelope.from_dict(data)
             layout = metadata.get_payload()
         except Exception as e:
-            raise Malformed(f"{path}: not a DSSE-signed in-toto layout ({e})") from None
+            raise Malformed(f"{path}: not a DSSE-signed in-toto layout ({str(e)[:120]})") from None
         try:
             verifylib.verify_metadata_signatures(metadata, {key["keyid"]: key})
         except exceptions.SignatureVerificationError as e:
             raise Failed(f"{path}: not signed by the root key {key['keyid'][:16]}…: {e}") from None
+        except Exception as e:
+            raise Malformed(f"{self.root_key}: not a usable public key ({str(e)[:120]})") from None
         self.layout = layout
         c.note = f"{len(layout.steps)} steps, signed by {key['keyid'][:16]}…"
 
@@ -200,6 +285,8 @@ class ReleaseVerifier:
 
     def link_thresholds(self, c: Check) -> None:
         layout = self._need(self.layout, "layout signature")
+        self._need(self.contents_ok, "release contents")
+        _distinct_keys(layout)
         links_dir = self.release / "attestations/links"
         for path in sorted(links_dir.glob("*.link")):
             read_json(path)  # a broken one is named here, not as "cannot be read" below
@@ -208,7 +295,7 @@ class ReleaseVerifier:
         except exceptions.LinkNotFoundError:
             raise
         except Exception as e:
-            raise Malformed(f"{links_dir}: a link cannot be read ({e})") from None
+            raise Malformed(f"{links_dir}: a link cannot be read ({str(e)[:120]})") from None
         for step in layout.steps:
             if not steps.get(step.name):
                 raise Failed(f"step {step.name!r}: no link in {links_dir} ({step.name}.KEYID.link)")
@@ -217,7 +304,7 @@ class ReleaseVerifier:
         verifylib.verify_threshold_constraints(layout, chain)
         self.links = chain
         thresholds = ", ".join(sorted({str(s.threshold) for s in layout.steps}))
-        c.note = f"{len(chain)} steps, each with {thresholds} signed link(s)"
+        c.note = f"{len(chain)} steps, each with {thresholds} signed link(s) by distinct keys"
 
     def artifact_rules(self, c: Check) -> None:
         layout = self._need(self.layout, "layout signature")
@@ -229,33 +316,34 @@ class ReleaseVerifier:
     # -- signatures and sums ------------------------------------------------------------
 
     def sums_signature(self, c: Check) -> None:
+        if self.trust.keyring is None:
+            raise _Skip("skipped: no --keyring given (SHA256SUMS is checked by its sigstore bundle, "
+                        "check 11)")
+        assert self.ring is not None
         sums, detached, clear = (self.release / n for n in ("SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.asc"))
-        if self.keyring is None:
-            raise _Skip("not checked: no --keyring given (the release OpenPGP public key you trust)")
-        for p in (sums, detached):
-            if not p.exists():
-                raise Failed(f"{p}: missing")
-        with keyring_file(self.keyring) as ring:
-            gpgv(ring, detached, sums)
-            if clear.exists():
-                text = gpgv(ring, clear)
-                if text.replace(b"\r\n", b"\n") != sums.read_bytes():
-                    raise Failed(f"{clear}: signed text differs from {sums}")
-        c.note = f"signed by a key of {self.keyring}"
+        data = self.sums_bytes()
+        gpgv(self.ring, detached, data)
+        if clear.exists() or clear.is_symlink():
+            text = gpgv(self.ring, clear)
+            if text.replace(b"\r\n", b"\n") != data:
+                raise Failed(f"{clear}: signed text differs from {sums}")
+        c.note = f"signed by a key of {self.trust.keyring}"
 
     def sums_files(self, c: Check) -> None:
-        self.sums = parse_sums(self.release / "SHA256SUMS")
-        artifacts = self.release / "artifacts"
-        present = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
-        for name in sorted(set(self.sums) - present):
+        sums = self._sums()
+        walk = release_meta.walk(self.release)
+        present = set(walk.artifacts)
+        for name in sorted(set(sums) - present):
             c.problems.append(f"artifacts/{name}: listed in SHA256SUMS but missing")
-        for name in sorted(present - set(self.sums)):
+        for name in sorted(present - set(sums)):
             c.problems.append(f"artifacts/{name}: not listed in SHA256SUMS")
-        for name in sorted(set(self.sums) & present):
-            actual = sha256_file(artifacts / name)
-            if actual != self.sums[name]:
-                c.problems.append(f"artifacts/{name}: sha256 {actual}, SHA256SUMS says {self.sums[name]}")
-        c.note = f"{len(self.sums)} files"
+        for name in sorted(set(sums) & present):
+            actual = release_meta.entry_digest(self.release / release_meta.ARTIFACTS / name)
+            if actual != sums[name]:
+                c.problems.append(f"artifacts/{name}: sha256 {actual}, SHA256SUMS says {sums[name]}")
+            else:
+                self.verified.add(name)
+        c.note = f"{len(sums)} files"
 
     # -- statements -------------------------------------------------------------------
 
@@ -267,9 +355,9 @@ class ReleaseVerifier:
         reduced = verifylib.reduce_chain_links(self.links)
         for step in layout.steps:
             products = reduced[step.name].products
-            outputs = sorted({name.split("/", 2)[1] for name in products})
+            outputs = sorted({name.split("/", 2)[1] for name in products if name.count("/") >= 1})
             for output in outputs:
-                subjects = {n: d for n, d in products.items() if n.split("/", 2)[1] == output}
+                subjects = {n: d for n, d in products.items() if n.split("/", 2)[1:2] == [output]}
                 yield step.name, output, subjects, self.release / "attestations" / kind / step.name / \
                     f"{output}.intoto.json"
 
@@ -290,21 +378,22 @@ class ReleaseVerifier:
             raise Failed(f"{where}: predicateType {statement.get('predicateType')!r}, "
                          f"expected {predicate_type}")
         try:
-            named = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+            named = {str(s["name"]): str(s["digest"]["sha256"]) for s in statement["subject"]}
         except (KeyError, TypeError) as e:
             raise Malformed(f"{where}: subject list malformed ({e})") from None
         wanted = {n: d["sha256"] for n, d in subjects.items()}
         if named != wanted:
             wrong = sorted(set(named.items()) ^ set(wanted.items()))
             raise Failed(f"{where}: subjects differ from the step's products: {wrong[:3]}")
+        sums = self._sums()
         for name, digest in named.items():
-            if self.sums.get(name) != digest:
+            if sums.get(name) != digest:
                 raise Failed(f"{where}: subject {name} sha256 {digest}, "
-                             f"SHA256SUMS says {self.sums.get(name)}")
+                             f"SHA256SUMS says {sums.get(name)}")
 
     def provenance(self, c: Check) -> None:
-        if not self.sums:
-            self.sums = parse_sums(self.release / "SHA256SUMS")
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        sums = self._sums()
         covered: set[str] = set()
         for stage, _, subjects, path in self._statements("provenance"):
             try:
@@ -313,30 +402,29 @@ class ReleaseVerifier:
                 covered.update(subjects)
             except Failed as e:
                 c.problems.append(str(e))
-        info = read_json(self.release / "release.json")
-        after = set(info.get("signed_after_build", [])) if isinstance(info, dict) else set()
-        for name in sorted(set(self.sums) - covered - after):
+        after = set(info.signed_after_build)
+        for name in sorted(set(sums) - covered - after):
             c.problems.append(f"artifacts/{name}: in SHA256SUMS but no provenance names it")
-        c.note = f"{len(covered)} files attested"
+        c.note = f"{len(covered)} files attested, {len(after & set(sums))} signed after the build"
 
     def sboms(self, c: Check) -> None:
-        if not self.sums:
-            self.sums = parse_sums(self.release / "SHA256SUMS")
-        info = read_json(self.release / "release.json")
+        from mlos_repro.sbom import validate
+
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        self._sums()
         count = 0
         for stage, output, subjects, path in self._statements("sbom"):
             sbom_path = self.release / "sbom" / stage / f"{output}{SBOM_SUFFIX}"
             try:
-                sbom = read_json(sbom_path)
-                problems = validate.problems(json.dumps(sbom))
+                text = read(sbom_path)
+                sbom = parse_json(text, sbom_path)
+                problems = validate.problems(text)
                 if problems:
                     raise Failed(f"{sbom_path}: invalid: " + "; ".join(problems[:3]))
-                digest = str(info.get("stages", {}).get(stage, {}).get("outputs", {}).get(output) or ""
-                             ).removeprefix("sha256:")
-                described = validate.described(sbom)
-                if not digest or described != digest:
-                    raise Failed(f"{sbom_path}: describes sha256 {described}, "
-                                 f"but {stage}/{output} is {digest}")
+                digest = info.stages.get(stage, {}).get(output, "").removeprefix("sha256:")
+                if not digest or described(sbom) != digest:
+                    raise Failed(f"{sbom_path}: describes sha256 {described(sbom)}, "
+                                 f"but {stage}/{output} is {digest or 'not in release.json'}")
                 statement = dsse_payload(path, self._keys_of(stage))
                 self._subjects(path, statement, subjects, intoto.CYCLONEDX)
                 if statement.get("predicate") != sbom:
@@ -346,35 +434,69 @@ class ReleaseVerifier:
                 c.problems.append(str(e))
         c.note = f"{count} SBOMs"
 
+    def sigstore_bundles(self, c: Check) -> None:
+        from mlos_repro.sign import sigstore
+
+        artifacts = self.release / release_meta.ARTIFACTS
+        bundles = sorted(p for p in self.release.rglob("*" + sigstore.BUNDLE_SUFFIX)
+                         if not p.is_relative_to(artifacts))
+        if self.trust.sigstore is None:
+            raise _Skip(f"skipped: no --trusted-root, --identity, --issuer given ({len(bundles)} bundles)"
+                        if bundles else "skipped: no sigstore bundles (released without --sigstore)")
+        for required in (release_meta.SUMS, release_meta.RELEASE_INFO):
+            if not (self.release / (required + sigstore.BUNDLE_SUFFIX)).exists():
+                c.problems.append(f"{self.release / (required + sigstore.BUNDLE_SUFFIX)}: missing: "
+                                  f"{required} was not signed keylessly")
+        for bundle in bundles:
+            signed = bundle.with_name(bundle.name.removesuffix(sigstore.BUNDLE_SUFFIX))
+            try:
+                data = self.sums_bytes() if signed == self.release / release_meta.SUMS else read(signed)
+                sigstore.verify(data, read(bundle), *self.trust.sigstore)
+            except Failed:
+                c.problems.append(f"{bundle}: signs {signed.name}, which is missing")
+            except (sigstore.MalformedError, Malformed) as e:
+                c.problems.append(f"{bundle}: {e}")
+                c.malformed = True
+            except ValueError as e:
+                c.problems.append(f"{bundle}: {e}")
+        c.note = f"{len(bundles)} bundles signed by {self.trust.sigstore[1]}"
+
+    # -- what images carry --------------------------------------------------------------
 
     def bindings(self, c: Check) -> None:
         key = read_json(self.root_key)
         path = self.release / "layout/bindings.json"
         trusted = {str(key.get("keyid")): key} if isinstance(key, dict) else {}
         statement = _dsse(path, trusted, intoto.BINDINGS_TYPE)
-        if not isinstance(statement.get("bindings"), list):
+        bindings = statement.get("bindings")
+        if not isinstance(bindings, list) or not all(isinstance(b, dict) for b in bindings):
             raise Malformed(f"{path}: no bindings list")
         expires = str(statement.get("expires", ""))
-        if expires and expires < datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"):
+        if expires and expires < release_meta.utc_now():
             raise Failed(f"{path}: expired on {expires}")
-        if not self.sums:
-            self.sums = parse_sums(self.release / "SHA256SUMS")
+        self._sums()
+        if not bindings:
+            raise _Skip("skipped: the layout binds no image to another step's products")
         with tempfile.TemporaryDirectory(prefix="mlos-bind-") as tmp:
-            for b in statement["bindings"]:
+            for b in bindings:
                 try:
                     self._binding(b, Path(tmp))
                 except Failed as e:
                     c.problems.append(str(e))
-        c.note = f"{len(statement['bindings'])} bindings hold"
+        c.note = f"{len(bindings)} bindings hold"
 
     def _binding(self, b: dict[str, Any], work: Path) -> None:
         artifact, member, product = b.get("artifact"), b.get("member") or "", b.get("product")
         where = f"{artifact}{' → ' + member if member else ''}"
-        if not isinstance(artifact, str) or not isinstance(product, str) or product not in self.sums:
+        if not isinstance(artifact, str) or not isinstance(product, str) or not isinstance(member, str) \
+                or product not in self.sums:
             raise Failed(f"binding {where} = {product}: the product is not in SHA256SUMS")
+        # Only bytes SHA256SUMS vouches for are opened: a hostile image is never parsed.
+        for name in (artifact, product):
+            if name not in self.verified:
+                raise Failed(f"binding {where} = {product}: not checked: artifacts/{name} does not match "
+                             "SHA256SUMS (check 8)")
         source = self.release / "artifacts" / artifact
-        if not source.is_file():
-            raise Failed(f"binding {where} = {product}: artifacts/{artifact} is missing")
         found = source
         if member:
             reader = reader_for(source)
@@ -382,39 +504,90 @@ class ReleaseVerifier:
             if member not in extracted:
                 raise Failed(f"binding {where} = {product}: artifacts/{artifact} has no member {member}")
             found = extracted[member]
-        digest, rest_zero = _digest_prefix(found, self.sums_size(product) if b.get("padded") else None)
+        size = (self.release / "artifacts" / product).stat().st_size if b.get("padded") else None
+        digest, rest_zero = _digest_prefix(found, size)
         if digest != self.sums[product] or not rest_zero:
             raise Failed(f"binding {where}: sha256 {digest}"
                          + ("" if rest_zero else " (and the padding after it is not zeros)")
                          + f", but {product} is {self.sums[product]}")
 
-    def sums_size(self, product: str) -> int:
-        return (self.release / "artifacts" / product).stat().st_size
+    # -- the repositories signed after the build -----------------------------------------------
 
-    def sigstore_bundles(self, c: Check) -> None:
-        from mlos_repro.sign import sigstore
+    def repository_signatures(self, c: Check) -> None:
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        sums = self._sums()
+        releases = sorted(n for n in sums if n.endswith("/Release") and n.rsplit("/", 3)[-3:-2] == ["dists"])
+        expected: set[str] = set()
+        for name in releases:
+            stage = name.split("/", 1)[0]
+            expected |= {name.rsplit("/", 1)[0] + "/InRelease", f"{stage}/{KEYRING}", f"{stage}/signing.json"}
+        for extra in sorted(set(info.signed_after_build) - expected):
+            c.problems.append(f"release.json: signed_after_build names {extra}, which is no repository "
+                              "signature of this release")
+        if not releases:
+            if not c.problems:
+                raise _Skip("skipped: the release holds no APT repository")
+            return
+        artifacts = self.release / release_meta.ARTIFACTS
+        expires = datetime.datetime.strptime(info.expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        with contextlib.ExitStack() as stack:
+            ring = self.ring
+            if ring is None:
+                # Keyless trust: the release's own keyring, which SHA256SUMS (signed) vouches for.
+                ring = stack.enter_context(keyring_file(artifacts / releases[0].split("/", 1)[0] / KEYRING))
+                c.note = "with the keyring SHA256SUMS lists; "
+            for name in releases:
+                base, stage = name.rsplit("/", 1)[0], name.split("/", 1)[0]
+                if not {name, f"{base}/InRelease"} <= self.verified:
+                    c.problems.append(f"artifacts/{base}: not checked: its files do not match SHA256SUMS")
+                    continue
+                try:
+                    # What apt reads: the attested Release, plus the release's expiry as Valid-Until.
+                    wanted = with_valid_until(read(artifacts / name), expires)
+                    if gpgv(ring, artifacts / base / "InRelease").replace(b"\r\n", b"\n") != wanted:
+                        raise Failed(f"artifacts/{base}/InRelease: its signed text is not the attested "
+                                     f"Release with Valid-Until {info.expires}")
+                    self._keyring_holds(artifacts / stage, info.release_key)
+                except (Failed, Malformed) as e:
+                    c.problems.append(str(e))
+        c.note += f"{len(releases)} repositories signed by {info.release_key}, valid until {info.expires}"
 
-        bundles = sorted(self.release.rglob("*" + sigstore.BUNDLE_SUFFIX))
-        if self.sigstore is None:
-            raise _Skip(f"not checked: give --trusted-root and --identity ({len(bundles)} bundles present)"
-                        if bundles else "not checked: no sigstore bundles (released without --sigstore)")
-        sums_bundle = self.release / f"SHA256SUMS{sigstore.BUNDLE_SUFFIX}"
-        if not sums_bundle.exists():
-            raise Failed(f"{sums_bundle}: missing: SHA256SUMS was not signed keylessly")
-        for bundle in bundles:
-            signed = bundle.with_name(bundle.name.removesuffix(sigstore.BUNDLE_SUFFIX))
-            try:
-                data = signed.read_bytes()
-                sigstore.verify(data, bundle, *self.sigstore)
-            except FileNotFoundError:
-                c.problems.append(f"{bundle}: signs {signed.name}, which is missing")
-            except sigstore.MalformedError as e:
-                c.problems.append(str(e))
-                c.malformed = True
-            except ValueError as e:
-                c.problems.append(str(e))
-        identity = self.sigstore[1]
-        c.note = f"{len(bundles)} bundles signed by {identity}"
+    def _keyring_holds(self, stage_dir: Path, fingerprint: str) -> None:
+        keyring = stage_dir / KEYRING
+        with tempfile.TemporaryDirectory(prefix="mlos-showkeys-") as home:
+            listing = run.run_or_raise(["gpg", "--batch", "--no-options", "--homedir", home, "--with-colons",
+                                        "--show-keys"], Malformed, f"{keyring}: not an OpenPGP keyring",
+                                       input=read(keyring), tail=1)
+        lines = listing.stdout.decode().splitlines()
+        primaries = [line.split(":")[9] for prev, line in zip(["", *lines], lines, strict=False)
+                     if line.startswith("fpr:") and prev.startswith("pub:")]
+        if primaries != [fingerprint]:
+            raise Failed(f"{keyring}: holds {', '.join(primaries) or 'no key'}, but the release key is "
+                         f"{fingerprint}: apt would trust another key")
+        signing = parse_json(read(stage_dir / "signing.json"), stage_dir / "signing.json")
+        named = signing.get("fingerprint") if isinstance(signing, dict) else None
+        if named != fingerprint:
+            raise Failed(f"{stage_dir / 'signing.json'}: names {named}, but the release key is {fingerprint}")
+
+
+def _distinct_keys(layout: Any) -> None:
+    """A threshold counts keys, not key ids: one key listed under two ids would count twice."""
+    seen: dict[str, str] = {}
+    for keyid, key in layout.keys.items():
+        value = json.dumps(key.get("keyval", key) if isinstance(key, dict) else key, sort_keys=True)
+        if value in seen:
+            raise Failed(f"the layout lists one key under two key ids ({seen[value][:16]}…, {keyid[:16]}…): "
+                         "a threshold must count distinct keys")
+        seen[value] = keyid
+
+
+@contextlib.contextmanager
+def _ring(trust: Trust) -> Iterator[Path | None]:
+    if trust.keyring is None:
+        yield None
+        return
+    with keyring_file(trust.keyring) as ring:
+        yield ring
 
 
 def _digest_prefix(path: Path, size: int | None) -> tuple[str, bool]:
@@ -429,48 +602,3 @@ def _digest_prefix(path: Path, size: int | None) -> tuple[str, bool]:
             if chunk.count(0) != len(chunk):
                 return digest.hexdigest(), False
     return digest.hexdigest(), True
-
-
-class _Skip(Exception):
-    pass
-
-
-def parse_sums(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise Failed(f"{path}: missing") from None
-    except UnicodeDecodeError:
-        raise Malformed(f"{path}: not text") from None
-    sums: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        m = SUMS_LINE.match(line)
-        if not m:
-            raise Malformed(f"{path}:{number}: expected 'SHA256  NAME' (sha256sum format), got {line[:60]!r}")
-        sums[m.group(2)] = m.group(1)
-    return sums
-
-
-@contextlib.contextmanager
-def keyring_file(keyring: Path) -> Iterator[Path]:
-    """A binary keyring for gpgv from an armored or binary public key file."""
-    data = keyring.read_bytes()
-    if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" not in data:
-        yield keyring
-        return
-    with tempfile.TemporaryDirectory(prefix="mlos-keyring-") as tmp:
-        ring = Path(tmp) / "keyring.gpg"
-        run.run(["gpg", "--batch", "--no-options", "--homedir", tmp, "--dearmor", "-o", str(ring)],
-                input=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        yield ring
-
-
-def gpgv(keyring: Path, signature: Path, data: Path | None = None) -> bytes:
-    """gpgv's verdict; returns the signed text of a clearsigned file."""
-    argv = ["gpgv", "--keyring", str(keyring.absolute())]
-    if data is None:
-        argv += ["--output", "-", str(signature)]
-    else:
-        argv += [str(signature), str(data)]
-    result = run.run_or_raise(argv, Failed, f"{signature}: bad or unknown signature", tail=1)
-    return bytes(result.stdout)

