@@ -37,7 +37,12 @@ debs = "stage:debs"
 [[stage]]
 name = "apt"
 outputs = ["repo"]
-run = [["sh", "-euc", "mkdir -p /out/repo/dists/mlos && echo 'Origin: MLOS' > /out/repo/dists/mlos/Release"]]
+run = [["sh", "-euc", '''
+d=/out/repo/dists/mlos; mkdir -p $d/main/binary-amd64; : > $d/main/binary-amd64/Packages
+{ printf 'Suite: mlos\\nCodename: mlos\\nDate: Mon, 01 Dec 2025 00:00:00 UTC\\nArchitectures: amd64\\n'
+  printf 'Components: main\\nSHA256:\\n %s 0 main/binary-amd64/Packages\\n' $(sha256sum < $d/main/binary-amd64/Packages | cut -c1-64)
+} > $d/Release
+''']]
 """
 BINDING = """
 [[binding]]
@@ -868,3 +873,39 @@ def test_classic_links_signed_with_openpgp(built: tuple[Path, Path], keys: Path,
     link.write_text(json.dumps(block))
     code, report, _ = verify(rel, keys)
     assert code == 1 and "Step 'rootfs' requires at least '1' links" in failed(report)[5]
+
+
+def apt_update(repo: Path, keyring: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    """apt-get update of one repository, with apt's date checks on whatever the host says."""
+    for d in ("lists/partial", "cache"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    (work / "sources.list").write_text(f"deb [signed-by={keyring}] file:{repo} mlos main\n")
+    return subprocess.run(["apt-get", "-o", f"Dir::Etc::SourceList={work / 'sources.list'}", "-o",
+                           "Dir::Etc::SourceParts=/dev/null", "-o", f"Dir::State::Lists={work / 'lists'}", "-o",
+                           f"Dir::Cache={work / 'cache'}", "-o", "Acquire::Check-Valid-Until=true", "-o",
+                           "Acquire::Check-Date=true", "update"], capture_output=True, text=True)
+
+
+def test_apt_refuses_the_repository_once_the_release_expires(honest: Path, keys: Path, tmp_path: Path) -> None:
+    """The release's expiry reaches apt: InRelease carries it as Valid-Until, and apt itself
+    refuses the repository after it (the unsigned Release stays the attested stage output)."""
+    repo = honest / "artifacts/apt/repo"
+    keyring = honest / "artifacts/apt/mlos-archive-keyring.gpg"
+    expires = json.loads((honest / "release.json").read_text())["expires"]
+    in_release = (repo / "dists/mlos/InRelease").read_text()
+    when = datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ")
+    assert f"Valid-Until: {when:%a, %d %b %Y %H:%M:%S} UTC" in in_release
+    assert "Valid-Until" not in (repo / "dists/mlos/Release").read_text()
+    assert not (repo / "dists/mlos/Release.gpg").exists()
+    fresh = apt_update(repo, keyring, tmp_path / "fresh")
+    assert fresh.returncode == 0 and "expired" not in fresh.stdout + fresh.stderr, fresh.stdout + fresh.stderr
+    # The same repository signed as a release that expired in 2021.
+    old = tmp_path / "old"
+    shutil.copytree(repo, old)
+    from mlos_repro.sign.gpg import GpgSigner
+    from mlos_repro.sign.repository import with_valid_until
+
+    (old / "dists/mlos/InRelease").write_bytes(GpgSigner(keys / "gnupg").clearsign(
+        with_valid_until((old / "dists/mlos/Release").read_bytes(), datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC))))
+    stale = apt_update(old, keyring, tmp_path / "stale")
+    assert stale.returncode == 100 and "is expired" in stale.stderr, stale.stdout + stale.stderr
