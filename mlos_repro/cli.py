@@ -9,13 +9,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mlos_repro import __version__, ui
 from mlos_repro.errors import ExitCode, MlosReproError
-from mlos_repro.store import Store, default_root
+
+if TYPE_CHECKING:
+    from mlos_repro.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +66,8 @@ json_option = click.option("--json", "as_json", is_flag=True,
 
 
 def _store(store_dir: Path | None) -> Store:
+    from mlos_repro.store import Store, default_root
+
     return Store(store_dir or default_root())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 from mlos_repro.fsutil import open_regular
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-CHUNK = 4 << 20  # large reads: hashing runs at the speed of sha256sum
+CHUNK = 256 << 10  # measured fastest here: 4 MiB buffers cost page faults, smaller ones syscalls
+MAP_AT_LEAST = 16 << 20  # from here on, mapping the file beats reading it (fewer copies)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -25,12 +27,20 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path, *, follow: bool = True) -> str:
-    """hashlib releases the GIL and reads into one reused buffer: the speed of sha256sum.
+    """The sha256 of a regular file, at least at the speed of `openssl dgst -sha256`: a large file
+    is hashed from a read-only mapping in one call (hashlib releases the GIL; no copies), a
+    small one through one reused buffer.
 
     Only a regular file is read (NotRegularFile otherwise: a FIFO would block, a device never
     end); with follow=False, not through a symlink either."""
     h = hashlib.sha256()
     with os.fdopen(open_regular(path, follow=follow), "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= MAP_AT_LEAST:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+                h.update(mapped)
+            return h.hexdigest()
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         while n := f.readinto(buffer):

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mlos_repro.rebuild.variations import Plan
     from mlos_repro.rebuild.varied import VerifyResult
 
-err = Console(stderr=True, highlight=False)
+
+
+@functools.cache
+def _err() -> Console:
+    """The stderr console, made on first use: rich is imported only by commands that print
+    through it (a quick `verify-iso` should not pay for it)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 _STYLE = {"cached": "dim", "running": "yellow", "varied": "magenta", "done": "green"}
 
@@ -22,7 +35,7 @@ _STYLE = {"cached": "dim", "running": "yellow", "varied": "magenta", "done": "gr
 def progress(stage: str, state: str, seconds: float) -> None:
     style = _STYLE.get(state, "")
     timing = f" {seconds:6.1f}s" if state == "done" else ""
-    err.print(f"[{style}]{state:>8}[/{style}]  {stage}{timing}")
+    _err().print(f"[{style}]{state:>8}[/{style}]  {stage}{timing}")
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
@@ -36,18 +49,18 @@ def printable(text: str, *, newlines: bool = False) -> str:
 
 
 def error(message: str, hint: str | None) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(printable(message, newlines=True))}", soft_wrap=True)
+    _err().print(f"[bold red]error:[/bold red] {escape(printable(message, newlines=True))}", soft_wrap=True)
     if hint:
-        err.print(f"[cyan]hint:[/cyan] {escape(printable(hint, newlines=True))}", soft_wrap=True)
+        _err().print(f"[cyan]hint:[/cyan] {escape(printable(hint, newlines=True))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
     shown = escape(printable(message, newlines=True))
-    err.print(f"[bold yellow]warning:[/bold yellow] {shown}", soft_wrap=True)
+    _err().print(f"[bold yellow]warning:[/bold yellow] {shown}", soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err.print(escape(printable(message, newlines=True)), soft_wrap=True)
+    _err().print(escape(printable(message, newlines=True)), soft_wrap=True)
 
 
 def emit_json(value: Any) -> None:
@@ -57,16 +70,18 @@ def emit_json(value: Any) -> None:
 def variations(plan: Plan) -> None:
     from mlos_repro.rebuild.variations import describe
 
-    err.print(f"[bold]second build varies:[/bold] {escape(', '.join(plan.applied) or 'nothing')}")
+    _err().print(f"[bold]second build varies:[/bold] {escape(', '.join(plan.applied) or 'nothing')}")
     for name in plan.applied:
-        err.print(f"  [magenta]{name}[/magenta]: {escape(describe(name))}")
+        _err().print(f"  [magenta]{name}[/magenta]: {escape(describe(name))}")
     for name, reason in plan.skipped:
-        err.print(f"  [yellow]skipped {name}[/yellow]: {escape(reason)}")
+        _err().print(f"  [yellow]skipped {name}[/yellow]: {escape(reason)}")
     if plan.disabled:
-        err.print(f"  [dim]turned off: {escape(', '.join(plan.disabled))}[/dim]")
+        _err().print(f"  [dim]turned off: {escape(', '.join(plan.disabled))}[/dim]")
 
 
 def verdicts(result: VerifyResult) -> None:
+    from rich.table import Table
+
     table = Table(title="bit-for-bit verdicts")
     table.add_column("stage")
     table.add_column("output")
@@ -83,6 +98,6 @@ def verdicts(result: VerifyResult) -> None:
             detail = o.error.splitlines()[0]
         table.add_row(escape(o.stage), escape(o.output), f"[{colour[o.verdict]}]{o.verdict}[/]",
                       escape(detail))
-    err.print(table)
+    _err().print(table)
     ok = result.reproducible
-    err.print("[green]reproducible[/green]" if ok else "[red]NOT reproducible[/red]")
+    _err().print("[green]reproducible[/green]" if ok else "[red]NOT reproducible[/red]")
