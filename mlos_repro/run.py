@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -55,22 +56,64 @@ def host_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class StreamFailed(ValueError):
+    """A tool whose output was being read exited with an error: what it read was not what it
+    expected (a truncated or corrupt image). Carries the tail of its stderr."""
+
+
+DRAIN_LIMIT = 1 << 20  # what is read past the reader's end to tell "done" from "stopped early"
+
+
 @contextlib.contextmanager
 def stream(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None
            ) -> Iterator[IO[bytes]]:
-    """Run argv and read its stdout as a stream; the process is ended when the reader is done."""
+    """Run argv and read its stdout as a stream.
+
+    When the reader has read (nearly) everything, the tool's exit status is checked: a
+    failure raises StreamFailed with the last lines of its stderr, so a truncated stream is
+    never taken for a short one. A reader that stops early ends the tool."""
     args = [os.fspath(a) for a in argv]
     require(args[0])
     log.info("+ %s", shlex.join(args))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, env=dict(env) if env is not None else host_env())
-    assert proc.stdout is not None
-    try:
-        yield proc.stdout
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        proc.wait()
+    with tempfile.TemporaryFile(prefix="mlos-stderr-") as errors:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else host_env())
+        assert proc.stdout is not None
+        finished = False
+        try:
+            yield proc.stdout
+            finished = True
+        except Exception as e:
+            # The reader choked: if the tool failed on its own, that is the cause worth naming.
+            proc.stdout.close()
+            try:
+                code = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            if code > 0 and not isinstance(e, MissingToolError):
+                raise StreamFailed(_failure(args[0], code, errors)) from e
+            raise
+        finally:
+            at_end, drained = False, 0
+            while finished and drained <= DRAIN_LIMIT:  # e.g. a tar's end-of-archive padding
+                chunk = proc.stdout.read(1 << 16)
+                if not chunk:
+                    at_end = True
+                    break
+                drained += len(chunk)
+            proc.stdout.close()
+            if not at_end:
+                proc.kill()
+            code = proc.wait()
+        if at_end and code != 0:
+            raise StreamFailed(_failure(args[0], code, errors))
+
+
+def _failure(tool: str, code: int, errors: IO[bytes]) -> str:
+    errors.seek(0)
+    tail = errors.read()[-2000:].decode(errors="replace").strip().splitlines()[-3:]
+    return f"{tool} exit {code}" + (": " + " / ".join(tail) if tail else "")
 
 
 def run(

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from mlos_repro.inspect.members import printable as shown
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -38,14 +40,11 @@ def progress(stage: str, state: str, seconds: float) -> None:
     _err().print(f"[{style}]{state:>8}[/{style}]  {stage}{timing}")
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
-_CONTROL_BUT_NEWLINE = {c: v for c, v in _CONTROL.items() if c != 0x0A}
-
-
 def printable(text: str, *, newlines: bool = False) -> str:
-    """`text` with control characters shown as \\xNN: a name from a hostile file can neither clear
-    the screen nor start a line of its own (with newlines=True, line breaks are kept)."""
-    return text.translate(_CONTROL_BUT_NEWLINE if newlines else _CONTROL)
+    """`text` with control characters shown as \\xNN (with newlines=True, line breaks are kept)."""
+    if not newlines:
+        return shown(text)
+    return "\n".join(shown(line) for line in text.split("\n"))
 
 
 def error(message: str, hint: str | None) -> None:

@@ -14,6 +14,7 @@ class ArReader:
     kind = "ar"
 
     def _each(self, path: Path) -> Iterator[tuple[Member, IO[bytes]]]:
+        total = path.stat().st_size
         with path.open("rb") as f:
             if f.read(8) != b"!<arch>\n":
                 return
@@ -28,6 +29,9 @@ class ArReader:
                 mode = int(header[40:48].strip() or b"0", 8)
                 size = int(header[48:58].strip())
                 start = f.tell()
+                if header[58:60] != b"`\n" or not 0 <= size <= total - start:
+                    raise ValueError(f"ar member {name!r} at byte {start - 60}: size {size} or header end "
+                                     f"{header[58:60]!r} does not fit the {total}-byte archive")
                 yield Member(name, "file", stat.S_IMODE(mode), uid, gid, mtime, size), f
                 f.seek(start + size + (size % 2))
 
@@ -40,7 +44,7 @@ class ArReader:
     def extract(self, path: Path, names: set[str], dest: Path) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for index, (member, f) in enumerate(self._each(path)):
-            if member.name in names and member.name not in found:
+            if member.name in names:  # a name twice: the last, as `ar x` leaves it
                 target = dest / safe_name(index, member.name)
                 with target.open("wb") as out:
                     hash_stream(f, out, limit=member.size)

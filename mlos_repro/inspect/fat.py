@@ -46,6 +46,9 @@ class FatReader:
         return found
 
 
+MAX_DIR_DEPTH = 64
+
+
 @dataclass(frozen=True, slots=True)
 class _FatEntry:
     is_dir: bool
@@ -106,7 +109,13 @@ class _Fat:
     def read(self, entry: _FatEntry) -> bytes:
         return self._chain(entry.cluster)[:entry.size] if entry.cluster else b""
 
-    def walk(self, cluster: int | None = None, prefix: str = "") -> Iterator[tuple[str, _FatEntry]]:
+    def walk(self, cluster: int | None = None, prefix: str = "",
+             seen: frozenset[int] = frozenset()) -> Iterator[tuple[str, _FatEntry]]:
+        """Every entry, depth first; a directory that contains itself or an ancestor is refused."""
+        if cluster is not None and (cluster in seen or cluster == self.root_cluster):
+            raise ValueError(f"FAT directory {prefix.rstrip('/')!r} loops back to cluster {cluster}")
+        if len(seen) > MAX_DIR_DEPTH:
+            raise ValueError(f"FAT directories nested deeper than {MAX_DIR_DEPTH} at {prefix!r}")
         if cluster is None and not self.root_cluster:
             self.f.seek(self.root_start)
             raw = self.f.read(self.root_size)
@@ -116,7 +125,8 @@ class _Fat:
         for name, entry in entries:
             yield prefix + name, entry
             if entry.is_dir:
-                yield from self.walk(entry.cluster, f"{prefix}{name}/")
+                yield from self.walk(entry.cluster, f"{prefix}{name}/",
+                                     seen | ({cluster} if cluster is not None else set()))
 
     def _entries(self, raw: bytes) -> Iterator[tuple[str, _FatEntry]]:
         long_parts: list[str] = []

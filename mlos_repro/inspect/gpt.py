@@ -12,6 +12,7 @@ from mlos_repro.digest import sha256_bytes
 from mlos_repro.inspect.members import CHUNK, Member, hash_and_hint, meta_member, safe_name
 
 SECTOR = 512
+MAX_TABLE = 1 << 20  # 128 entries of 128 bytes are 16 KiB
 
 
 class GptReader:
@@ -20,11 +21,20 @@ class GptReader:
     kind = "gpt"
 
     def _table(self, path: Path) -> tuple[str, list[tuple[str, str, int, int]]]:
+        sectors = path.stat().st_size // SECTOR
         with path.open("rb") as f:
             f.seek(SECTOR)
             header = f.read(92)
+            if len(header) < 92:
+                raise ValueError("GPT header truncated")
+            first_usable, last_usable = struct.unpack_from("<QQ", header, 40)
             disk_guid = str(uuid.UUID(bytes_le=header[56:72]))
             entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+            if not (128 <= size <= 4096 and size % 8 == 0 and 0 < count * size <= MAX_TABLE):
+                raise ValueError(f"GPT header claims {count} entries of {size} bytes: not a partition table")
+            if not 2 <= entries_lba < first_usable <= last_usable < sectors:
+                raise ValueError(f"GPT header: entries at LBA {entries_lba}, usable LBAs {first_usable}-"
+                                 f"{last_usable}, but the disk has {sectors} sectors")
             f.seek(entries_lba * SECTOR)
             table = f.read(count * size)
         parts = []
@@ -33,6 +43,10 @@ class GptReader:
             if e[:16] == b"\0" * 16:
                 continue
             first, last = struct.unpack_from("<QQ", e, 32)
+            if not first_usable <= first <= last <= last_usable:
+                # Also a partition that holds the whole disk (and so itself, without end).
+                raise ValueError(f"GPT partition {i + 1}: LBAs {first}-{last} lie outside the usable "
+                                 f"{first_usable}-{last_usable}")
             label = e[56:128].decode("utf-16-le", errors="replace").rstrip("\0") or "part"
             parts.append((f"p{i + 1}-{label}", str(uuid.UUID(bytes_le=e[16:32])), first, last))
         return disk_guid, parts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -38,9 +37,11 @@ class IsoReader(PipedTar):
 
     def _boot_images(self, path: Path, into: Path) -> dict[str, Path]:
         """El Torito images as pseudo-members `[el-torito]/NAME`: they may lie outside the tree."""
-        if shutil.which("xorriso") is None:
-            return {}
         into.mkdir(parents=True, exist_ok=True)
-        run.run(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images", str(into)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        done = run.run(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images", str(into)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)  # no xorriso: exit 3
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-2:]
+            raise ValueError(f"xorriso cannot read the El Torito boot images (exit {done.returncode}): "
+                             + " / ".join(tail))
         return {BOOT_PREFIX + p.name: p for p in sorted(into.iterdir()) if p.is_file()}

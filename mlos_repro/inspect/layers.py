@@ -12,9 +12,6 @@ diffoscope needs a leaf, which is then extracted along its path only).
 
 from __future__ import annotations
 
-import contextlib
-import struct
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +20,19 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from mlos_repro.digest import sha256_file
-from mlos_repro.errors import MlosReproError
 from mlos_repro.inspect.detect import reader_for
-from mlos_repro.inspect.members import KeepsNested, Member, Reader, walk_members
+from mlos_repro.inspect.members import (
+    CONTENT_ERRORS,
+    KeepsNested,
+    Member,
+    Reader,
+    not_this_format,
+    walk_members,
+    why,
+)
 
 ARROW = " → "
-# What a broken or unexpected nested container may raise; it is then compared as a leaf.
-READ_ERRORS = (OSError, EOFError, ValueError, struct.error, tarfile.TarError, MlosReproError)
+MAX_DEPTH = 32  # containers nested deeper are compared as leaves, with that said
 
 
 class Side(Protocol):
@@ -56,7 +59,8 @@ class Side(Protocol):
 @dataclass
 class Difference:
     path: tuple[str, ...]
-    # content, mode, owner, mtime, type, target, id, order, added, removed, container
+    # content, mode, owner, mtime, type, target, id, order, added, removed, container,
+    # unreadable (a side that looks like a container but cannot be read as one: why)
     aspect: str
     first: str
     second: str
@@ -81,6 +85,7 @@ class FileSide:
         self._digest = digest
         self._reader: Reader | bool | None = False
         self._listing: list[Member] | None = None
+        self.error: str | None = None
 
     @property
     def digest(self) -> str:
@@ -93,6 +98,7 @@ class FileSide:
 
     def _read(self) -> Reader | None:
         if self._reader is False:
+            reader = None
             try:
                 reader = reader_for(self.path)
                 if isinstance(reader, KeepsNested):
@@ -100,7 +106,10 @@ class FileSide:
                 if reader is not None:
                     self._listing = list(reader.members(self.path))
                 self._reader = reader
-            except READ_ERRORS:
+            except CONTENT_ERRORS as e:
+                if not not_this_format(e):
+                    raise  # a missing tool, an I/O error: not the bytes' fault, said as such
+                self.error = f"not readable as {reader.kind if reader else 'a container'}: {why(e)}"
                 self._reader, self._listing = None, None
         return self._reader if not isinstance(self._reader, bool) else None
 
@@ -119,8 +128,12 @@ class FileSide:
         digests = {m.name: m.sha256 for m in self.listing()}
         found = {n: p for n, p in getattr(reader, "kept", {}).items() if n in names}
         if names - set(found):
-            with contextlib.suppress(*READ_ERRORS):
+            try:
                 found.update(reader.extract(self.path, names - set(found), _scratch(self.work)))
+            except CONTENT_ERRORS as e:
+                if not not_this_format(e):
+                    raise
+                self.error = f"members cannot be extracted: {why(e)}"
         return {n: FileSide(p, self.work, digests.get(n) or None) for n, p in found.items()}
 
     def file(self) -> Path | None:
@@ -240,10 +253,16 @@ def compare(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
     da, db = a.known_digest(), b.known_digest()
     if da is not None and da == db:
         return []
+    if len(path) > MAX_DEPTH:
+        return [Difference(path, "unreadable", f"containers nested deeper than {MAX_DEPTH} levels",
+                           "compared as bytes"), _leaf(a, b, path, both_unknown=False)]
     ka, kb = _both(a.kind, b.kind)
+    errors = [getattr(a, "error", None), getattr(b, "error", None)]
+    unreadable = [Difference(path, "unreadable", errors[0] or "read", errors[1] or "read")
+                  ] if any(errors) else []
     if ka is None or kb is None or ka != kb:
         da, db = _both(lambda: a.digest, lambda: b.digest)
-        return [] if da == db else [_leaf(a, b, path, both_unknown=ka is None and kb is None)]
+        return [] if da == db else [*unreadable, _leaf(a, b, path, both_unknown=ka is None and kb is None)]
     out = _members(a, b, path)
     if not out:
         # Same members, same metadata: identical, or different only in the container's own bytes.
@@ -270,7 +289,7 @@ def _leaf(a: Side, b: Side, path: tuple[str, ...], both_unknown: bool) -> Differ
 
 def _members(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
     first, second = a.listing(), b.listing()
-    out: list[Difference] = []
+    out: list[Difference] = [*_duplicates(path, "first", first), *_duplicates(path, "second", second)]
     a_by, b_by = _index(first), _index(second)
     for name in sorted(set(a_by) - set(b_by)):
         out.append(Difference((*path, name), "removed", _summary(a_by[name]), "(absent)"))
@@ -298,10 +317,21 @@ def _members(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
 
 
 def _index(members: list[Member]) -> dict[str, Member]:
-    seen: dict[str, Member] = {}
+    """Members by name; a name listed twice is the last (what `tar -x` leaves on disk)."""
+    return {m.name.rstrip("/") or m.name: m for m in members}
+
+
+def _duplicates(path: tuple[str, ...], side: str, members: list[Member]) -> Iterator[Difference]:
+    count: dict[str, list[Member]] = {}
     for m in members:
-        seen.setdefault(m.name.rstrip("/") or m.name, m)
-    return seen
+        count.setdefault(m.name.rstrip("/") or m.name, []).append(m)
+    for name, same in sorted(count.items()):
+        if len(same) > 1:
+            yield Difference((*path, name), "duplicate",
+                             f"{side} holds {len(same)} members of this name ("
+                             + ", ".join(f"{m.type} sha256:{m.sha256[:12]}" if m.sha256 else m.type
+                                         for m in same)
+                             + "); the last is compared, as extracting would leave it", "")
 
 
 def _metadata(path: tuple[str, ...], a: Member, b: Member) -> Iterator[Difference]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlos_repro.inspect.detect import reader_for
-from mlos_repro.inspect.layers import READ_ERRORS, dir_members
-from mlos_repro.inspect.members import KeepsNested, Member
+from mlos_repro.inspect.layers import MAX_DEPTH, dir_members
+from mlos_repro.inspect.members import CONTENT_ERRORS, KeepsNested, Member, not_this_format, why
 
 MANIFEST_VERSION = 1
 
@@ -80,6 +80,9 @@ def _node(path: Path, work: Path, depth: int, listings: Listings) -> dict[str, A
         members = list(dir_members(path))
         nested = {m.name: path / m.name for m in members if m.nested}
         return _entries("directory", members, nested, work, depth, False, listings)
+    if depth > MAX_DEPTH:
+        return {"kind": None, "error": f"containers nested deeper than {MAX_DEPTH} levels"}
+    reader = None
     try:
         reader = reader_for(path)
         if reader is None:
@@ -93,8 +96,11 @@ def _node(path: Path, work: Path, depth: int, listings: Listings) -> dict[str, A
         nested = {n: p for n, p in getattr(reader, "kept", {}).items() if n in wanted}
         if wanted - set(nested):
             nested.update(reader.extract(path, wanted - set(nested), scratch))
-    except READ_ERRORS:
-        return {"kind": None}
+    except CONTENT_ERRORS as e:
+        if not not_this_format(e):
+            raise  # a missing tool, an I/O error: never recorded (nor cached) as "not a container"
+        kind = reader.kind if reader else "a container"
+        return {"kind": None, "error": f"not readable as {kind}: {why(e)}"}
     try:
         return _entries(reader.kind, members, nested, work, depth, True, listings)
     finally:

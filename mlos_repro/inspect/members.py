@@ -9,6 +9,9 @@ import hashlib
 import lzma
 import os
 import stat
+import struct
+import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,12 +20,68 @@ from typing import IO, Protocol, cast, runtime_checkable
 
 from mlos_repro import run
 from mlos_repro.digest import sha256_bytes
+from mlos_repro.errors import MlosReproError
 
 run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
                   "xorriso": "xorriso", "fuse2fs": "fuse2fs", "qemu-img": "qemu-utils"})
 
 
 CHUNK = 1 << 20
+
+# What bytes that are not what their magic promised make a reader raise. Such a container is
+# then a leaf, with the reason recorded: a function of the bytes and the readers' code, so it
+# may be cached. Everything else (a missing tool, an I/O error, a full disk: an OSError with
+# an errno) says the bytes cannot be read *here*; it is raised, and nothing is cached.
+CONTENT_ERRORS = (EOFError, ValueError, struct.error, tarfile.TarError, lzma.LZMAError, zlib.error, OSError)
+
+
+def not_this_format(e: BaseException) -> bool:
+    """Whether `e` (one of CONTENT_ERRORS) is about the bytes, not about this machine."""
+    if isinstance(e, MlosReproError):
+        return False
+    if isinstance(e, OSError) and e.errno is not None:
+        return False
+    return isinstance(e, CONTENT_ERRORS)
+
+
+# A container's content may expand its bytes at most this much (and always to 1 GiB): beyond
+# it, a decompression bomb or a sparse member claiming a terabyte is refused, not hashed.
+EXPANSION_FLOOR = 1 << 30
+EXPANSION_RATIO = 200
+
+
+def expansion_limit(packed: int) -> int:
+    return max(EXPANSION_FLOOR, EXPANSION_RATIO * packed)
+
+
+class Bounded:
+    """A stream that refuses to yield more than `limit` bytes (ValueError naming `what`)."""
+
+    def __init__(self, f: IO[bytes], limit: int, what: str) -> None:
+        self.f, self.limit, self.what, self.done = f, limit, what, 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        want = self.limit + 1 - self.done if n is None or n < 0 else min(n, self.limit + 1 - self.done)
+        data = self.f.read(max(want, 0))
+        self.done += len(data)
+        if self.done > self.limit:
+            raise ValueError(f"{self.what} expands beyond {self.limit >> 20} MiB "
+                             f"({EXPANSION_RATIO}x its size, at least {EXPANSION_FLOOR >> 30} GiB): "
+                             "a decompression bomb?")
+        return data
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as \\xNN: a member name from a hostile image can
+    neither clear the screen nor begin a line of its own."""
+    return text.translate(_CONTROL)
+
+
+def why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 COMPRESSIONS: dict[str, bytes] = {
@@ -155,21 +214,23 @@ def compression_of(head: bytes) -> str | None:
 
 @contextmanager
 def decompressed(path: Path) -> Iterator[IO[bytes]]:
-    """A stream of path's content with any single compression layer removed."""
+    """A stream of path's content with any single compression layer removed, bounded by
+    expansion_limit (a decompression bomb raises ValueError instead of filling the disk)."""
     with path.open("rb") as raw:
         comp = compression_of(raw.read(8))
+    limit = expansion_limit(path.stat().st_size)
     if comp == "gzip":
         with gzip.open(path, "rb") as g:
-            yield cast(IO[bytes], g)
+            yield cast(IO[bytes], Bounded(cast(IO[bytes], g), limit, f"{path.name} (gzip)"))
     elif comp == "xz":
         with lzma.open(path, "rb") as x:
-            yield cast(IO[bytes], x)
+            yield cast(IO[bytes], Bounded(cast(IO[bytes], x), limit, f"{path.name} (xz)"))
     elif comp == "bzip2":
         with bz2.open(path, "rb") as b:
-            yield cast(IO[bytes], b)
+            yield cast(IO[bytes], Bounded(cast(IO[bytes], b), limit, f"{path.name} (bzip2)"))
     elif comp == "zstd":
         with run.stream(["zstd", "-dc", "--", str(path)]) as z:
-            yield z
+            yield cast(IO[bytes], Bounded(z, limit, f"{path.name} (zstd)"))
     else:
         with path.open("rb") as f:
             yield f

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from mlos_repro import run
-from mlos_repro.inspect.members import Member, hash_and_hint
+from mlos_repro.inspect.members import Member, expansion_limit, hash_and_hint
 
 
 class QcowReader:
@@ -23,9 +24,30 @@ class QcowReader:
         self.kept: dict[str, Path] = {}
 
     def _raw(self, path: Path, dest: Path) -> Path:
+        """The disk inside, after `qemu-img info` shows it holds nothing but its own bytes: a
+        backing file or an external data file would make qemu-img read a file of this host."""
+        info = run.run(["qemu-img", "info", "--output=json", "-f", "qcow2", "--", str(path)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=60)
+        if info.returncode != 0:
+            raise ValueError(f"qemu-img info: {info.stderr.decode(errors='replace').strip()[:200]}")
+        try:
+            meta = json.loads(info.stdout)
+            virtual = int(meta["virtual-size"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"qemu-img info gave no virtual size ({e})") from None
+        data = (meta.get("format-specific") or {}).get("data") or {}
+        outside = meta.get("backing-filename") or meta.get("full-backing-filename") or data.get("data-file")
+        if outside:
+            raise ValueError(f"qcow2 image refers to a file outside it ({str(outside)[:100]!r}): refused")
+        if virtual > expansion_limit(path.stat().st_size):
+            raise ValueError(f"qcow2 image of {path.stat().st_size} bytes claims a {virtual}-byte disk: "
+                             "refused")
         target = dest / self.RAW
-        run.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(target)],
-                stdout=subprocess.DEVNULL)
+        done = run.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "--", str(path), str(target)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if done.returncode != 0:
+            target.unlink(missing_ok=True)
+            raise ValueError(f"qemu-img convert: {done.stderr.decode(errors='replace').strip()[:200]}")
         return target
 
     def members(self, path: Path) -> Iterator[Member]:

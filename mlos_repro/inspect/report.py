@@ -12,6 +12,7 @@ from pathlib import Path
 from mlos_repro import run
 from mlos_repro.fsutil import atomic_write
 from mlos_repro.inspect.layers import Difference
+from mlos_repro.inspect.members import printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ def summary(label: str, diffs: list[Difference]) -> str:
     lines = [f"{label}: {len(diffs)} difference(s) found by the layered comparison"]
     for d in diffs:
         change = f"{d.first} -> {d.second}" if d.second else d.first
-        lines.append(f"  {d.where}: {d.aspect}: {change}")
+        lines.append(printable(f"  {d.where}: {d.aspect}: {change}"))
         if d.opaque:
             lines.append("    (not a format the layered comparison understands: "
                          "diffoscope compares the whole file)")

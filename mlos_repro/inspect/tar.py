@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from mlos_repro import run
-from mlos_repro.inspect.members import CHUNK, Member, decompressed, hash_and_hint, safe_name
+from mlos_repro.inspect.members import CHUNK, Member, decompressed, expansion_limit, hash_and_hint, safe_name
 
 _TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
               tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
@@ -35,9 +35,13 @@ class TarReader:
                 yield info, tar
 
     def members(self, path: Path) -> Iterator[Member]:
+        limit = expansion_limit(path.stat().st_size)
         for index, (info, tar) in enumerate(self._each(path)):
             digest, nested = "", False
             name = _tar_name(info.name)
+            if info.isfile() and info.size > limit:
+                raise ValueError(f"tar member {name!r} claims {info.size} bytes, more than {limit >> 20} MiB "
+                                 f"from a {path.stat().st_size}-byte archive (a sparse or forged size)")
             if info.isfile():
                 fobj = tar.extractfile(info)
                 assert fobj is not None
@@ -56,7 +60,7 @@ class TarReader:
         found: dict[str, Path] = {}
         for index, (info, tar) in enumerate(self._each(path)):
             name = _tar_name(info.name)
-            if name in names and info.isfile() and name not in found:
+            if name in names and info.isfile():  # a name twice: the last, as `tar -x` leaves it
                 fobj = tar.extractfile(info)
                 assert fobj is not None
                 target = dest / safe_name(index, name)

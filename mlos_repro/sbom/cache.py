@@ -55,10 +55,15 @@ class Sboms:
             if digest is not None and entry.kinds.get(KERNEL_METADATA) != OutputKind.TREE:
                 try:
                     doc = json.loads(self.store.blob_path(digest.removeprefix("sha256:")).read_bytes())
-                except ValueError:
-                    continue
-                if isinstance(doc, dict):
-                    docs.append(doc)
+                except (ValueError, RecursionError) as e:
+                    raise StageFailedError(f"{KERNEL_METADATA} ({digest}) of the stage with cache key "
+                                           f"{entry.key[:16]}… is not JSON ({str(e)[:80]}): the SBOMs "
+                                           "downstream cannot name the kernel's patches",
+                                           "fix the kernel stage's recipe and build again") from None
+                if not isinstance(doc, dict):
+                    raise StageFailedError(f"{KERNEL_METADATA} ({digest}) of the stage with cache key "
+                                           f"{entry.key[:16]}… is not a JSON object")
+                docs.append(doc)
         return docs
 
     def for_stage(self, stage: str, source: str, entry: StageEntry, kernels: list[dict[str, Any]],

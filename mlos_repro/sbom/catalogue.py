@@ -34,8 +34,10 @@ from debian.deb822 import Deb822
 from debian.debfile import DebFile
 
 from mlos_repro.digest import sha256_bytes
+from mlos_repro.errors import StageFailedError
 from mlos_repro.inspect.detect import reader_for
-from mlos_repro.inspect.layers import ARROW, READ_ERRORS
+from mlos_repro.inspect.layers import ARROW
+from mlos_repro.inspect.members import CONTENT_ERRORS, not_this_format
 
 DPKG_STATUS = "var/lib/dpkg/status"
 DPKG_DB = "var/lib/dpkg/"
@@ -149,10 +151,13 @@ class _Extractor:
                 candidate = parent / chain[-1]
                 found = candidate if candidate.is_file() else None
             elif parent is not None:
-                with contextlib.suppress(*READ_ERRORS):
+                try:
                     reader = reader_for(parent)
                     if reader is not None:
                         found = reader.extract(parent, {chain[-1]}, self._scratch()).get(chain[-1])
+                except CONTENT_ERRORS as e:
+                    if not not_this_format(e):
+                        raise
             self._files[chain] = found
         return self._files[chain]
 
@@ -279,6 +284,12 @@ class _Walker:
                             owned.add(tree.resolve(_norm(line), final=False))
                     break
             part.packages.append(package)
+        if not part.packages:
+            # A root filesystem whose packages cannot be read: an SBOM listing none would pass
+            # every check and say nothing true.
+            raise StageFailedError(f"{join(*chain) or 'the output'}: {DPKG_STATUS} lists no installed "
+                                   "package (empty, unreadable or truncated)",
+                                   "a root filesystem's package database must survive into the image")
         for m in members:
             path = _norm(m["name"])
             if m["type"] in ("file", "symlink", "hardlink") and path not in owned \

@@ -68,7 +68,9 @@ class GpgSigner:
             listing = self._gpg("--with-colons", "--list-secret-keys", *([key] if key else []),
                                 what="list secret keys").decode()
         except SigningError:
-            listing = ""
+            if key is None:
+                raise  # gpg cannot list this home at all: say why, not "no key"
+            listing = ""  # the named key is not there: said below
         usable: list[tuple[str, str]] = []
         current: list[str] | None = None
         for line in listing.splitlines():
