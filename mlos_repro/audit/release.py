@@ -49,7 +49,7 @@ from typing import Any
 from in_toto import exceptions, verifylib
 from in_toto.models.metadata import Envelope
 from securesystemslib.dsse import Envelope as DsseEnvelope
-from securesystemslib.exceptions import VerificationError
+from securesystemslib.exceptions import FormatError, VerificationError
 from securesystemslib.signer import Key, SSlibKey
 
 from mlos_repro import run
@@ -152,6 +152,10 @@ def _dsse(path: Path, keys: dict[str, dict[str, Any]], payload_type: str) -> dic
 
 class _Skip(Exception):
     pass
+
+
+# What in-toto and securesystemslib raise on signed metadata of the wrong shape.
+UNTRUSTED_SHAPE = (FormatError, KeyError, TypeError, ValueError, AttributeError)
 
 
 class ReleaseVerifier:
@@ -299,8 +303,12 @@ class ReleaseVerifier:
         for step in layout.steps:
             if not steps.get(step.name):
                 raise Failed(f"step {step.name!r}: no link in {links_dir} ({step.name}.KEYID.link)")
-        signed = verifylib.verify_link_signature_thresholds(layout, steps)
-        chain = verifylib.verify_sublayouts(layout, signed, str(links_dir), 10)  # envelopes -> links
+        try:
+            signed = verifylib.verify_link_signature_thresholds(layout, steps)
+            chain = verifylib.verify_sublayouts(layout, signed, str(links_dir), 10)  # envelopes -> links
+        except UNTRUSTED_SHAPE as e:  # a signed link whose fields are not a link's
+            raise Malformed(f"{links_dir}: a link cannot be read ({type(e).__name__}: "
+                            f"{str(e)[:160]})") from None
         verifylib.verify_threshold_constraints(layout, chain)
         self.links = chain
         thresholds = ", ".join(sorted({str(s.threshold) for s in layout.steps}))
@@ -310,7 +318,11 @@ class ReleaseVerifier:
         layout = self._need(self.layout, "layout signature")
         if not self.links:
             raise Failed("not checked: the links failed")
-        verifylib.verify_all_item_rules(layout.steps, verifylib.reduce_chain_links(self.links))
+        try:
+            verifylib.verify_all_item_rules(layout.steps, verifylib.reduce_chain_links(self.links))
+        except UNTRUSTED_SHAPE as e:
+            raise Malformed(f"the links' artifacts cannot be matched ({type(e).__name__}: "
+                            f"{str(e)[:160]})") from None
         c.note = "every MATCH, ALLOW, CREATE and DISALLOW rule holds"
 
     # -- signatures and sums ------------------------------------------------------------

@@ -491,6 +491,36 @@ def symlink_zero(path: Path) -> None:
     path.symlink_to("/dev/zero")
 
 
+def sign_raw(rel: Path, keys: Path, name: str, data: bytes) -> None:
+    """Bytes signed by the release key as `name` (e.g. a release.json that is no JSON)."""
+    from mlos_repro.sign.gpg import GpgSigner
+
+    (rel / name).write_bytes(data)
+    (rel / f"{name}.gpg").write_bytes(GpgSigner(keys / "gnupg").detach(data))
+
+
+def owner_signed_bindings(rel: Path, keys: Path, payload: object) -> None:
+    from securesystemslib.dsse import Envelope as Dsse
+
+    envelope = Dsse(payload=json.dumps(payload).encode(), payload_type="application/vnd.mlos-repro.bindings+json",
+                    signatures={})
+    envelope.sign(CryptoSigner(load_pem_private_key((keys / "attestation/owner.key").read_bytes(), None)))
+    (rel / "layout/bindings.json").write_text(json.dumps(envelope.to_dict()))
+
+
+def link_of_wrong_types(rel: Path, keys: Path, tmp: Path) -> None:
+    (link,) = (rel / "attestations/links").glob("debs.*.link")
+    envelope = json.loads(link.read_text())
+    data = json.loads(base64.b64decode(envelope["payload"]))
+    data["products"] = ["not", "a", "dict"]
+    from securesystemslib.dsse import Envelope as Dsse
+
+    fresh = Dsse(payload=json.dumps(data).encode(), payload_type="application/vnd.in-toto+json", signatures={})
+    fresh.sign(CryptoSigner(load_pem_private_key((keys / "attestation/builder.key").read_bytes(), None)))
+    link.write_text(json.dumps(fresh.to_dict()))
+
+
+BOMB = b"[" * 100_000 + b"]" * 100_000
 A = "0" * 64
 Edit = Callable[[Path, Path, Path], object]
 TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
@@ -572,6 +602,16 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     "SHA256SUMS with a trailing space (signed)": (
         lambda r, k, t: signed_by_release_key(r, k, sums_with(r, f"{A}  debs/debs/x.deb ")), 8,
         "begins or ends with whitespace", 2),
+    "SBOM a JSON bomb (100,000 nested arrays)": (lambda r, k, t: (r / "sbom/debs/debs.cdx.json").write_bytes(BOMB),
+                                                 10, "debs.cdx.json: not valid JSON", 2),
+    "release.json a JSON bomb, signed": (lambda r, k, t: sign_raw(r, k, "release.json", BOMB), 1,
+                                         "release.json: not valid JSON", 2),
+    "release.json not UTF-8, signed": (lambda r, k, t: sign_raw(r, k, "release.json", b"\xff\xfe{\x00"), 1,
+                                       "release.json: not valid JSON", 2),
+    "bindings of the wrong types, owner-signed": (
+        lambda r, k, t: owner_signed_bindings(r, k, {"bindings": [1, "two"], "expires": "2099-01-01T00:00:00Z"}),
+        12, "bindings.json: no bindings list", 2),
+    "a link of the wrong field types, builder-signed": (link_of_wrong_types, 5, "a link cannot be read", 2),
     "malformed bindings": (lambda r, k, t: (r / "layout/bindings.json").write_text("{}"), 12,
                            "bindings.json: not a DSSE envelope", 2),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,

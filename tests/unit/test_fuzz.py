@@ -1,0 +1,127 @@
+"""Fuzzing with hypothesis, for a bounded number of examples: the metadata parsers a verifier
+runs on untrusted bytes, and the pure-Python archive readers. Whatever the bytes, the answer is
+a value or the parser's own named error, never another exception (which the command line
+would turn into exit 70), and never a hang (hypothesis' deadline)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlos_repro.attest.release_meta import MetaError, ReleaseInfo, parse_sums
+from mlos_repro.audit.trust import Malformed, parse_json
+from mlos_repro.inspect.ar import ArReader
+from mlos_repro.inspect.compressed import CompressedReader
+from mlos_repro.inspect.cpio import CpioReader
+from mlos_repro.inspect.detect import reader_for
+from mlos_repro.inspect.fat import FatReader
+from mlos_repro.inspect.gpt import GptReader
+from mlos_repro.inspect.members import CONTENT_ERRORS, Reader, not_this_format
+from mlos_repro.inspect.tar import TarReader
+from mlos_repro.sbom.facts import described, kernel_and_packages
+
+FUZZ = settings(max_examples=150, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=30)
+
+SUM = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# Lines that are nearly valid SHA256SUMS lines, so the fuzzer reaches the name rules.
+sums_lines = st.lists(st.one_of(
+    st.builds(lambda n: f"{SUM}  {n}\n", st.text(max_size=30)),
+    st.text(max_size=80).map(lambda t: t + "\n")), max_size=8).map(lambda ls: "".join(ls).encode())
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=600), sums_lines))
+def test_sha256sums_parser(data: bytes) -> None:
+    try:
+        sums = parse_sums(data, "SHA256SUMS")
+    except MetaError:
+        return
+    for name in sums:
+        assert not name.startswith("/") and ".." not in name.split("/") and name == name.strip()
+
+
+release_like = st.fixed_dictionaries(
+    {"format": st.sampled_from([2, 1, "2"]), "name": st.text(max_size=8), "version": json_values,
+     "profile": st.text(max_size=8), "build_date": st.sampled_from(["2025-12-01T00:00:00Z", "yesterday", 5]),
+     "released": st.sampled_from(["2026-01-01T00:00:00Z", None]), "expires": st.text(max_size=21),
+     "release_key": st.sampled_from(["A" * 40, "a" * 40, "x"]), "stages": json_values,
+     "signed_after_build": json_values, "files": json_values})
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=400), json_values.map(lambda v: json.dumps(v).encode()),
+                 release_like.map(lambda v: json.dumps(v).encode())))
+def test_release_info_parser(data: bytes) -> None:
+    try:
+        info = ReleaseInfo.parse(data, "release.json")
+    except MetaError:
+        return
+    assert isinstance(info.files, dict) and all(isinstance(v, str) for v in info.files.values())
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), st.integers(1, 100_000).map(lambda n: b"[" * n + b"]" * n)))
+def test_json_reader_refuses_bombs_by_name(data: bytes) -> None:
+    with contextlib.suppress(Malformed):
+        parse_json(data, "x.json")
+
+
+@FUZZ
+@given(json_values)
+def test_sbom_facts_on_any_json(value: Any) -> None:
+    described(value)
+    kernel, packages = kernel_and_packages(value)
+    assert packages >= 0 and (kernel is None or isinstance(kernel, str))
+
+
+MAGICS: dict[str, tuple[bytes, Reader]] = {
+    "ar": (b"!<arch>\n", ArReader()),
+    "cpio": (b"070701", CpioReader()),
+    "gzip": (b"\x1f\x8b\x08\x00", CompressedReader()),
+    "tar": (b"", TarReader()),
+    "gpt": (b"", GptReader()),
+    "fat": (b"", FatReader()),
+}
+
+
+def _read(data: bytes, reader: Reader | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlos-fuzz-") as tmp:
+        path = Path(tmp) / "input"
+        path.write_bytes(data)
+        try:
+            chosen = reader or reader_for(path)
+            if chosen is not None:
+                names = {m.name for m in chosen.members(path)}
+                chosen.extract(path, set(list(names)[:3]), Path(tmp))
+        except CONTENT_ERRORS as e:
+            assert not_this_format(e), f"{type(e).__name__}: {e}"
+
+
+@FUZZ
+@given(st.sampled_from(sorted(MAGICS)), st.binary(max_size=4096))
+def test_readers_on_hostile_bytes(kind: str, body: bytes) -> None:
+    magic, reader = MAGICS[kind]
+    data = magic + body
+    if kind == "gpt":  # past detection: a protective MBR and a GPT header, then anything
+        data = bytes(510) + b"\x55\xaa" + b"EFI PART" + body
+    if kind == "fat":
+        data = body[:3].ljust(3, b"\xeb") + b"MSDOS5.0" + body[3:509].ljust(499, b"\0") + b"\x55\xaa" + body[509:]
+    _read(data, reader)
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_detection_on_hostile_bytes(data: bytes) -> None:
+    _read(data, None)
