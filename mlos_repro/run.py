@@ -92,7 +92,7 @@ def stream(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | N
                 proc.kill()
                 code = proc.wait()
             if code > 0 and not isinstance(e, MissingToolError):
-                raise StreamFailed(_failure(args[0], code, errors)) from e
+                raise StreamFailed(_failure(_tool(args), code, errors)) from e
             raise
         finally:
             at_end, drained = False, 0
@@ -107,7 +107,12 @@ def stream(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | N
                 proc.kill()
             code = proc.wait()
         if at_end and code != 0:
-            raise StreamFailed(_failure(args[0], code, errors))
+            raise StreamFailed(_failure(_tool(args), code, errors))
+
+
+def _tool(args: list[str]) -> str:
+    """The tool's name, past a `prlimit ... --` wrapper."""
+    return args[args.index("--") + 1] if args[0] == "prlimit" and "--" in args else args[0]
 
 
 def _failure(tool: str, code: int, errors: IO[bytes]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +15,21 @@ from mlos_repro import run
 from mlos_repro.errors import MissingToolError
 from mlos_repro.inspect.members import Member, meta_member, safe_name, walk_members
 
+MOUNT_PREFIX = "mlos-ext4-"
+
+
+def sweep_mounts() -> None:
+    """Unmount and remove the mount points of readers that died (kill -9) before cleaning up:
+    their names carry the reader's pid."""
+    for mnt in Path(tempfile.gettempdir()).glob(f"{MOUNT_PREFIX}*-*"):
+        pid = mnt.name.removeprefix(MOUNT_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        run.run(["fusermount3", "-u", "-z", str(mnt)], check=False, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
 
 class Ext4Reader:
     """ext4 through fuse2fs, read-only, no root needed; UUID and hash seed are meta members."""
@@ -23,7 +39,8 @@ class Ext4Reader:
     @contextlib.contextmanager
     def _mounted(self, path: Path) -> Iterator[Path]:
         run.require("fuse2fs")
-        mnt = Path(tempfile.mkdtemp(prefix="mlos-ext4-"))
+        sweep_mounts()
+        mnt = Path(tempfile.mkdtemp(prefix=f"{MOUNT_PREFIX}{os.getpid()}-"))
         proc = run.run(["fuse2fs", str(path), str(mnt), "-o", "ro,fakeroot"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlos_repro import run
 from mlos_repro.digest import sha256_file
-from mlos_repro.inspect.members import Member, file_hint
+from mlos_repro.inspect.members import Member, file_hint, limited
 from mlos_repro.inspect.tar import PipedTar
 
 BOOT_PREFIX = "[el-torito]/"
@@ -38,7 +38,8 @@ class IsoReader(PipedTar):
     def _boot_images(self, path: Path, into: Path) -> dict[str, Path]:
         """El Torito images as pseudo-members `[el-torito]/NAME`: they may lie outside the tree."""
         into.mkdir(parents=True, exist_ok=True)
-        done = run.run(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images", str(into)],
+        done = run.run(limited(["xorriso", "-osirrox", "on", "-indev", str(path), "-extract_boot_images",
+                                str(into)]),
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)  # no xorriso: exit 3
         if done.returncode != 0:
             tail = done.stderr.decode(errors="replace").strip().splitlines()[-2:]

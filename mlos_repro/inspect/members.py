@@ -22,8 +22,8 @@ from mlos_repro import run
 from mlos_repro.digest import sha256_bytes
 from mlos_repro.errors import MlosReproError
 
-run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools",
-                  "xorriso": "xorriso", "fuse2fs": "fuse2fs", "qemu-img": "qemu-utils"})
+run.TOOLS.update({"sqfs2tar": "squashfs-tools-ng", "bsdtar": "libarchive-tools", "xorriso": "xorriso",
+                  "fuse2fs": "fuse2fs", "qemu-img": "qemu-utils", "prlimit": "util-linux"})
 
 
 CHUNK = 1 << 20
@@ -78,6 +78,18 @@ def printable(text: str) -> str:
     """`text` with control characters shown as \\xNN: a member name from a hostile image can
     neither clear the screen nor begin a line of its own."""
     return text.translate(_CONTROL)
+
+
+# Every external tool that reads untrusted bytes runs under these limits (prlimit, util-linux):
+# a hostile image can make it neither eat the machine's memory nor spin for ever.
+TOOL_MEMORY = 4 << 30  # address space, bytes
+TOOL_CPU_SECONDS = 900
+
+
+def limited(argv: list[str]) -> list[str]:
+    """argv run under prlimit's memory and CPU-time limits (the tool itself must exist: exit 3)."""
+    run.require(argv[0])
+    return ["prlimit", f"--as={TOOL_MEMORY}", f"--cpu={TOOL_CPU_SECONDS}", "--", *argv]
 
 
 def why(e: BaseException) -> str:
@@ -229,7 +241,7 @@ def decompressed(path: Path) -> Iterator[IO[bytes]]:
         with bz2.open(path, "rb") as b:
             yield cast(IO[bytes], Bounded(cast(IO[bytes], b), limit, f"{path.name} (bzip2)"))
     elif comp == "zstd":
-        with run.stream(["zstd", "-dc", "--", str(path)]) as z:
+        with run.stream(limited(["zstd", "-dc", "--", str(path)])) as z:
             yield cast(IO[bytes], Bounded(z, limit, f"{path.name} (zstd)"))
     else:
         with path.open("rb") as f:

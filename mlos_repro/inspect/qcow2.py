@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlos_repro import run
-from mlos_repro.inspect.members import Member, expansion_limit, hash_and_hint
+from mlos_repro.inspect.members import Member, expansion_limit, hash_and_hint, limited
 
 
 class QcowReader:
@@ -26,7 +26,7 @@ class QcowReader:
     def _raw(self, path: Path, dest: Path) -> Path:
         """The disk inside, after `qemu-img info` shows it holds nothing but its own bytes: a
         backing file or an external data file would make qemu-img read a file of this host."""
-        info = run.run(["qemu-img", "info", "--output=json", "-f", "qcow2", "--", str(path)],
+        info = run.run(limited(["qemu-img", "info", "--output=json", "-f", "qcow2", "--", str(path)]),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=60)
         if info.returncode != 0:
             raise ValueError(f"qemu-img info: {info.stderr.decode(errors='replace').strip()[:200]}")
@@ -43,7 +43,8 @@ class QcowReader:
             raise ValueError(f"qcow2 image of {path.stat().st_size} bytes claims a {virtual}-byte disk: "
                              "refused")
         target = dest / self.RAW
-        done = run.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "--", str(path), str(target)],
+        done = run.run(limited(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "--", str(path),
+                                str(target)]),
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if done.returncode != 0:
             target.unlink(missing_ok=True)

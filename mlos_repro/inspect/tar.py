@@ -6,10 +6,19 @@ import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from mlos_repro import run
-from mlos_repro.inspect.members import CHUNK, Member, decompressed, expansion_limit, hash_and_hint, safe_name
+from mlos_repro.inspect.members import (
+    CHUNK,
+    Bounded,
+    Member,
+    decompressed,
+    expansion_limit,
+    hash_and_hint,
+    limited,
+    safe_name,
+)
 
 _TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
               tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
@@ -76,7 +85,10 @@ class PipedTar(TarReader):
     argv: tuple[str, ...] = ()
 
     def _each(self, path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-        argv = [a.replace("{}", str(path)) for a in self.argv]
-        with run.stream(argv) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for info in tar:
-                yield info, tar
+        argv = limited([a.replace("{}", str(path)) for a in self.argv])
+        with run.stream(argv) as raw:
+            bounded = cast(IO[bytes], Bounded(raw, expansion_limit(path.stat().st_size),
+                                              f"{path.name} ({self.kind})"))
+            with tarfile.open(fileobj=bounded, mode="r|") as tar:
+                for info in tar:
+                    yield info, tar

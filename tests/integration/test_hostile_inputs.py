@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -289,3 +290,35 @@ def test_crc_is_not_needed_to_refuse(tmp_path: Path) -> None:
     (tmp_path / "bad.gz").write_bytes(bytes(bad))
     code, report, err = diff(tmp_path / "good.gz", tmp_path / "bad.gz", tmp_path)
     assert code == 1 and "unreadable" in aspects(report), (report, err)
+
+
+def ext4_image(path: Path, content: bytes) -> None:
+    src = path.with_suffix(".src")
+    src.mkdir()
+    (src / "file").write_bytes(content)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(src), str(path), "4M"], check=True)
+
+
+def test_a_mount_left_by_a_killed_reader_is_swept(tmp_path: Path) -> None:
+    """fuse2fs mounts of a reader killed with -9 are unmounted and removed by the next run."""
+    ext4_image(tmp_path / "a.img", b"one")
+    ext4_image(tmp_path / "b.img", b"two")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"mlos-ext4-{dead.pid}-stale"
+    stale.mkdir()
+    fuse = subprocess.Popen(["fuse2fs", "-f", str(tmp_path / "a.img"), str(stale), "-o", "ro,fakeroot"])
+    try:
+        for _ in range(50):
+            if os.path.ismount(stale):
+                break
+            time.sleep(0.1)
+        assert os.path.ismount(stale)
+    finally:
+        fuse.kill()  # as kill -9 would leave it: a dead FUSE mount
+        fuse.wait()
+    p = subprocess.run([*MLOS, "diff", str(tmp_path / "a.img"), str(tmp_path / "b.img")], capture_output=True,
+                       text=True, timeout=LIMIT_SECONDS)
+    assert p.returncode == 1 and "file: content" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert not stale.exists()
+    assert not any(Path(tempfile.gettempdir()).glob(f"mlos-ext4-{os.getpid()}-*"))
