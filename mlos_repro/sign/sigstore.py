@@ -9,6 +9,9 @@ so verification needs no network: only that trusted root and the identity one ex
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -99,3 +102,44 @@ def verify(data: bytes, bundle: bytes, trusted_root: Path, identity: str, issuer
         Verifier(trusted_root=root).verify_artifact(data, parsed, Identity(identity=identity, issuer=issuer))
     except SigstoreError as e:
         raise ValueError(str(e)) from None
+    _within_validity(bundle, trusted_root)
+
+
+def _within_validity(bundle: bytes, trusted_root: Path) -> None:
+    """The log and the certificate authority that vouched were valid, per the trusted root, when
+    the entry was logged. (sigstore-python lets expired windows verify; a stale or rotated
+    trusted root must not vouch for what its keys signed after their time.)"""
+    from cryptography import x509
+
+    try:
+        doc, root = json.loads(bundle), json.loads(trusted_root.read_bytes())
+        entries = doc["verificationMaterial"]["tlogEntries"]
+        when = min(int(e["integratedTime"]) for e in entries)
+        log_ids = {e["logId"]["keyId"] for e in entries}
+        material = doc["verificationMaterial"]
+        raw = (material.get("certificate") or material["x509CertificateChain"]["certificates"][0])["rawBytes"]
+        issuer = x509.load_der_x509_certificate(base64.b64decode(raw)).issuer
+        logs = [t.get("publicKey", {}).get("validFor") for t in root.get("tlogs", [])
+                if t.get("logId", {}).get("keyId") in log_ids]
+        cas = [c.get("validFor") for c in root.get("certificateAuthorities", [])
+               if any(x509.load_der_x509_certificate(base64.b64decode(cert["rawBytes"])).subject == issuer
+                      for cert in c.get("certChain", {}).get("certificates", [])[:1])]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MalformedError(f"the bundle or {trusted_root} cannot be read for validity windows "
+                             f"({e})") from None
+    at = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    for what, windows in (("transparency log key", logs), ("certificate authority", cas)):
+        if not any(_covers(w, at) for w in windows):
+            raise ValueError(f"the {what} that vouched was not valid at {at:%Y-%m-%dT%H:%M:%SZ} according to "
+                             f"{trusted_root}: a stale or rotated trusted root")
+
+
+def _covers(window: object, at: datetime.datetime) -> bool:
+    if not isinstance(window, dict) or not isinstance(window.get("start"), str):
+        return False
+    try:
+        start = datetime.datetime.fromisoformat(window["start"])
+        end = datetime.datetime.fromisoformat(window["end"]) if isinstance(window.get("end"), str) else None
+        return start <= at and (end is None or at <= end)
+    except (ValueError, TypeError):
+        return False

@@ -456,6 +456,13 @@ def layout_edit(rel: Path, keys: Path, edit: Callable[[dict[str, Any]], object])
     (rel / "layout/root.layout").write_text(json.dumps(fresh.to_dict()))
 
 
+def duplicate_link(rel: Path, keys: Path, tmp: Path) -> None:
+    """Threshold two, and the one functionary's link present twice (the same signature)."""
+    threshold_two(rel, keys, tmp)
+    (link,) = (rel / "attestations/links").glob("rootfs.*.link")
+    shutil.copy(link, link.with_name("rootfs.ffffffff.link"))
+
+
 def one_key_twice(data: dict[str, Any]) -> None:
     """The builder's key listed again under a made-up key id, and a threshold of two."""
     (keyid, key), = ((k, v) for k, v in data["keys"].items() if k in data["steps"][0]["pubkeys"])
@@ -539,6 +546,8 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     "step's link missing": (lambda r, k, t: next((r / "attestations/links").glob("debs.*.link")).unlink(), 5,
                             "debs", 1),
     "threshold not met": (threshold_two, 5, "requires '2' link metadata file(s), found '1'", 1),
+    "threshold of two met by one link copied under another name": (duplicate_link, 5,
+                                                                    "requires '2' link metadata file(s), found '1'", 1),
     "threshold met by one key under two key ids": (lambda r, k, t: layout_edit(r, k, one_key_twice), 5,
                                                    "one key under two key ids", 1),
     "expired layout": (expired_layout, 4, "expired", 1),
@@ -856,6 +865,20 @@ def test_keyless_bundles_for_another_file_or_identity_are_refused(keyless: Path,
     assert result.code == 1
     assert failed(json.loads(result.stdout))[11]
     assert failed(json.loads(result.stdout))[1]  # release.json's bundle chains to nothing either
+    # A stale trusted root, used offline: this instance's, but its CA and log were valid only
+    # until long before the signatures were made.
+    stale = json.loads((keyless / "trusted_root.json").read_text())
+    for entry in [*stale["certificateAuthorities"], *stale["tlogs"], *stale.get("ctlogs", [])]:
+        holder = entry if "validFor" in entry else entry.get("publicKey", {})
+        holder["validFor"] = {"start": "2019-01-01T00:00:00Z", "end": "2020-01-01T00:00:00Z"}
+    (tmp_path / "stale-root.json").write_text(json.dumps(stale))
+    result = mlos("verify", keyless, "--root-key", keys / "attestation/owner.pub.json", "--trusted-root",
+                  tmp_path / "stale-root.json", "--identity", IDENTITY, "--issuer", standin.issuer, "--json")
+    assert result.code == 1, result.stdout
+    assert failed(json.loads(result.stdout))[11] and failed(json.loads(result.stdout))[1]
+    iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", tmp_path / "stale-root.json",
+               "--identity", IDENTITY, "--issuer", standin.issuer)
+    assert iso.code == 1, iso.stderr
 
 
 def test_keyless_signing_without_a_token_says_how(built: tuple[Path, Path], keys: Path, shared_store: Path,
