@@ -972,3 +972,31 @@ def test_apt_refuses_the_repository_once_the_release_expires(honest: Path, keys:
         with_valid_until((old / "dists/mlos/Release").read_bytes(), datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC))))
     stale = apt_update(old, keyring, tmp_path / "stale")
     assert stale.returncode == 100 and "is expired" in stale.stderr, stale.stdout + stale.stderr
+
+
+LINKS = """
+[[stage]]
+name = "links"
+outputs = ["tree"]
+run = [["sh", "-euc", "mkdir -p /out/tree && echo hello > /out/tree/a && ln -s a /out/tree/b"]]
+"""
+
+
+def test_a_symlink_in_a_tree_output_verifies_as_its_target_text(keys: Path, shared_store: Path,
+                                                                  tmp_path: Path) -> None:
+    """Writer and verifier give a symlink one meaning: a file whose content is its target text,
+    never followed. An honest release with one verifies; pointed elsewhere, it does not."""
+    recipes = write_repo(tmp_path / "repo", LINKS)
+    out = tmp_path / "out"
+    assert mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store).code == 0
+    rel = release((recipes, out), keys, shared_store, tmp_path / "rel")
+    link = rel / "artifacts/links/tree/b"
+    assert link.is_symlink() and os.readlink(link) == "a"
+    sums = (rel / "SHA256SUMS").read_text()
+    assert f"{hashlib.sha256(b'a').hexdigest()}  links/tree/b\n" in sums
+    code, report, err = verify(rel, keys)
+    assert code == 0, (report, err)
+    link.unlink()
+    link.symlink_to("/etc/passwd")
+    code, report, _ = verify(rel, keys)
+    assert code == 1 and "artifacts/links/tree/b: sha256" in failed(report)[8]
