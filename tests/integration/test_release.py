@@ -1000,3 +1000,30 @@ def test_a_symlink_in_a_tree_output_verifies_as_its_target_text(keys: Path, shar
     link.symlink_to("/etc/passwd")
     code, report, _ = verify(rel, keys)
     assert code == 1 and "artifacts/links/tree/b: sha256" in failed(report)[8]
+
+
+def test_two_honest_releases_do_not_mix(honest: Path, built: tuple[Path, Path], keys: Path, shared_store: Path,
+                                        tmp_path: Path) -> None:
+    """Every file of two honest releases of one build is validly signed; mixed, they are refused."""
+    other = release(built, keys, shared_store, tmp_path / "other")
+    for moved, check, words in ((["release.json", "release.json.gpg"], 2, "layout/root.layout: sha256"),
+                                (["layout/root.layout"], 2, "layout/root.layout: sha256"),
+                                (["layout/bindings.json"], 2, "layout/bindings.json: sha256"),
+                                (["artifacts/apt/repo/dists/mlos/InRelease"], 13, "Valid-Until")):
+        mixed = copy_of(honest, tmp_path, "mixed-" + moved[0].replace("/", "-"))
+        for name in moved:
+            shutil.copy(other / name, mixed / name)
+        if moved[0].startswith("artifacts/"):
+            signed_by_release_key(mixed, keys)  # even with SHA256SUMS and release.json made to match
+        code, report, err = verify(mixed, keys)
+        assert code == 1, (moved, report, err)
+        assert words in failed(report).get(check, ""), (moved, failed(report))
+
+
+def test_a_root_key_that_is_no_key_is_named(honest: Path, keys: Path, tmp_path: Path) -> None:
+    for content in (b"[1]", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"):
+        bad = tmp_path / "root.json"
+        bad.write_bytes(content)
+        result = mlos("verify", honest, "--root-key", bad, "--keyring", keys / "archive-keyring.gpg", "--json")
+        assert result.code == 2, result.stderr
+        assert str(bad) in failed(json.loads(result.stdout))[3]
