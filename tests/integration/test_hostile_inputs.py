@@ -322,3 +322,51 @@ def test_a_mount_left_by_a_killed_reader_is_swept(tmp_path: Path) -> None:
     assert p.returncode == 1 and "file: content" in p.stdout + p.stderr, p.stdout + p.stderr
     assert not stale.exists()
     assert not any(Path(tempfile.gettempdir()).glob(f"mlos-ext4-{os.getpid()}-*"))
+
+
+def test_a_fat_directory_containing_itself_is_refused(tmp_path: Path) -> None:
+    """A FAT directory entry pointing back at its own directory: refused, not walked for ever."""
+    from mlos_repro.inspect.fat import _Fat
+
+    for name in ("good", "bad"):
+        img = tmp_path / f"{name}.img"
+        subprocess.run(["mkfs.fat", "-C", "-i", "12345678", str(img), "2048"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["mmd", "-i", str(img), "::/d"], check=True)
+        (tmp_path / "f").write_bytes(name.encode())
+        subprocess.run(["mcopy", "-i", str(img), str(tmp_path / "f"), "::/d/f"], check=True)
+    bad = tmp_path / "bad.img"
+    with bad.open("r+b") as f:
+        fat = _Fat(f)
+        f.seek(fat.root_start)
+        root = f.read(fat.root_size)
+        entry = next(root[i:i + 32] for i in range(0, len(root), 32) if root[i:i + 11] == b"D          ")
+        cluster = struct.unpack_from("<H", entry, 26)[0]
+        start = fat.data_start + (cluster - 2) * fat.per_cluster * fat.sector
+        f.seek(start)
+        listing = f.read(fat.per_cluster * fat.sector)
+        free = next(i for i in range(0, len(listing), 32) if listing[i] == 0)
+        loop = bytearray(entry)
+        loop[0:11] = b"LOOP       "
+        f.seek(start + free)
+        f.write(bytes(loop))  # a subdirectory LOOP whose cluster is d's own
+    code, report, err = diff(tmp_path / "good.img", bad, tmp_path)
+    assert code == 1, err
+    assert "loops back to cluster" in aspects(report).get("unreadable", ""), aspects(report)
+
+
+def test_an_absent_xorriso_is_named(tmp_path: Path) -> None:
+    """Without xorriso an ISO's El Torito images cannot be read: exit 3, not a silent omission."""
+    for name in ("a", "b"):
+        src = tmp_path / f"src-{name}"
+        src.mkdir()
+        (src / "file").write_text(name)
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(tmp_path / f"{name}.iso"), str(src)],
+                       check=True, stderr=subprocess.DEVNULL)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bsdtar", "prlimit", "diffoscope"):
+        if shutil.which(tool):
+            (tools / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
+    p = subprocess.run([*MLOS, "diff", str(tmp_path / "a.iso"), str(tmp_path / "b.iso")], capture_output=True,
+                       text=True, env={**os.environ, "PATH": str(tools)}, timeout=LIMIT_SECONDS)
+    assert p.returncode == 3 and "xorriso" in p.stderr, p.stderr

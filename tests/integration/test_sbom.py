@@ -128,3 +128,39 @@ def test_a_gap_in_the_sbom_fails_the_stage(tmp_path: Path, shared_store: Path, u
     assert f"demo-{unique[:6]}-a" in result.stderr and "missing supplier" in result.stderr
     assert "sbom/policy.toml" in result.stderr
     assert not (tmp_path / "out/debs").exists()
+
+
+BROKEN = """
+[[stage]]
+name = "rootfs"
+outputs = ["rootfs.tar"]
+run = [["sh", "-euc", '''
+mkdir -p r/var/lib/dpkg r/usr/bin && : > r/var/lib/dpkg/status && echo '@UNIQUE@' > r/usr/bin/tool
+tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner -C r -cf /out/rootfs.tar .
+''']]
+
+[[stage]]
+name = "kernel"
+outputs = ["kernel.json"]
+run = [["sh", "-euc", "echo '{\\"release\\": @UNIQUE@' > /out/kernel.json"]]
+
+[[stage]]
+name = "image"
+outputs = ["image.tar"]
+run = [["sh", "-euc", "tar --mtime=@$SOURCE_DATE_EPOCH -C /in/kernel -cf /out/image.tar kernel.json"]]
+[stage.inputs]
+kernel = "stage:kernel"
+"""
+
+
+def test_what_an_sbom_cannot_say_fails_by_name(tmp_path: Path, shared_store: Path, unique: str) -> None:
+    """A root filesystem whose package database lists nothing, and a kernel.json that is no
+    JSON upstream of an image: each fails its stage by name (exit 4), never an empty SBOM."""
+    recipes = write_repo(tmp_path / "repo", BROKEN.replace("@UNIQUE@", unique[:8]))
+    empty = mlos("build", "rootfs", "--recipes", recipes, "--out", tmp_path / "out", "--store", shared_store)
+    assert empty.code == 4, empty.stderr
+    assert "var/lib/dpkg/status lists no installed package" in empty.stderr
+    assert not (tmp_path / "out/rootfs").exists()
+    corrupt = mlos("build", "image", "--recipes", recipes, "--out", tmp_path / "out2", "--store", shared_store)
+    assert corrupt.code == 4, corrupt.stderr
+    assert "kernel.json" in corrupt.stderr and "is not JSON" in corrupt.stderr
