@@ -12,6 +12,7 @@ diffoscope needs a leaf, which is then extracted along its path only).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +27,13 @@ from mlos_repro.inspect.members import (
     KeepsNested,
     Member,
     Reader,
+    looks_nested,
     not_this_format,
+    safe_name,
     walk_members,
     why,
 )
+from mlos_repro.inspect.squashfs_index import MAGIC, Entry, Image
 
 ARROW = " → "
 MAX_DEPTH = 32  # containers nested deeper are compared as leaves, with that said
@@ -127,6 +131,12 @@ class FileSide:
             return {}
         digests = {m.name: m.sha256 for m in self.listing()}
         found = {n: p for n, p in getattr(reader, "kept", {}).items() if n in names}
+        extents: dict[str, tuple[int, int]] = getattr(reader, "_extents", {})
+        windows: dict[str, Side] = {
+            n: WindowSide(self.path, n, *extents[n], reader=reader, work=self.work,
+                          digest=digests.get(n) or None)
+            for n in names - set(found) if n in extents}
+        names = names - set(windows)
         if names - set(found):
             try:
                 found.update(reader.extract(self.path, names - set(found), _scratch(self.work)))
@@ -134,10 +144,136 @@ class FileSide:
                 if not not_this_format(e):
                     raise
                 self.error = f"members cannot be extracted: {why(e)}"
-        return {n: FileSide(p, self.work, digests.get(n) or None) for n, p in found.items()}
+        return {**{n: FileSide(p, self.work, digests.get(n) or None) for n, p in found.items()}, **windows}
 
     def file(self) -> Path | None:
         return self.path
+
+
+class WindowSide(FileSide):
+    """A member stored contiguously inside its container (a file of an ISO): a squashfs image is
+    compared in place; anything else is extracted the first time its bytes are needed."""
+
+    def __init__(self, parent: Path, name: str, offset: int, size: int, *, reader: Reader, work: Path,
+                 digest: str | None) -> None:
+        super().__init__(parent, work, digest)
+        self.parent, self.name, self.offset, self.size, self.reader = parent, name, offset, size, reader
+        self.materialized = False
+
+    def _materialize(self) -> None:
+        if not self.materialized:
+            found = self.reader.extract(self.parent, {self.name}, _scratch(self.work))
+            if self.name not in found:
+                raise ValueError(f"{self.parent.name}: member {self.name!r} cannot be extracted")
+            self.path, self.materialized = found[self.name], True
+
+    def source(self) -> tuple[Path, int, int | None]:
+        return (self.path, 0, None) if self.materialized else (self.parent, self.offset, self.size)
+
+    @property
+    def digest(self) -> str:
+        self._materialize()
+        return super().digest
+
+    def _read(self) -> Reader | None:
+        self._materialize()
+        return super()._read()
+
+    def file(self) -> Path | None:
+        self._materialize()
+        return self.path
+
+
+class SquashfsSide(FileSide):
+    """One of two squashfs images compared through their metadata (squashfs_index): files whose
+    stored blocks are equal on both sides are equal and never decompressed; only the others
+    (and those on one side only) are read and hashed. Used when both images share compressor
+    and block size, else the images are read as any container (sqfs2tar)."""
+
+    def __init__(self, side: FileSide, image: Image, entries: list[Entry], members: list[Member]) -> None:
+        super().__init__(side.path, side.work, side.known_digest())
+        self.side = side
+        self.image = image
+        self._members = members
+        self._entries = {e.name: e for e in entries if e.type == "file"}
+
+    @staticmethod
+    def pair(a: FileSide, b: FileSide) -> tuple[SquashfsSide, SquashfsSide] | None:
+        sa, sb = (s.source() if isinstance(s, WindowSide) else (s.path, 0, None) for s in (a, b))
+        if not all(_starts(path, offset, MAGIC) for path, offset, _ in (sa, sb)):
+            return None
+        try:
+            ia, ib = _both(lambda: Image(*sa), lambda: Image(*sb))
+        except CONTENT_ERRORS as e:
+            if not not_this_format(e):
+                raise
+            return None  # read as any container below, which names what is wrong
+        if (ia.compressor, ia.block_size) != (ib.compressor, ib.block_size):
+            ia.close()
+            ib.close()
+            return None
+        ea, eb = _both(lambda: list(ia.entries()), lambda: list(ib.entries()))
+        keys_a, keys_b = _both(lambda: {e.name: ia.content_key(e) for e in ea if e.type == "file"},
+                               lambda: {e.name: ib.content_key(e) for e in eb if e.type == "file"})
+        # Equal stored bytes: equal contents (named by the key). Otherwise: the real digest.
+        read_a = {n for n in keys_a if keys_b.get(n) != keys_a[n]}
+        read_b = {n for n in keys_b if keys_a.get(n) != keys_b[n]}
+        by_a, by_b = {e.name: e for e in ea}, {e.name: e for e in eb}
+        real_a, real_b = _both(lambda: {n: _real_digest(ia, by_a[n]) for n in sorted(read_a)},
+                               lambda: {n: _real_digest(ib, by_b[n]) for n in sorted(read_b)})
+
+        def members(entries: list[Entry], keys: dict[str, str],
+                    real: dict[str, tuple[str, bool]]) -> list[Member]:
+            def digest(e: Entry) -> str:
+                if e.name in real:
+                    return real[e.name][0]
+                return "key:" + keys[e.name] if e.type == "file" else ""
+            return [Member(e.name, e.type, e.mode, e.uid, e.gid, e.mtime, e.size, digest(e), e.target,
+                           real.get(e.name, ("", False))[1]) for e in entries]
+        return (SquashfsSide(a, ia, ea, members(ea, keys_a, real_a)),
+                SquashfsSide(b, ib, eb, members(eb, keys_b, real_b)))
+
+    def kind(self) -> str | None:
+        return "squashfs"
+
+    @property
+    def digest(self) -> str:
+        return self.side.digest
+
+    def file(self) -> Path | None:
+        return self.side.file()
+
+    def listing(self) -> list[Member]:
+        return self._members
+
+    def children(self, names: set[str]) -> dict[str, Side]:
+        digests = {m.name: m.sha256 for m in self._members}
+        out: dict[str, Side] = {}
+        scratch = _scratch(self.work)
+        for index, name in enumerate(sorted(names & set(self._entries))):
+            target = scratch / safe_name(index, name)
+            with target.open("wb") as f:
+                for block in self.image.read(self._entries[name]):
+                    f.write(block)
+            out[name] = FileSide(target, self.work, digests.get(name) or None)
+        return out
+
+
+def _starts(path: Path, offset: int, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(len(magic)) == magic
+
+
+def _real_digest(image: Image, entry: Entry) -> tuple[str, bool]:
+    """(sha256 of the decompressed contents, whether they start like a container)."""
+    h = hashlib.sha256()
+    nested = None
+    for block in image.read(entry):
+        if nested is None:
+            nested = looks_nested(block)
+        h.update(block)
+    return h.hexdigest(), bool(nested)
 
 
 class ManifestSide:
@@ -256,6 +392,10 @@ def compare(a: Side, b: Side, path: tuple[str, ...]) -> list[Difference]:
     if len(path) > MAX_DEPTH:
         return [Difference(path, "unreadable", f"containers nested deeper than {MAX_DEPTH} levels",
                            "compared as bytes"), _leaf(a, b, path, both_unknown=False)]
+    if isinstance(a, FileSide) and isinstance(b, FileSide) and not isinstance(a, SquashfsSide):
+        pair = SquashfsSide.pair(a, b)
+        if pair is not None:  # two squashfs images: through their metadata, not sqfs2tar
+            a, b = pair
     ka, kb = _both(a.kind, b.kind)
     errors = [getattr(a, "error", None), getattr(b, "error", None)]
     unreadable = [Difference(path, "unreadable", errors[0] or "read", errors[1] or "read")

@@ -6,7 +6,9 @@ would turn into exit 70), and never a hang (hypothesis' deadline)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import subprocess
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from mlos_repro.inspect.detect import reader_for
 from mlos_repro.inspect.fat import FatReader
 from mlos_repro.inspect.gpt import GptReader
 from mlos_repro.inspect.members import CONTENT_ERRORS, Reader, not_this_format
+from mlos_repro.inspect.squashfs_index import Image
 from mlos_repro.inspect.tar import TarReader
 from mlos_repro.sbom.facts import described, kernel_and_packages
 
@@ -125,3 +128,41 @@ def test_readers_on_hostile_bytes(kind: str, body: bytes) -> None:
 @given(st.binary(max_size=2048))
 def test_detection_on_hostile_bytes(data: bytes) -> None:
     _read(data, None)
+
+
+@functools.cache
+def small_squashfs() -> bytes:
+    with tempfile.TemporaryDirectory(prefix="mlos-fuzz-sqfs-") as tmp:
+        src = Path(tmp) / "src"
+        (src / "d").mkdir(parents=True)
+        (src / "d/file").write_bytes(b"hello " * 2000)
+        (src / "tail").write_text("tail")
+        (src / "link").symlink_to("tail")
+        subprocess.run(["mksquashfs", str(src), f"{tmp}/img", "-quiet", "-noappend", "-comp", "gzip", "-b", "4096"],
+                       check=True, stdout=subprocess.DEVNULL)
+        return (Path(tmp) / "img").read_bytes()
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=12),
+       st.integers(96, 1 << 16))
+def test_squashfs_index_on_corrupted_images(flips: list[tuple[int, int]], cut: int) -> None:
+    """A real image with bytes changed and its end cut: the metadata reader names what is
+    wrong (a content error) or lists it; it never raises anything else or hangs."""
+    data = bytearray(small_squashfs())
+    for offset, value in flips:
+        data[offset % len(data)] = value
+    with tempfile.TemporaryDirectory(prefix="mlos-fuzz-") as tmp:
+        path = Path(tmp) / "img"
+        path.write_bytes(bytes(data[:max(cut, 96)]))
+        try:
+            image = Image(path)
+            try:
+                for entry in image.entries():
+                    if entry.type == "file":
+                        image.content_key(entry)
+                        b"".join(image.read(entry))
+            finally:
+                image.close()
+        except CONTENT_ERRORS as e:
+            assert not_this_format(e), f"{type(e).__name__}: {e}"
