@@ -48,5 +48,19 @@ def sha256_file(path: Path, *, follow: bool = True) -> str:
     return h.hexdigest()
 
 
+def sha256_range(path: Path, offset: int, size: int) -> str:
+    """The sha256 of `size` bytes of the regular file at `path` from `offset` (mapped, no copy)."""
+    with os.fdopen(open_regular(path), "rb", buffering=0) as f:
+        if offset < 0 or size < 0 or offset + size > os.fstat(f.fileno()).st_size:
+            raise ValueError(f"{path}: bytes {offset}..{offset + size} lie outside the file")
+        if size == 0:
+            return hashlib.sha256().hexdigest()
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(f.fileno(), size + offset - start, offset=start, access=mmap.ACCESS_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            with memoryview(mapped) as view:
+                return hashlib.sha256(view[offset - start:]).hexdigest()
+
+
 def is_sha256(text: str) -> bool:
     return bool(SHA256_RE.match(text))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from mlos_repro.digest import sha256_bytes
-from mlos_repro.inspect.members import CHUNK, Member, hash_and_hint, meta_member, safe_name
+from mlos_repro.inspect.members import Member, copy_range, hash_and_hint, meta_member, safe_name
 
 SECTOR = 512
 MAX_TABLE = 1 << 20  # 128 entries of 128 bytes are 16 KiB
@@ -72,7 +71,7 @@ class GptReader:
             if name not in names:
                 continue
             target = dest / safe_name(index, name)
-            _copy_range(path, target, first * SECTOR, (last - first + 1) * SECTOR)
+            copy_range(path, target, first * SECTOR, (last - first + 1) * SECTOR)
             found[name] = target
         if "(mbr boot code)" in names:
             target = dest / "mbr-boot-code"
@@ -80,24 +79,3 @@ class GptReader:
                 target.write_bytes(src.read(440))
             found["(mbr boot code)"] = target
         return found
-
-
-def _copy_range(src: Path, dest: Path, offset: int, length: int) -> None:
-    """Copy a byte range in the kernel (copy_file_range), falling back to read/write."""
-    with src.open("rb") as fin, dest.open("wb") as fout:
-        done = 0
-        try:
-            while done < length:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError:
-            fin.seek(offset + done)
-            fout.seek(done)
-            while done < length:
-                chunk = fin.read(min(CHUNK * 8, length - done))
-                if not chunk:
-                    break
-                fout.write(chunk)
-                done += len(chunk)

@@ -256,3 +256,24 @@ def peek(path: Path, size: int = 512) -> bytes:
 
 def meta_member(name: str, value: str) -> Member:
     return Member(name, "meta", 0, 0, 0, 0, len(value), sha256_bytes(value.encode()), value)
+
+
+def copy_range(src: Path, dest: Path, offset: int, length: int) -> None:
+    """Copy a byte range in the kernel (copy_file_range), falling back to read/write."""
+    with src.open("rb") as fin, dest.open("wb") as fout:
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            fin.seek(offset + done)
+            fout.seek(done)
+            while done < length:
+                chunk = fin.read(min(CHUNK * 8, length - done))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                done += len(chunk)

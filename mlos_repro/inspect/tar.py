@@ -91,8 +91,13 @@ class PipedTar(TarReader):
 
     argv: tuple[str, ...] = ()
 
+    exclude: tuple[str, ...] = ()  # member names the tool leaves out of the stream
+    include: tuple[str, ...] = ()  # ... or the only ones it puts in
+
     def _each(self, path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-        argv = limited([a.replace("{}", str(path)) for a in self.argv])
+        *options, source = [a.replace("{}", str(path)) for a in self.argv]
+        argv = limited([*options, *(f"--exclude={n}" for n in self.exclude),
+                        *(f"--include={n}" for n in self.include), source])
         with run.stream(argv) as raw:
             bounded = cast(IO[bytes], Bounded(raw, expansion_limit(path.stat().st_size),
                                               f"{path.name} ({self.kind})"))

@@ -15,13 +15,15 @@ from mlos_repro.inspect.layers import FileSide, SquashfsSide, compare
 from mlos_repro.inspect.squashfs_index import Image
 
 EPOCH = "1700000000"
+RANDOM = os.urandom(2 << 20)
 
 
 def tree(root: Path, variant: str) -> Path:
     (root / "etc").mkdir(parents=True)
     (root / "usr/lib/models").mkdir(parents=True)
     for i in range(40):
-        (root / f"usr/lib/models/w{i:02d}.bin").write_bytes(bytes([i]) * 70_000 + os.urandom(0) + b"tail" * i)
+        (root / f"usr/lib/models/w{i:02d}.bin").write_bytes(bytes([i]) * 70_000 + b"tail" * i)
+    (root / "usr/lib/models/random.bin").write_bytes(RANDOM)  # the same incompressible 2 MiB on both sides
     (root / "etc/motd").write_text("MLOS\n" if variant == "a" else "MLOS changed\n")
     (root / "etc/hostname").write_text("mlos\n")
     (root / "usr/bin").mkdir()
