@@ -236,6 +236,7 @@ def test_the_kernel_build_is_reproducible(kernel_out: Path, shared_store: Path, 
     """Every variation of build --verify, on the real kernel build (the slowest test)."""
     result = mlos("build", "kernel", "--verify", "--recipes", PROJECT / "recipes", "--out", tmp_path,
                   "--store", shared_store)
+    assert (tmp_path / "verify.json").is_file(), result.stderr
     report = json.loads((tmp_path / "verify.json").read_text())
     verdicts = {o["output"]: o["verdict"] for o in report["outputs"]}
     outputs = ("bzImage", "config", "System.map", "debs", "kernel.json")
