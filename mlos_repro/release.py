@@ -204,8 +204,8 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
                                    expires=expires)
     (root / "layout/keys").mkdir(parents=True)
     (root / "layout/root.layout").write_bytes(intoto.sign_link(the_layout, keys.owner))
-    # Only the bindings whose artifact and product this release has.
-    present = {line.split("  ", 1)[1] for line in data.decode().splitlines()}
+    # Only the bindings whose artifact and product this release has (SHA256SUMS' names).
+    present = set(listed.artifacts)
     mine = [b for b in bindings if b["artifact"] in present and b["product"] in present]
     envelope = DsseEnvelope(payload=canonical_json({"bindings": mine, "expires": expires}),
                             payload_type=intoto.BINDINGS_TYPE, signatures={})
