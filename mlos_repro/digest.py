@@ -63,4 +63,4 @@ def sha256_range(path: Path, offset: int, size: int) -> str:
 
 
 def is_sha256(text: str) -> bool:
-    return bool(SHA256_RE.match(text))
+    return bool(SHA256_RE.fullmatch(text))

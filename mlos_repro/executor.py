@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,10 +19,10 @@ from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
-from mlos_repro.fsutil import atomic_write
+from mlos_repro.fsutil import TreeTooDeep, atomic_write, walk_tree
 from mlos_repro.graph import ancestors, cache_key, select
 from mlos_repro.inspect import manifest
-from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
+from mlos_repro.recipe.model import Input, InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.sandbox.disorder import shuffled
 from mlos_repro.sandbox.inputs import StageInput, lay_out
@@ -29,7 +30,7 @@ from mlos_repro.sandbox.variant import BuildVariant, apply_variant
 from mlos_repro.sbom.cache import Sboms
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sbom.policy import load_policy
-from mlos_repro.store import StageEntry, Store, digest_of_output_set
+from mlos_repro.store import SpecialFile, StageEntry, Store, digest_of_output_set
 
 log = logging.getLogger(__name__)
 LOG_TAIL = 25
@@ -166,6 +167,7 @@ class Executor:
                 digests[inp.name] = "sha256:" + digest_of_output_set(done.stages[inp.target].entry.outputs)
             elif inp.kind is InputKind.PATH:
                 path = self.recipes.root / inp.target
+                self._check_links(stage, inp, path)
                 if path.is_dir():
                     digests[inp.name] = "tree:" + self.store.put_tree(path, normalise_modes=True,
                                                                           skip=CHECKOUT_NOISE)
@@ -181,6 +183,31 @@ class Executor:
                         "run: mlos-repro fetch")
                 digests[inp.name] = "sha256:" + inp.sha256
         return digests
+
+    def _check_links(self, stage: Stage, inp: Input, path: Path) -> None:
+        """A path: input, and every symlink inside it, stays inside the repository: a link
+        out of it would carry a host file into the build."""
+        root = self.recipes.root.resolve()
+        where = f"stage {stage.name!r} ({stage.source}): input {inp.name!r} ({inp.spec})"
+        hint = ("copy what the stage needs into the repository; a path: input never leads "
+                "out of it")
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise BadInputError(f"{where}: {path} leads outside the repository, to {real}", hint)
+        if not real.is_dir():
+            return
+        try:
+            entries = list(walk_tree(real, skip=CHECKOUT_NOISE))
+        except TreeTooDeep as e:
+            raise BadInputError(f"{where}: {e}", hint) from None
+        for rel, st in entries:
+            if stat.S_ISLNK(st.st_mode):
+                link = real / rel
+                target = os.readlink(link)
+                lands = Path(os.path.normpath(link.parent / target))
+                if not lands.is_relative_to(root):
+                    raise BadInputError(f"{where}: the symlink {link} leads outside the "
+                                        f"repository, to {target}", hint)
 
     def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
         sde = self.recipes.builder.source_date_epoch
@@ -277,7 +304,7 @@ class Executor:
                     logf.write(f"+ {shlex.join(command)}\n".encode())
                     logf.flush()
                     argv = self.sandbox.argv(spec, command)
-                    status = run.run(argv, env=run.host_env(), stdout=logf, stderr=logf,
+                    status = run.run(argv, env=self.sandbox.launch_env(), stdout=logf, stderr=logf,
                                      umask=spec.umask, check=False).returncode
                     if status != 0:
                         logf.close()
@@ -291,7 +318,10 @@ class Executor:
             kinds: dict[str, str] = {}
             members: dict[str, str] = {}
             for o in stage.outputs:
-                outputs[o], kinds[o] = self.store.put_output(out / o)
+                try:
+                    outputs[o], kinds[o] = self.store.put_output(out, o)
+                except SpecialFile as e:
+                    raise self._failure(stage, log_file, e.message) from None
                 # The layered listing, so a later comparison reads manifests, not images.
                 listing = manifest.build(out / o, outputs[o].removeprefix("sha256:"), work / "members" / o,
                                          manifest.Listings(self.store.get_listing, self.store.put_listing))

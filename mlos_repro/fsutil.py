@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -20,6 +22,7 @@ def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None) 
     payload = data.encode() if isinstance(data, str) else data
     fd, name = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.")
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: a store's sweep leaves it alone
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -76,3 +79,82 @@ def read_regular(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise NotRegularFile(f"{path}: larger than {limit >> 20} MiB, more than such a file can be")
     return data
+
+
+# Deeper than any tree a build makes on purpose; a stage's output tree is refused beyond it.
+MAX_TREE_DEPTH = 256
+
+
+class TreeTooDeep(ValueError):
+    """A directory tree nests deeper than MAX_TREE_DEPTH."""
+
+
+def walk_tree(top: Path, *, skip: frozenset[str] = frozenset(),
+              max_depth: int = MAX_TREE_DEPTH) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below `top` as (relative POSIX path, lstat), parents before their children.
+
+    Iterative (no recursion limit to hit) and never through a symlink: a link is an entry, not a
+    directory to enter. Names in `skip` are left out with everything below them."""
+    todo: list[tuple[str, int]] = [("", 0)]
+    while todo:
+        rel, depth = todo.pop()
+        with os.scandir(top / rel if rel else top) as it:
+            entries = sorted((e for e in it if e.name not in skip), key=lambda e: e.name)
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            st = e.stat(follow_symlinks=False)
+            yield path, st
+            if stat.S_ISDIR(st.st_mode):
+                if depth + 1 >= max_depth:
+                    raise TreeTooDeep(f"{top / path}: directories nest more than {max_depth} deep")
+                todo.append((path, depth + 1))
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and all below it: iteratively, one descriptor at a time (no depth or path
+    length limit), never through a symlink, making read-only directories writable first.
+    OSError passes through for what cannot be removed (e.g. a mount point)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    entered: list[str] = []
+    try:
+        _writable(fd)
+        while True:
+            child, seen = None, False
+            with os.scandir(fd) as it:
+                for e in it:
+                    seen = True
+                    if e.is_dir(follow_symlinks=False):
+                        child = e.name
+                        break
+                    os.unlink(e.name, dir_fd=fd)
+            if child is not None:
+                inner = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+                os.close(fd)
+                fd = inner
+                _writable(fd)
+                entered.append(child)
+                continue
+            if seen:
+                continue  # unlinking while listing may have hidden entries: list again
+            if not entered:
+                break
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            os.rmdir(entered.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _writable(fd: int) -> None:
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o700)

@@ -12,6 +12,7 @@ from mlos_repro import __version__
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.errors import BadInputError
 from mlos_repro.recipe.model import Stage
+from mlos_repro.store import OUTPUT_RULES
 
 # The code that decides what a stage sees: its environment and argv (the sandboxes) and how
 # its inputs are laid out. Their bytes are part of every cache key, so a change to them can
@@ -66,6 +67,7 @@ def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
     return sha256_bytes(canonical_json({
         "toolkit": __version__,
         "sandbox": contract_digest(),
+        "output_rules": OUTPUT_RULES,
         "stage": stage.normalized(),
         "environment": env_digest,
         "source_date_epoch": source_date_epoch,

@@ -16,23 +16,48 @@ every write goes to tmp/ first and is renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import stat
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
-from mlos_repro.errors import BadInputError, DigestMismatchError
-from mlos_repro.fsutil import atomic_write
+from mlos_repro.errors import BadInputError, DigestMismatchError, StageFailedError
+from mlos_repro.fsutil import (
+    NotRegularFile,
+    TreeTooDeep,
+    atomic_write,
+    file_kind,
+    open_regular,
+    remove_tree,
+    walk_tree,
+)
 
 log = logging.getLogger(__name__)
+
+# The rules by which a stage's outputs are stored (what is refused, which mode bits are kept).
+# Part of every cache key: an entry stored under older rules is never a hit.
+OUTPUT_RULES = 2
+# tmp/ entries younger than this are not swept: they may not be locked yet (see _sweep_tmp).
+SWEEP_GRACE = 60.0
+# Mode bits a stored tree keeps: rwx for the owner, r-x for the rest; no setuid/setgid/sticky.
+SAFE_MODE_BITS = 0o755
+
+
+class SpecialFile(StageFailedError):
+    """A stage output that is not a regular file, directory or symlink inside a directory, or
+    that is reached through a symlink, or nests too deep: refused by name (exit 4)."""
 
 
 class OutputKind:
@@ -72,24 +97,52 @@ class Store:
     # -- temporary space ------------------------------------------------------
 
     def _sweep_tmp(self) -> None:
-        """Remove work directories of builds that died (their owner pid is gone)."""
+        """Remove what builds that died left in tmp/: every entry no live process holds locked.
+
+        A work directory or temporary file is flocked for as long as it is in use (tempdir,
+        temp_file, fsutil.atomic_write), so liveness holds across containers and hosts that
+        share the store, where a PID means nothing. Entries younger than SWEEP_GRACE are left
+        alone: they may be between their creation and their lock. The sweep never fails on what
+        it sweeps; what it cannot remove is named in a warning and tried again next time."""
+        now = time.time()
         for entry in (self.root / "tmp").iterdir():
-            # Names are PURPOSE-PID-RANDOM (see tempdir); PURPOSE may itself contain '-'.
-            parts = entry.name.rsplit("-", 2)
-            pid = parts[1] if len(parts) == 3 else ""
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                try:
-                    _force_rmtree(entry)
-                except OSError as e:  # e.g. a FUSE mount a killed verify left behind
-                    log.warning("cannot remove %s from a dead build: %s", entry, e)
+            try:
+                if now - entry.lstat().st_mtime < SWEEP_GRACE:
+                    continue
+                with _unlocked(entry) as dead:
+                    if dead:
+                        _unmount_below(entry)
+                        _force_rmtree(entry)
+            except OSError as e:
+                log.warning("cannot remove %s, left by a build that stopped: %s", entry, e)
 
     @contextlib.contextmanager
     def tempdir(self, purpose: str) -> Iterator[Path]:
+        """A fresh work directory under tmp/, locked while in use and removed afterwards."""
         path = Path(tempfile.mkdtemp(prefix=f"{purpose}-{os.getpid()}-", dir=self.root / "tmp"))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
-            _force_rmtree(path)
+            try:
+                _unmount_below(path)
+                _force_rmtree(path)
+            finally:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def temp_file(self, purpose: str = "tmp") -> Iterator[tuple[Path, BinaryIO]]:
+        """A new file under tmp/, locked while open; it is removed unless adopted (renamed into
+        blobs/) before the block ends."""
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{purpose}-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                yield path, f
+        finally:
+            path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -109,17 +162,23 @@ class Store:
     def has_blob(self, hexdigest: str) -> bool:
         return self.blob_path(hexdigest).is_file()
 
-    def put_file(self, path: Path, expected: str | None = None) -> str:
-        """Copy `path` into the store; refuse it if `expected` is given and differs."""
-        with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp, \
-                path.open("rb") as src:
-            shutil.copyfileobj(src, tmp, 1 << 20)
-        return self._adopt(Path(tmp.name), expected, what=str(path))
+    def put_file(self, path: Path, expected: str | None = None, *, follow: bool = True) -> str:
+        """Copy the regular file `path` into the store; refuse it if `expected` is given and
+        differs. Unless `follow`, a symlink at `path` is refused rather than read through."""
+        try:
+            src = os.fdopen(open_regular(path, follow=follow), "rb")
+        except NotRegularFile as e:
+            raise BadInputError(str(e), "only regular files can be stored") from None
+        with src, self.temp_file() as (tmp, f):
+            shutil.copyfileobj(src, f, 1 << 20)
+            f.flush()
+            return self._adopt(tmp, expected, what=str(path))
 
     def put_bytes(self, data: bytes) -> str:
-        with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
-            tmp.write(data)
-        return self._adopt(Path(tmp.name), None, what="data")
+        with self.temp_file() as (tmp, f):
+            f.write(data)
+            f.flush()
+            return self._adopt(tmp, None, what="data")
 
     def adopt_file(self, tmp: Path, expected: str | None = None, what: str = "") -> str:
         """Move a file already inside tmp/ into the store (no copy)."""
@@ -128,14 +187,14 @@ class Store:
     def _adopt(self, tmp: Path, expected: str | None, what: str) -> str:
         digest = sha256_file(tmp)
         if expected is not None and digest != expected:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
             raise DigestMismatchError(
                 f"{what}: sha256 is {digest}, but {expected} was pinned; refused, not stored",
                 "the download is corrupt or the pin is wrong; check the source and re-pin",
             )
         dest = self.blob_path(digest)
         if dest.exists():
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         else:
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
@@ -163,14 +222,21 @@ class Store:
                  skip: frozenset[str] = frozenset()) -> str:
         """Store a directory: every file as a blob plus a canonical listing. Returns its digest.
 
-        normalise_modes keeps only the executable bit (0755/0644), for checkouts whose modes
-        depend on the user's umask; entries named in skip (and what is below them) are left out.
+        Nothing below `directory` is followed: a symlink is stored as its target's text. Modes
+        keep no setuid, setgid or sticky bit and no write bit for group or others (a loose file
+        in out/ or a release must not hand out privileges); normalise_modes keeps only the
+        executable bit (0755/0644), for checkouts whose modes depend on the user's umask.
+        Entries named in skip (and what is below them) are left out. A FIFO, device or socket
+        is refused by name (SpecialFile), and so is a tree nested deeper than MAX_TREE_DEPTH.
         """
         entries: list[dict[str, Any]] = []
-        for path in sorted(_walk(directory, skip), key=lambda p: p.relative_to(directory).as_posix()):
-            rel = path.relative_to(directory).as_posix()
-            st = path.lstat()
-            mode = stat.S_IMODE(st.st_mode)
+        try:
+            listing = sorted(walk_tree(directory, skip=skip))
+        except TreeTooDeep as e:
+            raise SpecialFile(str(e)) from None
+        for rel, st in listing:
+            path = directory / rel
+            mode = stat.S_IMODE(st.st_mode) & SAFE_MODE_BITS
             if normalise_modes:
                 mode = 0o755 if mode & 0o111 or stat.S_ISDIR(st.st_mode) else 0o644
             if stat.S_ISLNK(st.st_mode):
@@ -179,9 +245,10 @@ class Store:
                 entries.append({"path": rel, "type": "dir", "mode": mode})
             elif stat.S_ISREG(st.st_mode):
                 entries.append({"path": rel, "type": "file", "mode": mode,
-                                "sha256": self.put_file(path)})
+                                "sha256": self.put_file(path, follow=False)})
             else:
-                raise BadInputError(f"{path}: only files, directories and symlinks can be stored")
+                raise SpecialFile(f"{path} is a {file_kind(st.st_mode)}: only regular files, "
+                                  "directories and symlinks can be stored")
         return self.put_bytes(canonical_json({"tree": entries}))
 
     def read_tree(self, hexdigest: str) -> list[dict[str, Any]]:
@@ -212,15 +279,38 @@ class Store:
             shutil.copyfile(self.blob_path(hexdigest), dest)
             os.chmod(dest, 0o755 if kind == OutputKind.EXECUTABLE else 0o644)
 
-    def put_output(self, path: Path) -> tuple[str, str]:
-        """Store a stage output, file or directory; returns ("sha256:HEX", kind)."""
-        if path.is_symlink():
-            # Following it would read whatever host file it names.
-            raise BadInputError(f"output {path.name!r} is a symlink; declare a file or directory")
-        if path.is_dir():
+    def put_output(self, out: Path, name: str) -> tuple[str, str]:
+        """Store the output `name` of a stage whose /out is `out`; returns ("sha256:HEX", kind).
+
+        `name` is resolved inside `out` one component at a time, never through a symlink: a
+        stage that links /out/etc to /etc must not get the host's /etc/shadow stored. (Nothing
+        runs in the sandbox any more when this is called, so what lstat sees stays true.)
+        SpecialFile names what is refused."""
+        path = out
+        parts = name.split("/")
+        for i, part in enumerate(parts):
+            path = path / part
+            shown = "/".join(parts[:i + 1])
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                raise SpecialFile(f"output {name!r}: /out/{shown} does not exist") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise SpecialFile(
+                    f"output {name!r}: /out/{shown} is a symbolic link (to {os.readlink(path)!r}); "
+                    "outputs are read inside /out and never through a link: declare the file "
+                    "or directory itself")
+            last = i == len(parts) - 1
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise SpecialFile(f"output {name!r}: /out/{shown} is a {file_kind(st.st_mode)}, "
+                                  "not a directory")
+        if stat.S_ISDIR(st.st_mode):
             return "sha256:" + self.put_tree(path), OutputKind.TREE
-        kind = OutputKind.EXECUTABLE if path.stat().st_mode & 0o111 else OutputKind.FILE
-        return "sha256:" + self.put_file(path), kind
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecialFile(f"output {name!r} is a {file_kind(st.st_mode)}: outputs are regular "
+                              "files, directories and symlinks inside a directory")
+        kind = OutputKind.EXECUTABLE if st.st_mode & 0o111 else OutputKind.FILE
+        return "sha256:" + self.put_file(path, follow=False), kind
 
     # -- stage cache ------------------------------------------------------------
 
@@ -273,36 +363,50 @@ def digest_of_output_set(outputs: Mapping[str, str]) -> str:
     return sha256_bytes(canonical_json(dict(outputs)))
 
 
-def _walk(directory: Path, skip: frozenset[str] = frozenset()) -> Iterator[Path]:
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if d not in skip]
-        for name in dirs + [f for f in files if f not in skip]:
-            yield Path(root) / name
-
-
-def _pid_alive(pid: int) -> bool:
+@contextlib.contextmanager
+def _unlocked(entry: Path) -> Iterator[bool]:
+    """Whether no process holds `entry` (a work directory or temporary file) locked; while the
+    block runs this process holds the lock, so two sweeps never remove the same entry."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.ENOTCONN, errno.EACCES):
+            yield True  # a symlink, socket or dead mount: nothing can hold it
+            return
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _unmount_below(path: Path) -> None:
+    """Lazily unmount whatever a killed build left mounted below `path` (a disorderfs view or a
+    fuse2fs image), deepest first, so the directory can be removed."""
+    prefix = str(path.absolute()) + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    points = []
+    for line in lines:
+        fields = line.split(" ")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point.startswith(prefix):
+            points.append((point, fields[fields.index("-") + 1]))
+    for point, fstype in sorted(points, reverse=True):
+        tools = [["fusermount3", "-u", "-z", point]] if fstype.startswith("fuse") else []
+        for argv in [*tools, ["umount", "-l", point]]:
+            if shutil.which(argv[0]) and subprocess.run(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    check=False).returncode == 0:
+                break
 
 
 def _force_rmtree(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_file() or path.is_symlink():
-        path.unlink()
-        return
-
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        # Read-only directories (e.g. materialised inputs) need write access to empty them.
-        parent = os.path.dirname(p)
-        os.chmod(parent, 0o755)
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.chmod(p, 0o755)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)
+    remove_tree(path)

@@ -62,7 +62,7 @@ def utc_now() -> str:
 
 def safe_name(name: str) -> str | None:
     """Why `name` cannot be a relative path in a release, or None when it can."""
-    if not name or not _NAME_CHARS.match(name):
+    if not name or not _NAME_CHARS.fullmatch(name):
         return "empty, or holds a control character or backslash"
     if name != name.strip():
         return "begins or ends with whitespace"
@@ -93,7 +93,7 @@ def parse_sums(data: bytes, where: str) -> dict[str, str]:
     sums: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.split("\n")[:-1], 1):
-        m = _SUM_LINE.match(line)
+        m = _SUM_LINE.fullmatch(line)
         if not m:
             raise MetaError(f"{where}:{number}: expected 'SHA256  NAME' (sha256sum format), "
                             f"got {line[:60]!r}")
@@ -190,7 +190,8 @@ class ReleaseInfo:
 
         def text(key: str, pattern: re.Pattern[str] | None = None) -> str:
             value = raw.get(key)
-            if not isinstance(value, str) or not value or (pattern is not None and not pattern.match(value)):
+            if not isinstance(value, str) or not value or (
+                    pattern is not None and not pattern.fullmatch(value)):
                 raise MetaError(f"{where}: {key}: expected " + ("a UTC time YYYY-MM-DDTHH:MM:SSZ" if pattern
                                                                  else "a non-empty string")
                                 + f", got {str(value)[:60]!r}")

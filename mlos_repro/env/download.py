@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from mlos_repro.errors import BadInputError, DigestMismatchError
 from mlos_repro.store import Store
@@ -24,21 +21,19 @@ def download(store: Store, url: str, expected: str | None, what: str = "") -> st
     """
     label = f"{what} ({url})" if what else url
     log.info("GET %s", url)
-    fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="dl-")
-    tmp = Path(name)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
-            while chunk := resp.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise BadInputError(f"{label}: download failed ({e})",
-                            "check the network or the mirror setting; fetch again later") from None
-    if expected is not None and h.hexdigest() != expected:
-        tmp.unlink()
-        raise DigestMismatchError(
-            f"{label}: sha256 is {h.hexdigest()}, but {expected} was pinned; refused, not stored",
-            "the download is corrupt or the pin is wrong; check the source and re-pin")
-    return store.adopt_file(tmp, expected, what=label)
+    with store.temp_file("dl") as (tmp, out):
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+                while chunk := resp.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            out.flush()
+        except (urllib.error.URLError, OSError) as e:
+            raise BadInputError(f"{label}: download failed ({e})",
+                                "check the network or the mirror setting; fetch again later") from None
+        if expected is not None and h.hexdigest() != expected:
+            raise DigestMismatchError(
+                f"{label}: sha256 is {h.hexdigest()}, but {expected} was pinned; refused, not stored",
+                "the download is corrupt or the pin is wrong; check the source and re-pin")
+        return store.adopt_file(tmp, expected, what=label)

@@ -29,11 +29,12 @@ PROFILE_KEYS = {"builder", "env", "inputs"}
 # A url: input written before its archive could be downloaded: `mlos-repro pin URL` replaces it.
 UNPINNED = "unpinned"
 ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales", "keyring"}
-LOCALE_RE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8$")
+LOCALE_RE = re.compile(r"[a-z]{2,3}_[A-Z]{2}(@[a-z]+)?\.UTF-8")
 RESERVED_ENV = {"PATH", "HOME", "SOURCE_DATE_EPOCH", "MLOS_STAGE", "TZ"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DEB_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]+)=(?P<version>[A-Za-z0-9.+~:-]+)$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # always fullmatch: "$" would allow "\n"
+UNSAFE_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEB_RE = re.compile(r"(?P<name>[a-z0-9][a-z0-9+.-]+)=(?P<version>[A-Za-z0-9.+~:-]+)")
 
 
 class _Problems:
@@ -108,6 +109,8 @@ def _read_toml(path: Path, root: Path, problems: _Problems) -> dict[str, Any] | 
         problems.add(_rel(path, root), "file not found")
     except tomllib.TOMLDecodeError as e:
         problems.add(_rel(path, root), f"not valid TOML: {e}")
+    except UnicodeDecodeError as e:
+        problems.add(_rel(path, root), f"not UTF-8 (byte {e.start}): TOML files are UTF-8 text")
     return None
 
 
@@ -121,7 +124,7 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
                      "unknown key (expected source_date_epoch, profiles, [environment.NAME])")
     profiles = data.get("profiles", list(DEFAULT_PROFILES))
     if (not isinstance(profiles, list) or not profiles
-            or not all(isinstance(p, str) and NAME_RE.match(p) for p in profiles)
+            or not all(isinstance(p, str) and NAME_RE.fullmatch(p) for p in profiles)
             or len(set(profiles)) != len(profiles)):
         problems.add(f"{where}: profiles", "must be a list of distinct names, the default first")
         profiles = list(DEFAULT_PROFILES)
@@ -154,7 +157,7 @@ def _load_builder(path: Path, root: Path, problems: _Problems) -> BuilderConfig 
                 v = []
             values[field] = tuple(v)
         for loc in values["locales"]:
-            if not LOCALE_RE.match(loc):
+            if not LOCALE_RE.fullmatch(loc):
                 problems.add(f"{key}.locales", f"{loc!r} is not a UTF-8 locale name like et_EE.UTF-8")
         if values["locales"] and "locales" not in values["packages"]:
             problems.add(f"{key}.locales", "generating locales needs the package 'locales' in packages")
@@ -245,7 +248,7 @@ def _parse_stage(table: dict[str, Any], key: str, where: str, root: Path,
                  problems: _Problems) -> Stage | None:
     before = len(problems.items)
     name = table.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         problems.add(f"{key}.name", "required: letters, digits, '.', '_' or '-'")
         name = f"#{key}"
     else:
@@ -283,6 +286,10 @@ def _parse_outputs(value: Any, key: str, problems: _Problems) -> tuple[str, ...]
         if not isinstance(item, str) or not item:
             problems.add(f"{key}[{i}]", "must be a non-empty path string")
             continue
+        if UNSAFE_PATH_CHARS.search(item):
+            problems.add(f"{key}[{i}]", f"{item!r} holds a control character or backslash; output "
+                                        "names are listed one per line in signed files")
+            continue
         norm = posixpath.normpath(item)
         if PurePosixPath(item).is_absolute() or norm == "." or norm.split("/")[0] == "..":
             problems.add(f"{key}[{i}]", f"{item!r} escapes /out; give a relative path inside /out")
@@ -310,6 +317,9 @@ def _parse_run(value: Any, key: str, problems: _Problems) -> tuple[tuple[str, ..
         if not argv[0]:
             problems.add(f"{key}[{i}]", "the program name is empty")
             continue
+        if any("\0" in a for a in argv):
+            problems.add(f"{key}[{i}]", "an argument holds a NUL character, which no argument can")
+            continue
         commands.append(tuple(argv))
     return tuple(commands)
 
@@ -320,12 +330,15 @@ def _parse_env(value: Any, key: str, problems: _Problems) -> tuple[tuple[str, st
         return ()
     items = []
     for name, v in sorted(value.items()):
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             problems.add(f"{key}.{name}", "not a valid environment variable name")
         elif name in RESERVED_ENV:
             problems.add(f"{key}.{name}", "is fixed by the sandbox and cannot be set by a recipe")
         elif not isinstance(v, str):
             problems.add(f"{key}.{name}", "value must be a string")
+        elif "\0" in v:
+            problems.add(f"{key}.{name}", "the value holds a NUL character, which no environment "
+                                          "variable can")
         else:
             items.append((name, v))
     return tuple(items)
@@ -338,7 +351,7 @@ def _parse_inputs(value: Any, key: str, root: Path, problems: _Problems) -> tupl
     inputs = []
     for name, spec in sorted(value.items()):
         where = f"{key}.{name}"
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problems.add(where, "input names are letters, digits, '.', '_' or '-'")
             continue
         if not isinstance(spec, str):
@@ -369,7 +382,7 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
             return None
         return Input(name=name, kind=kind, spec=spec, target=norm)
     if kind is InputKind.STAGE or kind is InputKind.ENV:
-        if not NAME_RE.match(rest):
+        if not NAME_RE.fullmatch(rest):
             what = "a stage, e.g. stage:kernel" if kind is InputKind.STAGE else \
                 "an environment of recipes/builder.toml, e.g. env:target"
             problems.add(where, f"{spec!r}: name {what}")
@@ -386,11 +399,11 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
         problems.add(where, f"{spec!r}: malformed sha256 {frag!r} (need 64 lowercase hex digits)")
         return None
     if kind is InputKind.URL:
-        if not re.match(r"^(https?|ftp)://[^/\s]+/\S*$", body):
+        if not re.fullmatch(r"(https?|ftp)://[^/\s]+/\S*", body):
             problems.add(where, f"{spec!r}: not an http(s) URL")
             return None
         return Input(name=name, kind=kind, spec=spec, target=body, sha256=frag)
-    m = DEB_RE.match(body)
+    m = DEB_RE.fullmatch(body)
     if not m:
         problems.add(where, f"{spec!r}: expected deb:NAME=VERSION#sha256=HEX")
         return None

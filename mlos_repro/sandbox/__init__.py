@@ -49,8 +49,18 @@ def stage_environment(stage: str, source_date_epoch: int,
     return env
 
 
+# What bwrap itself runs with. A stage can read its pid 1's /proc/PID/environ, and under bwrap
+# that is bwrap: nothing of the caller's environment (proxies with passwords, tokens, HOME) may
+# be in it. (A podman container's pid 1 is `env -i`, which replaces its environment.)
+LAUNCH_ENV = {"PATH": PATH}
+
+
 class Sandbox(Protocol):
     name: str
+
+    def launch_env(self) -> dict[str, str]:
+        """The environment the sandbox tool itself is started with on the host."""
+        ...
 
     def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         """The host command line that runs `command` inside the sandbox."""

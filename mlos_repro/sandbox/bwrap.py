@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlos_repro.sandbox import SandboxSpec
+from mlos_repro.sandbox import LAUNCH_ENV, SandboxSpec
 
 # Provided fresh by bwrap, never taken from the environment.
 SKIP_TOP = frozenset({"dev", "proc", "sys", "tmp", "run", "in", "out", "build"})
@@ -22,6 +22,9 @@ class Bwrap:
 
     def prepare(self, spec: SandboxSpec) -> None:
         return None
+
+    def launch_env(self) -> dict[str, str]:
+        return dict(LAUNCH_ENV)
 
     def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         return bwrap_argv(spec, command)

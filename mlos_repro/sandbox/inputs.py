@@ -7,6 +7,7 @@ bytes are part of every cache key (graph.contract_digest).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ class StageInput:
 
 
 def lay_out(store: Store, inputs: Iterable[StageInput], work: Path, sde: int) -> dict[str, Path]:
-    """Host paths to mount read-only at /in/NAME. Directories are materialised under work/in
-    with SOURCE_DATE_EPOCH as every mtime; blobs, immutable and read-only, are bound directly."""
+    """Host paths to mount read-only at /in/NAME, all materialised under work/in with
+    SOURCE_DATE_EPOCH as every mtime: a single file too (a url:/deb: download or a path: file),
+    which is copied rather than bound, since the store's blob carries the time it was stored."""
     mounts: dict[str, Path] = {}
     for inp in inputs:
         if inp.is_stage:
@@ -41,7 +43,12 @@ def lay_out(store: Store, inputs: Iterable[StageInput], work: Path, sde: int) ->
             pin_mtimes(dest, sde)
             mounts[inp.name] = dest
         else:
-            mounts[inp.name] = store.blob_path(inp.digest.removeprefix("sha256:"))
+            dest = work / "in" / inp.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(store.blob_path(inp.digest.removeprefix("sha256:")), dest)
+            os.chmod(dest, 0o444)
+            os.utime(dest, (sde, sde))
+            mounts[inp.name] = dest
     return mounts
 
 

@@ -13,15 +13,18 @@ nproc/nofile limits, so both are set explicitly, and crun fails there, so runc i
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 
 from mlos_repro import run
 from mlos_repro.errors import StageFailedError
-from mlos_repro.sandbox import SandboxSpec
+from mlos_repro.sandbox import LAUNCH_ENV, SandboxSpec
 
 IMAGE = "localhost/mlos-repro-env"
 RUNTIME_OPTS = ("--runtime", "runc")
+PODMAN_HOST_VARS = ("HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "CONTAINERS_CONF",
+                    "CONTAINERS_STORAGE_CONF")
 LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 
 
@@ -42,6 +45,11 @@ class Podman:
 
     def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         return podman_argv(spec, command)
+
+    def launch_env(self) -> dict[str, str]:
+        """podman needs to find its own configuration and runtime directory; nothing else of
+        the caller's (no proxies: the container has no network anyway)."""
+        return {**LAUNCH_ENV, **{k: os.environ[k] for k in PODMAN_HOST_VARS if k in os.environ}}
 
 
 def image_name(spec: SandboxSpec) -> str:

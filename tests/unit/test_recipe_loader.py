@@ -97,6 +97,21 @@ BAD = {
                           'm = "env:nope"\n', "stage 'a'.inputs.m", "unknown environment 'nope'"),
     "malformed env input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
                             'm = "env:"\n', "stage 'a'.inputs.m", "name an environment"),
+    "stage name with a trailing newline": ('[[stage]]\nname = "a\\n"\noutputs = ["x"]\nrun = [["true"]]\n',
+                                           "stage[0].name", "required: letters"),
+    "input name with a trailing newline": (
+        '[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n"p\\n" = "path:recipes"\n',
+        "stage 'a'.inputs.p", "input names are letters"),
+    "control characters in an output name": (
+        '[[stage]]\nname = "a"\noutputs = ["a.txt\\n1111  nl/forged.txt"]\nrun = [["true"]]\n',
+        "stage 'a'.outputs[0]", "control character or backslash"),
+    "NUL in an env value": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                            'env = { A = "x\\u0000y" }\n', "stage 'a'.env.A", "NUL character"),
+    "NUL in a run argument": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["echo", "x\\u0000y"]]\n',
+                              "stage 'a'.run[0]", "NUL character"),
+    "url with a trailing newline": (
+        '[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\n'
+        f'u = "url:https://example.org/f.tgz\\n#sha256={"a" * 64}"\n', "stage 'a'.inputs.u", "not an http(s) URL"),
     "privileged not a boolean": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
                                  'privileged = "yes"\n', "stage 'a'.privileged", "must be true or false"),
 }
@@ -118,6 +133,15 @@ def test_bad_recipe_exits_2_naming_file_and_key(case: str, repo: Callable[..., P
     assert result.code == 2, result.stderr
     assert "recipes/stages.toml" in result.stderr and message in result.stderr
     assert not (recipes.parent / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["stages.toml", "builder.toml"])
+def test_a_recipe_that_is_not_utf8_is_named(name: str, repo: Callable[..., Path]) -> None:
+    recipes = repo('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n')
+    (recipes / name).write_bytes(b'# caf\xe9\n' + (recipes / name).read_bytes())
+    result = mlos("build", "--recipes", recipes, "--store", recipes.parent / "store")
+    assert result.code == 2, result.stderr
+    assert f"recipes/{name}: not UTF-8 (byte 5)" in result.stderr
 
 
 def test_env_inputs_and_privileged_stages_load(repo: Callable[..., Path]) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlos_repro.errors import DigestMismatchError
-from mlos_repro.store import OutputKind, StageEntry, Store
+from mlos_repro.fsutil import MAX_TREE_DEPTH
+from mlos_repro.store import SWEEP_GRACE, OutputKind, SpecialFile, StageEntry, Store
 
 
 def test_blob_round_trip_and_mismatch_refused(tmp_path: Path) -> None:
@@ -48,7 +53,7 @@ def test_tree_round_trip_keeps_modes_and_symlinks(tmp_path: Path) -> None:
     os.chmod(src / "sub" / "tool", 0o750)
     (src / "data").write_text("x")
     (src / "link").symlink_to("sub/tool")
-    digest, kind = store.put_output(src)
+    digest, kind = store.put_output(tmp_path, "src")
     assert kind == OutputKind.TREE
     dest = tmp_path / "dest"
     store.materialize(digest, kind, dest)
@@ -56,17 +61,17 @@ def test_tree_round_trip_keeps_modes_and_symlinks(tmp_path: Path) -> None:
     assert os.readlink(dest / "link") == "sub/tool"
     assert (dest / "data").read_text() == "x"
     # The digest is a function of content only.
-    assert store.put_output(dest)[0] == digest
+    assert store.put_output(tmp_path, "dest")[0] == digest
     (dest / "data").write_text("y")
-    assert store.put_output(dest)[0] != digest
+    assert store.put_output(tmp_path, "dest")[0] != digest
 
 
 def test_symlink_output_is_refused(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").symlink_to("/etc/passwd")
-    with pytest.raises(Exception, match="symlink"):
-        store.put_output(tmp_path / "out" / "x")
+    with pytest.raises(SpecialFile, match="symbolic link"):
+        store.put_output(tmp_path / "out", "x")
 
 
 def test_stage_entry_with_missing_blob_is_a_miss(tmp_path: Path) -> None:
@@ -78,12 +83,119 @@ def test_stage_entry_with_missing_blob_is_a_miss(tmp_path: Path) -> None:
     assert store.get_stage("k" * 64) is None
 
 
+def nest(top: Path, depth: int) -> None:
+    """top/d/d/…/d, `depth` levels, made one descriptor at a time (no recursion, no long paths)."""
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+
+
+def _aged(path: Path) -> None:
+    """Older than the sweep's grace period, as a dead build's leftovers are."""
+    old = time.time() - SWEEP_GRACE - 5
+    os.utime(path, (old, old), follow_symlinks=False)
+
+
 def test_leftovers_of_dead_builds_are_swept(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
-    dead = store.root / "tmp" / "stage-999999999-abc"
+    tmp = store.root / "tmp"
+    dead = tmp / "stage-1-abc"
     dead.mkdir()
     (dead / "partial").write_text("half")
-    alive = store.root / "tmp" / f"stage-{os.getpid()}-abc"
-    alive.mkdir()
+    nest(dead / "deep", 1100)  # deeper than Python's recursion limit
+    os.chmod(dead / "deep", 0o500)
+    partial_blob = tmp / "tmpabc123"  # a blob copy a killed build never finished
+    partial_blob.write_bytes(b"x" * 4096)
+    for p in (dead, partial_blob):
+        _aged(p)
+    fresh = tmp / "stage-2-new"  # may be between its creation and its lock
+    fresh.mkdir()
+    with store.tempdir("stage-alive") as alive, store.temp_file() as (alive_file, _):
+        _aged(alive)
+        _aged(alive_file)
+        Store(tmp_path / "store")
+        assert alive.exists() and alive_file.exists(), "a locked work dir or file was swept"
+    assert not dead.exists() and not partial_blob.exists()
+    assert fresh.exists()
+
+
+def test_a_sweep_never_fails_on_what_it_cannot_remove(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path / "store")
+    stuck = store.root / "tmp" / "stage-1-stuck"
+    stuck.mkdir()
+    (stuck / "f").write_text("x")
+    _aged(stuck)
+    real = os.rmdir
+
+    def refuse(path: Any, *a: Any, **kw: Any) -> None:
+        if str(path).endswith("stage-1-stuck"):
+            raise OSError(16, "Device or resource busy", str(path))
+        real(path, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "rmdir", refuse)
+        Store(tmp_path / "store")  # no exception
+    assert "stage-1-stuck" in caplog.text
+    _aged(stuck)  # emptying it made it look fresh
     Store(tmp_path / "store")
-    assert not dead.exists() and alive.exists()
+    assert not stuck.exists()
+
+
+def test_tree_outputs_lose_setuid_setgid_sticky_and_world_write(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    out = tmp_path / "out"
+    (out / "t" / "pub").mkdir(parents=True)
+    (out / "t" / "su").write_bytes(b"\x7fELF")
+    os.chmod(out / "t" / "su", 0o4755)
+    os.chmod(out / "t" / "pub", 0o1777)
+    (out / "t" / "sg").write_text("x")
+    os.chmod(out / "t" / "sg", 0o2666)
+    digest, kind = store.put_output(out, "t")
+    dest = tmp_path / "dest"
+    store.materialize(digest, kind, dest)
+    assert stat.S_IMODE((dest / "su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "pub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "sg").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("make", ["fifo", "socket", "in-tree-fifo"])
+def test_special_files_are_refused_by_name(tmp_path: Path, make: str) -> None:
+    store = Store(tmp_path / "store")
+    out = tmp_path / "out"
+    (out / "t").mkdir(parents=True)
+    if make == "fifo":
+        os.mkfifo(out / "o")
+        name, shown = "o", "FIFO"
+    elif make == "socket":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(out / "o"))
+        name, shown = "o", "socket"
+    else:
+        os.mkfifo(out / "t" / "pipe")
+        name, shown = "t", "t/pipe is a FIFO"
+    with pytest.raises(SpecialFile, match=shown):
+        store.put_output(out, name)
+    assert not [p for p in (store.root / "tmp").iterdir()], "a refused output left a partial file"
+
+
+def test_an_output_through_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "etc").symlink_to("/etc")
+    with pytest.raises(SpecialFile, match=r"/out/etc is a symbolic link \(to '/etc'\)"):
+        store.put_output(out, "etc/passwd")
+    assert not any(store.root.joinpath("blobs", "sha256").iterdir())
+
+
+def test_a_tree_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    nest(tmp_path / "out" / "t", MAX_TREE_DEPTH + 5)
+    with pytest.raises(SpecialFile, match=f"more than {MAX_TREE_DEPTH} deep"):
+        store.put_output(tmp_path / "out", "t")
