@@ -18,7 +18,8 @@ from mlos_repro.store import OUTPUT_RULES
 # its inputs are laid out. Their bytes are part of every cache key, so a change to them can
 # never hit an entry made under the old contract. (Read as files: the sandbox package is not
 # graph's to import.)
-CONTRACT_MODULES = ("sandbox/__init__.py", "sandbox/bwrap.py", "sandbox/podman.py", "sandbox/inputs.py")
+CONTRACT_MODULES = ("sandbox/__init__.py", "sandbox/bwrap.py", "sandbox/podman.py", "sandbox/inputs.py",
+                    "sandbox/idmap.py")
 
 
 PACKAGE = Path(__file__).parent

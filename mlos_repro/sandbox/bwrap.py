@@ -8,10 +8,16 @@ and the root is remounted read-only last.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mlos_repro.sandbox import LAUNCH_ENV, SandboxSpec
+
+# Capabilities over the host that a privileged stage's user namespace could not use anyway
+# (the kernel checks them against the host's namespace), dropped so that they are not even held.
+HOST_CAPS = ("CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_MKNOD",
+             "CAP_SYSLOG", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_BPF", "CAP_PERFMON")
 
 # Provided fresh by bwrap, never taken from the environment.
 SKIP_TOP = frozenset({"dev", "proc", "sys", "tmp", "run", "in", "out", "build"})
@@ -44,11 +50,16 @@ def root_binds(root: Path) -> list[str]:
 
 
 def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
+    launcher: list[str] = []
     if spec.privileged:
-        # The host's root with every capability (real ownership, mknod, mounts), still
-        # without network and in its own mount, pid, ipc and uts namespaces.
+        # Root of a user namespace that maps host IDs 0-65535 onto themselves (idmap.py): real
+        # ownership and mounts inside, every capability over the sandbox's own namespaces,
+        # none over the host's (no device nodes, no devtmpfs, no modules, clock or raw I/O).
+        # Without network and in its own mount, pid, ipc, uts and cgroup namespaces.
+        launcher = [sys.executable, "-m", "mlos_repro.sandbox.idmap"]
         identity = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                    "--unshare-cgroup-try", "--cap-add", "ALL"]
+                    "--unshare-cgroup-try", "--cap-add", "ALL",
+                    *(arg for cap in HOST_CAPS for arg in ("--cap-drop", cap))]
     else:
         # Root inside a user namespace: capabilities over the sandbox's own namespaces only,
         # never over the host's devices or files (bwrap run as root would otherwise keep them).
@@ -56,6 +67,7 @@ def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
                     "--unshare-user", "--uid", str(spec.uid), "--gid", str(spec.gid)]
     args = [
         *spec.host_wrapper,
+        *launcher,
         "bwrap",
         *identity,
         "--die-with-parent",

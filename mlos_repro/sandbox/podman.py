@@ -20,9 +20,16 @@ from collections.abc import Sequence
 from mlos_repro import run
 from mlos_repro.errors import StageFailedError
 from mlos_repro.sandbox import LAUNCH_ENV, SandboxSpec
+from mlos_repro.sandbox.bwrap import HOST_CAPS
 
 IMAGE = "localhost/mlos-repro-env"
 RUNTIME_OPTS = ("--runtime", "runc")
+# A privileged stage, as under bwrap (bwrap.py, idmap.py): root of a user namespace mapping IDs
+# 0-65535 onto themselves, every capability over its own namespaces and none over the host's,
+# podman's own minimal /dev (not --privileged, which would show every host device).
+PRIVILEGED = ("--uidmap", "0:0:65536", "--gidmap", "0:0:65536", "--cap-add", "ALL",
+              "--cap-drop", ",".join(HOST_CAPS), "--security-opt", "seccomp=unconfined",
+              "--security-opt", "apparmor=unconfined", "--security-opt", "label=disable")
 PODMAN_HOST_VARS = ("HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "CONTAINERS_CONF",
                     "CONTAINERS_STORAGE_CONF")
 LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
@@ -69,7 +76,7 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         "--volume", f"{spec.root}/etc/hostname:/etc/hostname:ro",
         "--volume", f"{spec.root}/etc/resolv.conf:/etc/resolv.conf:ro",
         *LIMITS,
-        *(["--privileged"] if spec.privileged else []),
+        *(PRIVILEGED if spec.privileged else ()),
         "--user", f"{spec.uid}:{spec.gid}", "--umask", f"{spec.umask:04o}",
         "--unsetenv-all",
     ]

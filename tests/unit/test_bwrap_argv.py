@@ -62,11 +62,15 @@ def test_environment_is_exactly_the_contract(tmp_path: Path) -> None:
     }
 
 
-def test_a_privileged_stage_is_the_hosts_root_but_still_offline(tmp_path: Path) -> None:
+def test_a_privileged_stage_is_root_of_an_identity_mapped_namespace_and_offline(tmp_path: Path) -> None:
     from dataclasses import replace
     spec = _spec(tmp_path)
     argv = bwrap_argv(replace(spec, privileged=True), ["mmdebstrap"])
+    # bwrap is started as root of a user namespace mapping IDs 0-65535 onto themselves.
+    assert argv[1:4] == ["-m", "mlos_repro.sandbox.idmap", "bwrap"]
     assert "--unshare-user" not in argv and "--unshare-all" not in argv
+    dropped = {argv[i + 1] for i, a in enumerate(argv) if a == "--cap-drop"}
+    assert {"CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_MKNOD"} <= dropped
     assert "--unshare-net" in argv and "--share-net" not in argv
     assert {"--unshare-pid", "--unshare-ipc", "--unshare-uts"} <= set(argv)
     assert argv[argv.index("--cap-add") + 1] == "ALL"

@@ -184,6 +184,17 @@ def test_special_files_are_refused_by_name(tmp_path: Path, make: str) -> None:
     assert not [p for p in (store.root / "tmp").iterdir()], "a refused output left a partial file"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_output_is_refused_not_read(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mknod(out / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    with pytest.raises(SpecialFile, match="output 'zero' is a character device"):
+        store.put_output(out, "zero")
+    assert not [p for p in (store.root / "tmp").iterdir()]
+
+
 def test_an_output_through_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     out = tmp_path / "out"
