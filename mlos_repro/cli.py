@@ -321,6 +321,45 @@ def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
 
 
 
+@main.group("store")
+def store_group() -> None:
+    """Look after a store: re-hash what it holds."""
+
+
+@store_group.command("check")
+@store_option
+@click.option("--repair", is_flag=True,
+              help="Remove corrupted blobs and the stage entries that need them (the next build "
+                   "makes them again).")
+@json_option
+@_handle_errors
+def store_check(store_dir: Path | None, repair: bool, as_json: bool) -> None:
+    """Re-hash every blob of the store and check every stage entry.
+
+    Exit 0 when everything matches; 1 when a blob's bytes no longer match its name or an entry
+    needs a missing or corrupted blob (also with --repair, after removing them)."""
+    from mlos_repro.store_check import check_store
+
+    store = _store(store_dir)
+    report = check_store(store, repair=repair)
+    if as_json:
+        ui.emit_json({"store": str(store.root), **report.to_json()})
+    else:
+        for problem in report.corrupted:
+            click.echo(f"corrupted blob  {ui.printable(problem)}")
+        for problem in report.broken_entries:
+            click.echo(f"broken entry    {ui.printable(problem)}")
+        for path in report.removed:
+            click.echo(f"removed         {path}")
+        verdict = "intact" if report.ok else (
+            f"{len(report.corrupted)} corrupted blob(s), {len(report.broken_entries)} broken entr(y/ies)")
+        ui.info(f"{store.root}: {report.blobs} blobs, {report.bytes / 2**20:.0f} MiB re-hashed in "
+                f"{report.seconds:.1f} s: {verdict}"
+                + ("" if report.ok or repair else "; run again with --repair to remove them"))
+    if not report.ok:
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))
+
+
 class _DefaultGroup(click.Group):
     """A group whose first argument, when it names no sub-command, goes to `default`:
     `mlos-repro sbom ARTIFACT` is `mlos-repro sbom show ARTIFACT`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 # The rules by which a stage's outputs are stored (what is refused, which mode bits are kept).
 # Part of every cache key: an entry stored under older rules is never a hit.
 OUTPUT_RULES = 2
+COPY_CHUNK = 1 << 20
+STORE_REPAIR_HINT = ("run `mlos-repro store check --repair` to find and remove every changed blob, "
+                     "then build again (the store makes what it lacks)")
 # tmp/ entries younger than this are not swept: they may not be locked yet (see _sweep_tmp).
 SWEEP_GRACE = 60.0
 # Mode bits a stored tree keeps: rwx for the owner, r-x for the rest; no setuid/setgid/sticky.
@@ -135,7 +139,7 @@ class Store:
     def temp_file(self, purpose: str = "tmp") -> Iterator[tuple[Path, BinaryIO]]:
         """A new file under tmp/, locked while open; it is removed unless adopted (renamed into
         blobs/) before the block ends."""
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{purpose}-")
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{purpose}-{os.getpid()}-")
         path = Path(name)
         try:
             with os.fdopen(fd, "w+b") as f:
@@ -252,12 +256,45 @@ class Store:
         return self.put_bytes(canonical_json({"tree": entries}))
 
     def read_tree(self, hexdigest: str) -> list[dict[str, Any]]:
-        data = json.loads(self.blob_path(hexdigest).read_bytes())
+        data = json.loads(self.read_blob(hexdigest, "a tree listing"))
         entries: list[dict[str, Any]] = data["tree"]
         return entries
 
+    def read_blob(self, hexdigest: str, what: str) -> bytes:
+        """A small blob's bytes, re-hashed (a mismatch is refused and the blob removed)."""
+        data = self.blob_path(hexdigest).read_bytes()
+        if sha256_bytes(data) != hexdigest:
+            self._corrupted(hexdigest, sha256_bytes(data), what)
+        return data
+
+    def copy_blob(self, hexdigest: str, dest: Path, what: str = "") -> None:
+        """Copy a blob to `dest`, re-hashing it on the way: a store is a user-writable
+        directory, and a blob changed after it was stored must never be built on, written
+        out or signed. A mismatch removes `dest` and the blob, and is refused by name."""
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(open_regular(self.blob_path(hexdigest)), "rb") as src, dest.open("wb") as out:
+                while chunk := src.read(COPY_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+        except NotRegularFile as e:
+            dest.unlink(missing_ok=True)
+            raise DigestMismatchError(f"{what or 'blob'} sha256:{hexdigest}: {e}",
+                                      STORE_REPAIR_HINT) from None
+        if h.hexdigest() != hexdigest:
+            dest.unlink(missing_ok=True)
+            self._corrupted(hexdigest, h.hexdigest(), what or str(dest))
+
+    def _corrupted(self, hexdigest: str, actual: str, what: str) -> None:
+        self.blob_path(hexdigest).unlink(missing_ok=True)
+        raise DigestMismatchError(
+            f"{what}: the store's blob sha256:{hexdigest} now has sha256 {actual}: it was "
+            "changed after it was stored; it was removed from the store and nothing was written "
+            "from it", STORE_REPAIR_HINT)
+
     def materialize(self, digest: str, kind: str, dest: Path) -> None:
-        """Recreate an output (a file, or a directory from its tree listing) at dest."""
+        """Recreate an output (a file, or a directory from its tree listing) at dest; every
+        blob is re-hashed as it is copied (copy_blob)."""
         hexdigest = digest.removeprefix("sha256:")
         if kind == OutputKind.TREE:
             dest.mkdir(parents=True, exist_ok=True)
@@ -270,13 +307,13 @@ class Store:
                 elif e["type"] == "symlink":
                     target.symlink_to(e["target"])
                 else:
-                    shutil.copyfile(self.blob_path(e["sha256"]), target)
+                    self.copy_blob(e["sha256"], target, f"{dest.name}/{e['path']}")
                     os.chmod(target, e["mode"])
             for d, mode in reversed(dirs):
                 os.chmod(d, mode)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.blob_path(hexdigest), dest)
+            self.copy_blob(hexdigest, dest, dest.name)
             os.chmod(dest, 0o755 if kind == OutputKind.EXECUTABLE else 0o644)
 
     def put_output(self, out: Path, name: str) -> tuple[str, str]:

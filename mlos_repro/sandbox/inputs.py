@@ -7,7 +7,6 @@ bytes are part of every cache key (graph.contract_digest).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ def lay_out(store: Store, inputs: Iterable[StageInput], work: Path, sde: int) ->
         else:
             dest = work / "in" / inp.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(store.blob_path(inp.digest.removeprefix("sha256:")), dest)
+            store.materialize(inp.digest, OutputKind.FILE, dest)
             os.chmod(dest, 0o444)
             os.utime(dest, (sde, sde))
             mounts[inp.name] = dest

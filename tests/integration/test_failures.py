@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -189,3 +190,65 @@ def test_an_env_input_whose_debs_are_not_fetched_says_run_fetch(repo: Callable[.
     assert "stage 'needs-mirror': input 'debian' (env:target):" in result.stderr
     assert ".debs, e.g." in result.stderr and "run: mlos-repro fetch" in result.stderr
     assert not (recipes.parent / "out").exists()
+
+
+def test_twenty_random_kills_leave_the_store_consistent(shared_store: Path, repo: Callable[..., Path],
+                                                        tmp_path: Path, unique: str) -> None:
+    """kill -9 at random moments of builds that copy a 256 MiB output and a tree of many files
+    into the store: afterwards every entry is complete, no blob is corrupt, what the killed
+    builds left in tmp/ is swept, and the build gives the same digests as an undisturbed one."""
+    from mlos_repro.store_check import check_store
+
+    recipes = repo(f"""
+        [[stage]]
+        name = "big"
+        outputs = ["big.bin"]
+        run = [["sh", "-c", "head -c 268435456 /dev/zero > /out/big.bin; echo {unique} >> /out/big.bin"]]
+
+        [[stage]]
+        name = "many"
+        outputs = ["t"]
+        run = [["sh", "-c", "mkdir /out/t; for i in $(seq 400); do echo {unique} $i > /out/t/f$i; done"]]
+
+        [[stage]]
+        name = "after"
+        outputs = ["sums"]
+        run = [["sh", "-c", "sha256sum /in/big/big.bin /in/many/t/* > /out/sums"]]
+        [stage.inputs]
+        big = "stage:big"
+        many = "stage:many"
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOS_REPRO")}
+
+    def start(out: Path, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*MLOS, "build", "--recipes", str(recipes), "--out", str(out),
+                                 "--store", str(shared_store), "--json", *extra],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    reference = start(tmp_path / "ref")
+    stdout, stderr = reference.communicate()
+    assert reference.returncode == 0, stderr
+    want = {n: s["outputs"] for n, s in json.loads(stdout)["stages"].items()}
+
+    rng = random.Random(unique)
+    killed = []
+    for i in range(20):
+        proc = start(tmp_path / f"k{i}", "--no-cache")  # every run copies its outputs again
+        time.sleep(rng.uniform(0.3, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        killed.append(proc.pid)
+
+    # What the killed builds left: swept once no lock holds it and it is past the grace period.
+    leftovers = [p for p in (shared_store / "tmp").iterdir()
+                 if any(f"-{pid}-" in p.name for pid in killed)]
+    assert leftovers, "no kill landed while a build was working"
+    for p in leftovers:
+        os.utime(p, (time.time() - 3600,) * 2, follow_symlinks=False)
+    final = start(tmp_path / "final")
+    stdout, stderr = final.communicate()
+    assert final.returncode == 0, stderr
+    assert {n: s["outputs"] for n, s in json.loads(stdout)["stages"].items()} == want
+    assert not [p for p in leftovers if p.exists() or p.is_symlink()]
+    report = check_store(Store(shared_store))
+    assert report.ok, (report.corrupted, report.broken_entries)

@@ -1027,3 +1027,46 @@ def test_a_root_key_that_is_no_key_is_named(honest: Path, keys: Path, tmp_path: 
         result = mlos("verify", honest, "--root-key", bad, "--keyring", keys / "archive-keyring.gpg", "--json")
         assert result.code == 2, result.stderr
         assert str(bad) in failed(json.loads(result.stdout))[3]
+
+
+def test_a_blob_changed_in_the_store_is_never_signed(keys: Path, shared_store: Path, tmp_path: Path,
+                                                     unique: str) -> None:
+    """A store is user-writable: release re-hashes what it writes out, refuses a changed blob by
+    name and writes nothing; `store check` finds it, `--repair` removes it, a build makes it again."""
+    recipes = write_repo(tmp_path / "repo", STAGES.replace("@VERSION@", unique[:8]) + BUNDLE)
+    (tmp_path / "repo/layouts").mkdir()
+    (tmp_path / "repo/layouts/layout.toml").write_text(BINDING)
+    out = tmp_path / "out"
+    assert mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store).code == 0
+    digest = json.loads((out / "manifest.json").read_text())["stages"]["bundle"]["outputs"]["bundle.tar"]
+    blob = shared_store / "blobs/sha256" / digest.removeprefix("sha256:")
+    os.chmod(blob, 0o644)
+    with blob.open("r+b") as f:  # one byte, as a faulty disk or a hand-run tool would
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+
+    result = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--from", out, "--recipes", recipes,
+                  "--store", shared_store, "--release-version", "1.0")
+    assert result.code == 1, result.stderr
+    assert digest in result.stderr and "changed after it was stored" in result.stderr
+    assert "store check --repair" in result.stderr
+    assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".rel*"))
+    assert not blob.exists()  # refused and removed: nothing builds on it either
+
+    # The same change, found by store check (put it back first: release removed it).
+    made = mlos("build", "--recipes", recipes, "--out", tmp_path / "out2", "--store", shared_store, "--json")
+    assert made.code == 0, made.stderr
+    assert json.loads(made.stdout)["stages"]["bundle"]["cached"] is False
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"not what was built")
+    check = mlos("store", "check", "--store", shared_store, "--json")
+    assert check.code == 1, check.stderr
+    report = json.loads(check.stdout)
+    assert any(c.startswith(blob.name + ": content has sha256") for c in report["corrupted"])
+    assert any("output 'bundle.tar'" in e for e in report["broken_entries"])
+    repaired = mlos("store", "check", "--store", shared_store, "--repair", "--json")
+    assert repaired.code == 1 and f"blobs/sha256/{blob.name}" in json.loads(repaired.stdout)["removed"]
+    again = mlos("store", "check", "--store", shared_store, "--json")
+    assert again.code == 0, again.stdout

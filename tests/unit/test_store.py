@@ -210,3 +210,53 @@ def test_a_tree_nested_too_deep_is_refused(tmp_path: Path) -> None:
     nest(tmp_path / "out" / "t", MAX_TREE_DEPTH + 5)
     with pytest.raises(SpecialFile, match=f"more than {MAX_TREE_DEPTH} deep"):
         store.put_output(tmp_path / "out", "t")
+
+
+def _corrupt(store: Store, hexdigest: str, data: bytes = b"changed") -> None:
+    path = store.blob_path(hexdigest)
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+def test_a_blob_changed_after_it_was_stored_is_never_copied_out(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    (tmp_path / "out" / "t").mkdir(parents=True)
+    (tmp_path / "out" / "t" / "f").write_text("built")
+    digest, kind = store.put_output(tmp_path / "out", "t")
+    f_blob = store.read_tree(digest.removeprefix("sha256:"))[0]["sha256"]
+    _corrupt(store, f_blob)
+    with pytest.raises(DigestMismatchError, match=f"blob sha256:{f_blob} now has sha256") as info:
+        store.materialize(digest, kind, tmp_path / "dest")
+    assert info.value.hint is not None and "store check --repair" in info.value.hint
+    assert not (tmp_path / "dest" / "f").exists() and not store.blob_path(f_blob).exists()
+
+
+def test_store_check_names_and_repairs_what_changed(tmp_path: Path) -> None:
+    from mlos_repro.store_check import check_store
+
+    store = Store(tmp_path / "store")
+    (tmp_path / "out" / "t").mkdir(parents=True)
+    (tmp_path / "out" / "t" / "f").write_text("tree file")
+    (tmp_path / "out" / "single").write_text("single")
+    tree, _ = store.put_output(tmp_path / "out", "t")
+    single, _ = store.put_output(tmp_path / "out", "single")
+    log = store.put_bytes(b"log")
+    store.put_stage(StageEntry("a" * 64, {"t": tree}, {"t": OutputKind.TREE}, log))
+    store.put_stage(StageEntry("b" * 64, {"single": single}, {"single": OutputKind.FILE}, log))
+    intact = check_store(store)
+    assert intact.ok and intact.blobs == 4  # tree file, tree listing, single file, log
+
+    f_blob = store.read_tree(tree.removeprefix("sha256:"))[0]["sha256"]
+    _corrupt(store, f_blob)
+    (store.root / "blobs" / "sha256" / "stray").write_text("x")
+    found = check_store(store)
+    assert not found.ok and not found.removed
+    assert sorted(c.split(":")[0] for c in found.corrupted) == sorted([f_blob, "stray"])
+    assert [e.split(":")[0] for e in found.broken_entries] == ["a" * 64]
+    assert "a file of tree output 't'" in found.broken_entries[0]
+
+    repaired = check_store(store, repair=True)
+    assert set(repaired.removed) == {f"stages/{'a' * 64}.json", f"blobs/sha256/{f_blob}",
+                                     "blobs/sha256/stray"}
+    assert store.get_stage("a" * 64) is None and store.get_stage("b" * 64) is not None
+    assert check_store(store).ok
