@@ -323,7 +323,7 @@ def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
 
 @main.group("store")
 def store_group() -> None:
-    """Look after a store: re-hash what it holds."""
+    """Look after a store: re-hash what it holds, reclaim space."""
 
 
 @store_group.command("check")
@@ -338,7 +338,7 @@ def store_check(store_dir: Path | None, repair: bool, as_json: bool) -> None:
 
     Exit 0 when everything matches; 1 when a blob's bytes no longer match its name or an entry
     needs a missing or corrupted blob (also with --repair, after removing them)."""
-    from mlos_repro.store_check import check_store
+    from mlos_repro.store_admin import check_store
 
     store = _store(store_dir)
     report = check_store(store, repair=repair)
@@ -358,6 +358,44 @@ def store_check(store_dir: Path | None, repair: bool, as_json: bool) -> None:
                 + ("" if report.ok or repair else "; run again with --repair to remove them"))
     if not report.ok:
         sys.exit(int(ExitCode.VERIFICATION_FAILED))
+
+
+@store_group.command("gc")
+@store_option
+@click.option("--keep-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Keep stage entries, memos and blobs stored or used within this many days.")
+@click.option("--recipes", "recipes_dir", type=click.Path(path_type=Path), default=None,
+              help="Keep every input these recipes pin (locked .debs, url:/deb: inputs), in every "
+                   "profile [default: ./recipes if it exists].")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@json_option
+@_handle_errors
+def store_gc(store_dir: Path | None, keep_days: float, recipes_dir: Path | None, dry_run: bool,
+             as_json: bool) -> None:
+    """Reclaim space: remove what no recent build used.
+
+    Stage entries and memos not used within --keep-days go, then every blob that nothing kept
+    needs, that no recipe pins and that was not stored or used within --keep-days (never one
+    stored in the last hour: a running build may still need it). A later build makes again
+    what it lacks."""
+    from mlos_repro.pipelines import pinned_digests
+    from mlos_repro.store_admin import collect_garbage
+
+    store = _store(store_dir)
+    if recipes_dir is None and Path("recipes/builder.toml").is_file():
+        recipes_dir = Path("recipes")
+    pinned = pinned_digests(recipes_dir) if recipes_dir is not None else set()
+    report = collect_garbage(store, keep_days=keep_days, pinned=pinned, dry_run=dry_run)
+    if as_json:
+        ui.emit_json({"store": str(store.root), "dry_run": dry_run, "pinned_by":
+                      str(recipes_dir) if recipes_dir else None, **report.to_json()})
+        return
+    verb = "would remove" if dry_run else "removed"
+    ui.info(f"{store.root}: {verb} {report.entries_removed} stage entries, "
+            f"{report.listings_removed} memos and {report.blobs_removed} blobs "
+            f"({report.bytes_freed / 2**20:.0f} MiB); kept {report.blobs_kept} blobs "
+            f"({report.bytes_kept / 2**20:.0f} MiB)"
+            + ("" if recipes_dir else "; no recipes named, so nothing was kept for being pinned"))
 
 
 class _DefaultGroup(click.Group):

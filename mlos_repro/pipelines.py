@@ -13,12 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
 from mlos_repro.errors import BadInputError
 from mlos_repro.executor import BuildResult, Executor, Progress, no_progress, write_out
 from mlos_repro.inspect.report import DiffoscopeSettings
 from mlos_repro.rebuild.variations import Host, Plan, plan
 from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
 from mlos_repro.recipe import RecipeSet, load_recipes
+from mlos_repro.recipe.model import InputKind
 from mlos_repro.release import Keys, Sigstore, make_release
 from mlos_repro.sandbox.select import sandbox
 from mlos_repro.sbom.facts import SBOM_SUFFIX
@@ -165,3 +167,20 @@ def _built_stages(from_dir: Path) -> dict[str, dict[str, Any]]:
         raise BadInputError(f"{path}: cannot read the build's manifest ({e})",
                             "name the OUT directory of a finished `mlos-repro build`") from None
     return stages
+
+
+def pinned_digests(recipes_dir: Path) -> set[str]:
+    """Every sha256 the recipes pin, in every profile: the locked .debs of every environment
+    and every url:/deb: input. `store gc` keeps them: they may not be downloadable again."""
+    first = load_recipes(recipes_dir)
+    pins: set[str] = set()
+    lock_path = first.builder.path.with_name(LOCK_FILE)
+    if lock_path.exists():
+        for name in sorted(set(read_lock(lock_path)) & set(first.builder.environments)):
+            _, locked = locked_environment(first.builder, name)
+            pins.update(p.sha256 for p in locked.packages)
+    for profile in first.builder.profiles:
+        for stage in load_recipes(recipes_dir, profile).stages.values():
+            pins.update(i.sha256 for i in stage.inputs
+                        if i.kind in (InputKind.URL, InputKind.DEB) and i.sha256 is not None)
+    return pins

@@ -199,6 +199,7 @@ class Store:
         dest = self.blob_path(digest)
         if dest.exists():
             tmp.unlink(missing_ok=True)
+            _touch(dest)  # stored again: recent, for `store gc`
         else:
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
@@ -364,6 +365,7 @@ class Store:
         for digest in entry.outputs.values():
             if not self.has_blob(digest.removeprefix("sha256:")):
                 return None
+        _touch(path)  # used: recent, for `store gc`
         return entry
 
     def put_stage(self, entry: StageEntry) -> None:
@@ -381,6 +383,7 @@ class Store:
             node: dict[str, Any] = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None
+        _touch(path)
         return node
 
     def put_listing(self, key: str, node: dict[str, Any]) -> None:
@@ -443,6 +446,12 @@ def _unmount_below(path: Path) -> None:
                     argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     check=False).returncode == 0:
                 break
+
+
+def _touch(path: Path) -> None:
+    """Mark a blob or entry as used now; `store gc` keeps what was used recently."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _force_rmtree(path: Path) -> None:

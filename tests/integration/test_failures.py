@@ -197,7 +197,7 @@ def test_twenty_random_kills_leave_the_store_consistent(shared_store: Path, repo
     """kill -9 at random moments of builds that copy a 256 MiB output and a tree of many files
     into the store: afterwards every entry is complete, no blob is corrupt, what the killed
     builds left in tmp/ is swept, and the build gives the same digests as an undisturbed one."""
-    from mlos_repro.store_check import check_store
+    from mlos_repro.store_admin import check_store
 
     recipes = repo(f"""
         [[stage]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import subprocess
 import tempfile
 from datetime import timedelta
@@ -166,3 +167,69 @@ def test_squashfs_index_on_corrupted_images(flips: list[tuple[int, int]], cut: i
                 image.close()
         except CONTENT_ERRORS as e:
             assert not_this_format(e), f"{type(e).__name__}: {e}"
+
+
+# -- the recipe loader: whatever a recipe holds, a RecipeError naming file and key, or recipes ----
+
+_RECIPES = Path(tempfile.mkdtemp(prefix="mlos-fuzz-recipes-"))
+_BUILDER = (Path(__file__).resolve().parents[2] / "recipes" / "builder.toml").read_bytes()
+# Values that reach the loader's rules: names, paths, argv, env, input specs, with hostile text.
+hostile_text = st.one_of(
+    st.text(max_size=16),
+    st.sampled_from(["a", "a\n", "x\x00y", "../etc", "/etc/passwd", "ok.txt", "a\\b", "é", "\x7f",
+                     "stage:a", "path:recipes", "url:https://e.org/f#sha256=" + SUM, "deb:a=1#sha256=x"]))
+toml_value = st.recursive(
+    hostile_text | st.booleans() | st.integers(min_value=-3, max_value=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner, max_size=3),
+    max_leaves=12)
+STAGE_KEYS = ["name", "outputs", "run", "env", "inputs", "privileged", "profiles", "builder",
+              "description", "profile", "unknown"]
+# A valid stage with one or two keys replaced by hostile values, so the fuzzer reaches each rule;
+# and wholly random tables.
+VALID: dict[str, Any] = {"name": "a", "outputs": ["x"], "run": [["true"]]}
+stage_tables = st.one_of(
+    st.builds(lambda over: {**VALID, **over},
+              st.dictionaries(st.sampled_from(STAGE_KEYS), st.one_of(
+                  hostile_text, st.lists(hostile_text, max_size=3),
+                  st.lists(st.lists(hostile_text, min_size=1, max_size=3), min_size=1, max_size=2),
+                  st.dictionaries(hostile_text, hostile_text, max_size=3)), max_size=2)),
+    st.dictionaries(st.sampled_from(STAGE_KEYS), toml_value, max_size=8))
+
+
+def _toml(value: Any) -> str:
+    """TOML for `value` (inline tables and arrays; JSON string escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
+def _stages_toml(stages: list[dict[str, Any]]) -> bytes:
+    return "".join("[[stage]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in s.items())
+                   for s in stages).encode()
+
+
+@FUZZ
+@given(st.one_of(
+    st.lists(stage_tables, max_size=3).map(_stages_toml),
+    stage_tables.map(lambda s: _stages_toml([s])),
+    st.binary(max_size=300)))
+def test_recipe_loader_on_hostile_recipes(data: bytes) -> None:
+    from mlos_repro.errors import RecipeError
+    from mlos_repro.recipe import load_recipes
+
+    recipes = _RECIPES / "recipes"
+    recipes.mkdir(exist_ok=True)
+    (recipes / "builder.toml").write_bytes(_BUILDER)
+    (recipes / "stages.toml").write_bytes(data)
+    with contextlib.suppress(RecipeError):
+        loaded = load_recipes(recipes)
+        for stage in loaded.stages.values():  # what loads is what the rules allow
+            assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stage.name)
+            assert not any(re.search(r"[\x00-\x1f\x7f\\]", o) for o in stage.outputs)
+            assert not any("\0" in a for argv in stage.run for a in argv)

@@ -232,7 +232,7 @@ def test_a_blob_changed_after_it_was_stored_is_never_copied_out(tmp_path: Path) 
 
 
 def test_store_check_names_and_repairs_what_changed(tmp_path: Path) -> None:
-    from mlos_repro.store_check import check_store
+    from mlos_repro.store_admin import check_store
 
     store = Store(tmp_path / "store")
     (tmp_path / "out" / "t").mkdir(parents=True)
@@ -260,3 +260,72 @@ def test_store_check_names_and_repairs_what_changed(tmp_path: Path) -> None:
                                      "blobs/sha256/stray"}
     assert store.get_stage("a" * 64) is None and store.get_stage("b" * 64) is not None
     assert check_store(store).ok
+
+
+def test_gc_removes_only_what_nothing_recent_needs(tmp_path: Path) -> None:
+    from mlos_repro.store_admin import collect_garbage
+
+    store = Store(tmp_path / "store")
+    old = time.time() - 40 * 86400
+
+    def age(path: Path) -> None:
+        os.utime(path, (old, old), follow_symlinks=False)
+
+    def entry(key: str, content: str) -> tuple[str, str]:
+        (tmp_path / key / "t").mkdir(parents=True)
+        (tmp_path / key / "t" / "f").write_text(content)
+        tree, _ = store.put_output(tmp_path / key, "t")
+        log = store.put_bytes(f"log {key}".encode())
+        store.put_stage(StageEntry(key, {"t": tree}, {"t": OutputKind.TREE}, log))
+        return tree.removeprefix("sha256:"), store.read_tree(tree.removeprefix("sha256:"))[0]["sha256"]
+
+    kept_tree, kept_file = entry("a" * 64, "used last week")
+    gone_tree, gone_file = entry("b" * 64, "not used since")
+    pinned = store.put_bytes(b"a pinned download")
+    orphan = store.put_bytes(b"nothing needs me")
+    young = store.put_bytes(b"a running build just stored me")
+    env_tarball = store.put_bytes(b"an environment")
+    (store.root / "envs" / env_tarball).mkdir()
+    for blob in store.root.joinpath("blobs", "sha256").iterdir():
+        if blob.name != young:
+            age(blob)
+    age(store.root / "stages" / f"{'b' * 64}.json")
+
+    dry = collect_garbage(store, keep_days=30, pinned={pinned}, dry_run=True)
+    assert (dry.entries_removed, dry.blobs_removed) == (1, 4)  # b's entry; its tree, file, log; orphan
+    assert (store.root / "stages" / f"{'b' * 64}.json").exists()  # (get_stage would count as a use)
+
+    report = collect_garbage(store, keep_days=30, pinned={pinned})
+    assert (report.entries_removed, report.blobs_removed) == (1, 4)
+    present = {p.name for p in store.root.joinpath("blobs", "sha256").iterdir()}
+    assert {kept_tree, kept_file, pinned, young, env_tarball} <= present
+    assert not {gone_tree, gone_file, orphan} & present
+    assert store.get_stage("b" * 64) is None
+    hit = store.get_stage("a" * 64)
+    assert hit is not None
+    store.materialize(hit.outputs["t"], OutputKind.TREE, tmp_path / "again")
+    assert (tmp_path / "again" / "f").read_text() == "used last week"
+
+
+def test_store_gc_keeps_what_the_recipes_pin(tmp_path: Path) -> None:
+    from tests.conftest import mlos, write_repo
+
+    store = Store(tmp_path / "store")
+    pinned = store.put_bytes(b"an upstream tarball, not downloadable any more")
+    orphan = store.put_bytes(b"nothing needs me")
+    recipes = write_repo(tmp_path / "repo", f"""
+        [[stage]]
+        name = "a"
+        outputs = ["x"]
+        run = [["true"]]
+        profiles = ["release"]
+        [stage.inputs]
+        src = "url:https://example.org/src.tar.gz#sha256={pinned}"
+    """)
+    old = time.time() - 2 * 86400
+    for blob in (pinned, orphan):
+        os.utime(store.blob_path(blob), (old, old))
+    result = mlos("store", "gc", "--store", store.root, "--keep-days", "1", "--recipes", recipes, "--json")
+    assert result.code == 0, result.stderr
+    assert store.has_blob(pinned) and not store.has_blob(orphan)
+    assert '"blobs_removed":1' in result.stdout.replace(" ", "")

@@ -1,4 +1,6 @@
-"""`mlos-repro store check`: re-hash every blob of a store and check every stage entry.
+"""`mlos-repro store check` and `store gc`: a store's integrity and its size.
+
+`check` re-hashes every blob of a store and checks every stage entry.
 
 A store is an ordinary user-writable directory: a blob changed on disk after it was stored
 (by a faulty disk, a tool run by hand, a hostile user) must never be built on or signed.
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +126,96 @@ def _entries_needing(store: Store, bad: set[str]) -> Iterator[tuple[str, str]]:
                     break
         if problem is not None:
             yield key, f"needs {problem}, missing or corrupted"
+
+
+# A blob stored less than this long ago is never collected, whatever --keep-days says: it may
+# belong to a build still running, whose stage entry is not written yet.
+MIN_AGE = 3600.0
+HEX = re.compile(rb"[0-9a-f]{64}")
+JSON_LIMIT = 64 << 20  # larger blobs are not JSON the store wrote, and are not scanned
+
+
+@dataclass
+class GcReport:
+    entries_removed: int = 0
+    listings_removed: int = 0
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    blobs_kept: int = 0
+    bytes_kept: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries_removed": self.entries_removed, "listings_removed": self.listings_removed,
+                "blobs_removed": self.blobs_removed, "bytes_freed": self.bytes_freed,
+                "blobs_kept": self.blobs_kept, "bytes_kept": self.bytes_kept,
+                "seconds": round(self.seconds, 3)}
+
+
+def collect_garbage(store: Store, *, keep_days: float, pinned: Iterable[str] = (),
+                    dry_run: bool = False) -> GcReport:
+    """Remove stage entries and memos (listings/) not used for `keep_days`, then every blob
+    not needed by what is kept, not in `pinned` (the locked .debs and pinned inputs of the
+    recipes, which may not be downloadable again), not an assembled environment's tarball and
+    not stored or used within `keep_days` (and never one younger than MIN_AGE).
+
+    What is needed is found by following every sha256 named in a kept entry or memo, and in the
+    JSON blobs those name (tree listings, member manifests), transitively: over-keeping is safe,
+    a dangling reference would only make a cache miss."""
+    start = time.monotonic()
+    report = GcReport()
+    now = time.time()
+    cutoff = min(now - keep_days * 86400, now - MIN_AGE)
+    blob_dir = store.root / "blobs" / "sha256"
+    with store.lock("gc"):
+        roots: set[str] = set(pinned)
+        for sub, counter in (("stages", "entries_removed"), ("listings", "listings_removed")):
+            for path in sorted((store.root / sub).glob("*.json")) if (store.root / sub).is_dir() else []:
+                if path.stat().st_mtime < cutoff:
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+                    setattr(report, counter, getattr(report, counter) + 1)
+                else:
+                    roots.update(h.decode() for h in HEX.findall(path.read_bytes()))
+        envs = store.root / "envs"
+        if envs.is_dir():
+            roots.update(e.name for e in envs.iterdir() if is_sha256(e.name))
+        keep = _reachable(blob_dir, roots)
+        for entry in os.scandir(blob_dir):
+            st = entry.stat(follow_symlinks=False)
+            if entry.name in keep or st.st_mtime >= cutoff:
+                report.blobs_kept += 1
+                report.bytes_kept += st.st_size
+                continue
+            if not dry_run:
+                os.unlink(entry.path)
+            report.blobs_removed += 1
+            report.bytes_freed += st.st_size
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _reachable(blob_dir: Path, roots: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = [h for h in roots if (blob_dir / h).is_file()]
+    while todo:
+        h = todo.pop()
+        if h in seen:
+            continue
+        seen.add(h)
+        path = blob_dir / h
+        try:
+            if path.stat().st_size > JSON_LIMIT:
+                continue
+            with path.open("rb") as f:
+                if f.read(1) != b"{":
+                    continue
+                data = b"{" + f.read()
+        except OSError:
+            continue
+        todo.extend(n for n in (m.decode() for m in HEX.findall(data))
+                    if n not in seen and (blob_dir / n).is_file())
+    return seen
 
 
 def blob_paths(store: Store) -> list[Path]:
