@@ -106,7 +106,8 @@ def walk_tree(top: Path, *, skip: frozenset[str] = frozenset(),
             yield path, st
             if stat.S_ISDIR(st.st_mode):
                 if depth + 1 >= max_depth:
-                    raise TreeTooDeep(f"{top / path}: directories nest more than {max_depth} deep")
+                    shown = path if len(path) <= 60 else f"{path[:40]}…{path[-16:]}"
+                    raise TreeTooDeep(f"directories nest more than {max_depth} deep (at {shown})")
                 todo.append((path, depth + 1))
 
 

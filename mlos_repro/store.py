@@ -224,7 +224,7 @@ class Store:
     # -- trees: a directory as a blob listing its entries ---------------------------
 
     def put_tree(self, directory: Path, *, normalise_modes: bool = False,
-                 skip: frozenset[str] = frozenset()) -> str:
+                 skip: frozenset[str] = frozenset(), what: str = "") -> str:
         """Store a directory: every file as a blob plus a canonical listing. Returns its digest.
 
         Nothing below `directory` is followed: a symlink is stored as its target's text. Modes
@@ -238,7 +238,7 @@ class Store:
         try:
             listing = sorted(walk_tree(directory, skip=skip))
         except TreeTooDeep as e:
-            raise SpecialFile(str(e)) from None
+            raise SpecialFile(f"{what or directory}: {e}") from None
         for rel, st in listing:
             path = directory / rel
             mode = stat.S_IMODE(st.st_mode) & SAFE_MODE_BITS
@@ -252,8 +252,8 @@ class Store:
                 entries.append({"path": rel, "type": "file", "mode": mode,
                                 "sha256": self.put_file(path, follow=False)})
             else:
-                raise SpecialFile(f"{path} is a {file_kind(st.st_mode)}: only regular files, "
-                                  "directories and symlinks can be stored")
+                raise SpecialFile(f"{what or directory}: {rel} is a {file_kind(st.st_mode)}: only "
+                                  "regular files, directories and symlinks can be stored")
         return self.put_bytes(canonical_json({"tree": entries}))
 
     def read_tree(self, hexdigest: str) -> list[dict[str, Any]]:
@@ -343,7 +343,7 @@ class Store:
                 raise SpecialFile(f"output {name!r}: /out/{shown} is a {file_kind(st.st_mode)}, "
                                   "not a directory")
         if stat.S_ISDIR(st.st_mode):
-            return "sha256:" + self.put_tree(path), OutputKind.TREE
+            return "sha256:" + self.put_tree(path, what=f"output {name!r}"), OutputKind.TREE
         if not stat.S_ISREG(st.st_mode):
             raise SpecialFile(f"output {name!r} is a {file_kind(st.st_mode)}: outputs are regular "
                               "files, directories and symlinks inside a directory")

@@ -109,7 +109,7 @@ def test_a_tree_too_deep_is_refused_and_the_store_stays_usable(
     """)
     code, err, _ = build(recipes, shared_store)
     assert code == 4, err
-    assert "more than 256 deep" in err and "stage 'deep'" in err
+    assert "output 't': directories nest more than 256 deep (at d/d/" in err and "stage 'deep'" in err
     assert not [p for p in (shared_store / "tmp").iterdir() if p.name.startswith("stage-deep-")]
     fine = repo(f"""
         [[stage]]
