@@ -20,9 +20,12 @@ def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None) 
     replaces a symlink at `path` rather than writing through it.
     """
     payload = data.encode() if isinstance(data, str) else data
-    fd, name = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.")
+    while True:
+        fd, name = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.")
+        if claim(fd, Path(name)):  # alive: a store's sweep leaves it alone
+            break
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: a store's sweep leaves it alone
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -33,6 +36,19 @@ def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None) 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def claim(fd: int, path: Path) -> bool:
+    """Lock what was just created at `path` (open as `fd`) as in use, and say whether it is
+    still there: a store's sweep removes only what no one holds locked, and may have removed it
+    between its creation and this lock (then the caller creates another)."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
 class NotRegularFile(ValueError):

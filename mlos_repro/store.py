@@ -27,7 +27,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from mlos_repro.fsutil import (
     NotRegularFile,
     TreeTooDeep,
     atomic_write,
+    claim,
     file_kind,
     open_regular,
     remove_tree,
@@ -53,8 +53,6 @@ OUTPUT_RULES = 2
 COPY_CHUNK = 1 << 20
 STORE_REPAIR_HINT = ("run `mlos-repro store check --repair` to find and remove every changed blob, "
                      "then build again (the store makes what it lacks)")
-# tmp/ entries younger than this are not swept: they may not be locked yet (see _sweep_tmp).
-SWEEP_GRACE = 60.0
 # Mode bits a stored tree keeps: rwx for the owner, r-x for the rest; no setuid/setgid/sticky.
 SAFE_MODE_BITS = 0o755
 
@@ -105,14 +103,12 @@ class Store:
 
         A work directory or temporary file is flocked for as long as it is in use (tempdir,
         temp_file, fsutil.atomic_write), so liveness holds across containers and hosts that
-        share the store, where a PID means nothing. Entries younger than SWEEP_GRACE are left
-        alone: they may be between their creation and their lock. The sweep never fails on what
-        it sweeps; what it cannot remove is named in a warning and tried again next time."""
-        now = time.time()
+        share the store, where a PID means nothing. A creator locks what it made and then checks
+        that it is still there (claim), so a sweep between the two only makes it create anew.
+        The sweep never fails on what it sweeps; what it cannot remove is named in a warning
+        and tried again next time."""
         for entry in (self.root / "tmp").iterdir():
             try:
-                if now - entry.lstat().st_mtime < SWEEP_GRACE:
-                    continue
                 with _unlocked(entry) as dead:
                     if dead:
                         _unmount_below(entry)
@@ -123,10 +119,16 @@ class Store:
     @contextlib.contextmanager
     def tempdir(self, purpose: str) -> Iterator[Path]:
         """A fresh work directory under tmp/, locked while in use and removed afterwards."""
-        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-{os.getpid()}-", dir=self.root / "tmp"))
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        while True:
+            path = Path(tempfile.mkdtemp(prefix=f"{purpose}-{os.getpid()}-", dir=self.root / "tmp"))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # swept before it was locked: make another
+            if claim(fd, path):
+                break
+            os.close(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
             try:
@@ -139,11 +141,14 @@ class Store:
     def temp_file(self, purpose: str = "tmp") -> Iterator[tuple[Path, BinaryIO]]:
         """A new file under tmp/, locked while open; it is removed unless adopted (renamed into
         blobs/) before the block ends."""
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{purpose}-{os.getpid()}-")
+        while True:
+            fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f"{purpose}-{os.getpid()}-")
+            if claim(fd, Path(name)):
+                break
+            os.close(fd)
         path = Path(name)
         try:
             with os.fdopen(fd, "w+b") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
                 yield path, f
         finally:
             path.unlink(missing_ok=True)

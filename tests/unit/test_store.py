@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from mlos_repro.errors import DigestMismatchError
 from mlos_repro.fsutil import MAX_TREE_DEPTH
-from mlos_repro.store import SWEEP_GRACE, OutputKind, SpecialFile, StageEntry, Store
+from mlos_repro.store import OutputKind, SpecialFile, StageEntry, Store
 
 
 def test_blob_round_trip_and_mismatch_refused(tmp_path: Path) -> None:
@@ -95,12 +96,6 @@ def nest(top: Path, depth: int) -> None:
     os.close(fd)
 
 
-def _aged(path: Path) -> None:
-    """Older than the sweep's grace period, as a dead build's leftovers are."""
-    old = time.time() - SWEEP_GRACE - 5
-    os.utime(path, (old, old), follow_symlinks=False)
-
-
 def test_leftovers_of_dead_builds_are_swept(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     tmp = store.root / "tmp"
@@ -111,17 +106,33 @@ def test_leftovers_of_dead_builds_are_swept(tmp_path: Path) -> None:
     os.chmod(dead / "deep", 0o500)
     partial_blob = tmp / "tmpabc123"  # a blob copy a killed build never finished
     partial_blob.write_bytes(b"x" * 4096)
-    for p in (dead, partial_blob):
-        _aged(p)
-    fresh = tmp / "stage-2-new"  # may be between its creation and its lock
-    fresh.mkdir()
     with store.tempdir("stage-alive") as alive, store.temp_file() as (alive_file, _):
-        _aged(alive)
-        _aged(alive_file)
         Store(tmp_path / "store")
         assert alive.exists() and alive_file.exists(), "a locked work dir or file was swept"
     assert not dead.exists() and not partial_blob.exists()
-    assert fresh.exists()
+
+
+def test_what_a_sweep_removes_before_it_is_locked_is_made_again(tmp_path: Path) -> None:
+    """A sweep may run between a work dir's creation and its lock: the creator then makes
+    another, and never works in a directory that is gone."""
+    store = Store(tmp_path / "store")
+    real = tempfile.mkdtemp
+    swept: list[str] = []
+
+    def mkdtemp_then_sweep(*a: Any, **kw: Any) -> str:
+        made: str = real(*a, **kw)
+        if not swept:
+            Store(tmp_path / "store")  # another process's sweep, right now
+            swept.append(made)
+        return made
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "mkdtemp", mkdtemp_then_sweep)
+        with store.tempdir("stage-race") as work:
+            assert swept and not Path(swept[0]).exists() and work != Path(swept[0])
+            (work / "f").write_text("x")  # it is there and ours
+            Store(tmp_path / "store")
+            assert work.exists()
 
 
 def test_a_sweep_never_fails_on_what_it_cannot_remove(tmp_path: Path,
@@ -130,7 +141,6 @@ def test_a_sweep_never_fails_on_what_it_cannot_remove(tmp_path: Path,
     stuck = store.root / "tmp" / "stage-1-stuck"
     stuck.mkdir()
     (stuck / "f").write_text("x")
-    _aged(stuck)
     real = os.rmdir
 
     def refuse(path: Any, *a: Any, **kw: Any) -> None:
@@ -142,7 +152,6 @@ def test_a_sweep_never_fails_on_what_it_cannot_remove(tmp_path: Path,
         mp.setattr(os, "rmdir", refuse)
         Store(tmp_path / "store")  # no exception
     assert "stage-1-stuck" in caplog.text
-    _aged(stuck)  # emptying it made it look fresh
     Store(tmp_path / "store")
     assert not stuck.exists()
 
