@@ -16,9 +16,11 @@ from mlos_repro.store import Store
 from tests.conftest import mlos
 
 
-def build(recipes: Path, store: Path, env: dict[str, str] | None = None) -> tuple[int, str, Path]:
+def build(recipes: Path, store: Path, env: dict[str, str] | None = None,
+          sandbox: str = "bwrap") -> tuple[int, str, Path]:
     out = recipes.parent / "out"
-    result = mlos("build", "--recipes", recipes, "--out", out, "--store", store, env=env)
+    result = mlos("build", "--sandbox", sandbox, "--recipes", recipes, "--out", out, "--store", store,
+                  env=env)
     return result.code, result.stderr, out
 
 
@@ -121,7 +123,8 @@ def test_a_tree_too_deep_is_refused_and_the_store_stays_usable(
     assert code == 0, err
 
 
-def test_the_sandbox_shows_no_host_environment(shared_store: Path, repo: Callable[..., Path],
+@pytest.mark.parametrize("sandbox", ["bwrap", "podman"])
+def test_the_sandbox_shows_no_host_environment(sandbox: str, shared_store: Path, repo: Callable[..., Path],
                                                unique: str) -> None:
     secret = f"s3cret{unique}"
     recipes = repo("""
@@ -134,7 +137,7 @@ def test_the_sandbox_shows_no_host_environment(shared_store: Path, repo: Callabl
     """)
     (recipes.parent / "pattern").write_text(secret + "\n")
     code, err, out = build(recipes, shared_store, env={
-        "http_proxy": f"http://user:{secret}@proxy.invalid:3128", "MLOS_TEST_TOKEN": secret})
+        "http_proxy": f"http://user:{secret}@proxy.invalid:3128", "MLOS_TEST_TOKEN": secret}, sandbox=sandbox)
     assert code == 0, err
     assert (out / "snoop" / "found").read_text() == ""
 
@@ -189,8 +192,9 @@ def test_every_input_is_seen_with_source_date_epoch_mtimes(shared_store: Path, r
 
 
 @pytest.mark.root
-def test_a_privileged_stage_cannot_reach_a_host_device(shared_store: Path, repo: Callable[..., Path],
-                                                       unique: str) -> None:
+@pytest.mark.parametrize("sandbox", ["bwrap", "podman"])
+def test_a_privileged_stage_cannot_reach_a_host_device(sandbox: str, shared_store: Path,
+                                                       repo: Callable[..., Path], unique: str) -> None:
     """What a maintainer script run by mmdebstrap could try: make the host disk's device node,
     mount devtmpfs (every host device) — while real ownership and mounts still work."""
     disk = os.stat("/").st_dev
@@ -210,7 +214,7 @@ def test_a_privileged_stage_cannot_reach_a_host_device(shared_store: Path, repo:
         outputs = ["report"]
         run = [["sh", "-c", "{script}"]]
     """)
-    code, err, out = build(recipes, shared_store)
+    code, err, out = build(recipes, shared_store, sandbox=sandbox)
     assert code == 0, err
     report = (out / "maintainer-script" / "report").read_text().split()
     assert {"disk-node-refused", "mem-node-refused", "devtmpfs-refused"} <= set(report), report
