@@ -112,7 +112,7 @@ class Store:
                 with _unlocked(entry) as dead:
                     if dead:
                         _unmount_below(entry)
-                        _force_rmtree(entry)
+                        remove_tree(entry)
             except OSError as e:
                 log.warning("cannot remove %s, left by a build that stopped: %s", entry, e)
 
@@ -133,7 +133,7 @@ class Store:
         finally:
             try:
                 _unmount_below(path)
-                _force_rmtree(path)
+                remove_tree(path)
             finally:
                 os.close(fd)
 
@@ -269,8 +269,8 @@ class Store:
     def read_blob(self, hexdigest: str, what: str) -> bytes:
         """A small blob's bytes, re-hashed (a mismatch is refused and the blob removed)."""
         data = self.blob_path(hexdigest).read_bytes()
-        if sha256_bytes(data) != hexdigest:
-            self._corrupted(hexdigest, sha256_bytes(data), what)
+        if (actual := sha256_bytes(data)) != hexdigest:
+            self._corrupted(hexdigest, actual, what)
         return data
 
     def copy_blob(self, hexdigest: str, dest: Path, what: str = "") -> None:
@@ -457,7 +457,3 @@ def _touch(path: Path) -> None:
     """Mark a blob or entry as used now; `store gc` keeps what was used recently."""
     with contextlib.suppress(OSError):
         os.utime(path)
-
-
-def _force_rmtree(path: Path) -> None:
-    remove_tree(path)
