@@ -198,7 +198,7 @@ def test_release_refuses_what_it_cannot_stand_behind(built: tuple[Path, Path], k
                                                      tmp_path: Path, unique: str) -> None:
     recipes, out = built
     # A stage that was never built: nothing is built by release, nothing is written.
-    other = write_repo(tmp_path / "other", STAGES.replace("@VERSION@", unique[:8]))
+    other = write_repo(tmp_path / "other", STAGES.replace("@VERSION@", "1." + unique[:8]))
     result = mlos("release", "--keys", keys, "--out", tmp_path / "r1", "--recipes", other, "--store", shared_store)
     assert result.code == 2 and "'debs'" in result.stderr and "is not built" in result.stderr
     assert not (tmp_path / "r1").exists()
@@ -1033,7 +1033,7 @@ def test_a_blob_changed_in_the_store_is_never_signed(keys: Path, shared_store: P
                                                      unique: str) -> None:
     """A store is user-writable: release re-hashes what it writes out, refuses a changed blob by
     name and writes nothing; `store check` finds it, `--repair` removes it, a build makes it again."""
-    recipes = write_repo(tmp_path / "repo", STAGES.replace("@VERSION@", unique[:8]) + BUNDLE)
+    recipes = write_repo(tmp_path / "repo", STAGES.replace("@VERSION@", "1." + unique[:8]) + BUNDLE)
     (tmp_path / "repo/layouts").mkdir()
     (tmp_path / "repo/layouts/layout.toml").write_text(BINDING)
     out = tmp_path / "out"
