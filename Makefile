@@ -49,6 +49,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/images.py $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/sbom.py $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/verify.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/rebuild.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(OUT) $(RELEASE) .pytest_cache

@@ -512,6 +512,9 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
               show_default=True,
               help="Sign the in-toto links as DSSE envelopes with the builder key, or as classic links "
                    "with the release OpenPGP key (statements stay DSSE, builder key).")
+@click.option("--with-inputs", is_flag=True,
+              help="Carry every pinned input (.debs, url:/deb: archives) in RELEASE/inputs/, so a rebuild "
+                   "needs nothing else.")
 @click.option("--sigstore", "use_sigstore", is_flag=True,
               help="Also sign SHA256SUMS and the provenance keylessly with sigstore (bundles beside them).")
 @click.option("--identity-token", default=None, envvar="SIGSTORE_ID_TOKEN", metavar="JWT",
@@ -522,7 +525,8 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
 @_handle_errors
 def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
             store_dir: Path | None, archive_key: str | None, expires_days: int | None,
-            version: str | None, link_format: str, use_sigstore: bool, identity_token: str | None,
+            version: str | None, link_format: str, with_inputs: bool, use_sigstore: bool,
+            identity_token: str | None,
             trust_config: Path | None, as_json: bool) -> None:
     """Assemble and sign the release directory of a finished build.
 
@@ -542,7 +546,7 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
     options = pipelines.ReleaseOptions(
         keys_dir=keys_dir, out_dir=out_dir, from_dir=from_dir, recipes_dir=recipes_dir, profile=profile,
         archive_key=archive_key, expires_days=expires_days, version=version,
-        openpgp_links=link_format == "openpgp",
+        openpgp_links=link_format == "openpgp", with_inputs=with_inputs,
         sigstore=Sigstore(identity_token, trust_config) if use_sigstore else None)
     released = pipelines.release(options, _store(store_dir))
     if as_json:
@@ -587,16 +591,120 @@ def with_trust_options(func: F) -> F:
     return func
 
 
+root_key_option = click.option(
+    "--root-key", type=click.Path(path_type=Path), required=True,
+    help="The layout's root (owner) public key you trust: a key dict with keyid, as "
+         "`keys init` writes attestation/owner.pub.json.")
+
+
+@main.command("rebuild")
+@click.argument("release_dir", metavar="RELEASE", type=click.Path(path_type=Path))
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), required=True,
+              help="Your own key directory (mlos-repro keys init): its builder key signs what you found; "
+                   "publish its attestation/builder.pub.json.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="The attestations directory to write (new or empty); any HTTP server can publish it.")
+@root_key_option
+@with_trust_options
+@store_option
+@mirror_option
+@click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
+              show_default=True, help="Sandbox backend.")
+@click.option("--vary", "vary_spec", default=None, metavar="SPEC",
+              help="Variations of your build, as for build --verify [default: all this host can apply].")
+@click.option("--id", "rebuilder_id", default=None, metavar="ID",
+              help="Your identity in the summaries (verifier.id) [default: mlos-repro-rebuilder:KEYID].")
+@click.option("--diffoscope-timeout", default=300.0, show_default=True, metavar="SECONDS")
+@click.option("--diffoscope-max-size", default=256 << 20, show_default=True, metavar="BYTES")
+@json_option
+@_handle_errors
+def rebuild_cmd(release_dir: Path, keys_dir: Path, out_dir: Path, root_key: Path, keyring: Path | None,
+                trusted_root: Path | None, identity: str | None, issuer: str | None, store_dir: Path | None,
+                mirror: str | None, sandbox_name: str, vary_spec: str | None, rebuilder_id: str | None,
+                diffoscope_timeout: float, diffoscope_max_size: int, as_json: bool) -> None:
+    """Rebuild a published release from its source archive and sign what you found.
+
+    Checks the release as `verify` does (with the trust options you give), unpacks its source/
+    archive, builds every stage from nothing (no cache hit; your environment varied as
+    --vary says) and compares every artifact with the release's SHA256SUMS. Writes to OUT, signed
+    by your builder key: an SLSA verification summary per artifact (vsa/STAGE/OUTPUT.intoto.json,
+    PASSED or FAILED), an in-toto link per stage (links/), reports/ for what differs,
+    rebuild.json and rebuilder.pub.json. Exit 0 when every artifact matched, 1 otherwise.
+    """
+    from mlos_repro import pipelines
+    from mlos_repro.errors import BadInputError
+    from mlos_repro.inspect.report import DiffoscopeSettings
+    from mlos_repro.rebuild.variations import parse_vary
+
+    if not release_dir.is_dir():
+        raise BadInputError(f"{release_dir}: not a directory",
+                            "name a release directory (mlos-repro release)")
+    trust = _trust(keyring, trusted_root, identity, issuer, root_key)
+    options = pipelines.RebuildOptions(
+        release_dir=release_dir, keys_dir=keys_dir, out_dir=out_dir, root_key=root_key, trust=trust,
+        enabled=parse_vary(vary_spec), settings=DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size),
+        sandbox=sandbox_name, identity=rebuilder_id, mirror=mirror)
+    rebuilt = pipelines.rebuild(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
+    passed = sum(1 for v in rebuilt.verdicts if v.result == "PASSED")
+    if as_json:
+        ui.emit_json({"attestations": str(rebuilt.path), "ok": rebuilt.ok, "passed": passed,
+                      "failed": len(rebuilt.verdicts) - passed,
+                      "artifacts": [v.to_json() for v in rebuilt.verdicts]})
+    else:
+        for v in rebuilt.verdicts:
+            why = f"  at {v.member}" if v.member else ""
+            click.echo(ui.printable(f"{v.result:6} {v.name}{why}"))
+        ui.info(f"{passed} of {len(rebuilt.verdicts)} artifacts reproduced bit for bit; signed summaries in "
+                f"{rebuilt.path}")
+    if not rebuilt.ok:
+        sys.exit(int(ExitCode.VERIFICATION_FAILED))
+
+
+rebuilder_options = [
+    click.option("--rebuild", "rebuild_dirs", multiple=True, metavar="DIR|URL",
+                 help="A rebuilder's attestations directory (mlos-repro rebuild), or the http(s) URL "
+                      "where it is published; repeat for each."),
+    click.option("--rebuilder-key", "rebuilder_keys", multiple=True, type=click.Path(path_type=Path),
+                 metavar="FILE", help="A rebuilder's public key you trust (its builder.pub.json); repeat."),
+    click.option("--threshold", type=click.IntRange(min=1), default=None,
+                 help="How many distinct listed rebuilders must have reproduced each artifact "
+                      "[default: every listed one]."),
+]
+
+
+def with_rebuilder_options(func: F) -> F:
+    for option in reversed(rebuilder_options):
+        func = option(func)
+    return func
+
+
+def _rebuilders(rebuild_dirs: tuple[str, ...], rebuilder_keys: tuple[Path, ...],
+                threshold: int | None) -> Any:
+    from mlos_repro.audit.rebuilders import Rebuilders
+    from mlos_repro.errors import BadInputError
+
+    if not (rebuild_dirs or rebuilder_keys or threshold is not None):
+        return None
+    if not rebuild_dirs or not rebuilder_keys:
+        raise click.UsageError("--rebuild and --rebuilder-key go together: a rebuild counts only when "
+                               "signed by a rebuilder you trust")
+    dirs = tuple(d if d.startswith(("http://", "https://")) else Path(d) for d in rebuild_dirs)
+    for given in (*dirs, *rebuilder_keys):
+        if isinstance(given, Path) and not given.exists():
+            raise BadInputError(f"{given}: no such file or directory")
+    return Rebuilders(dirs, rebuilder_keys, threshold or len(rebuilder_keys))
+
+
 @main.command("verify")
 @click.argument("release_dir", metavar="RELEASE", type=click.Path(path_type=Path))
-@click.option("--root-key", type=click.Path(path_type=Path), required=True,
-              help="The layout's root (owner) public key you trust: a key dict with keyid, as "
-                   "`keys init` writes attestation/owner.pub.json.")
+@root_key_option
 @with_trust_options
+@with_rebuilder_options
 @json_option
 @_handle_errors
 def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trusted_root: Path | None,
-                   identity: str | None, issuer: str | None, as_json: bool) -> None:
+                   identity: str | None, issuer: str | None, rebuild_dirs: tuple[str, ...],
+                   rebuilder_keys: tuple[Path, ...], threshold: int | None, as_json: bool) -> None:
     """Check a release's whole supply chain offline, step by numbered step.
 
     release.json (signed by the release key: what the release is, the digest of every file
@@ -618,7 +726,8 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
     warnings = anchor_warnings(trust, release_dir, root_key)
     for warning in warnings:
         ui.warn(warning)
-    outcome = ReleaseVerifier(release_dir, root_key, trust).run()
+    rebuilders = _rebuilders(rebuild_dirs, rebuilder_keys, threshold)
+    outcome = ReleaseVerifier(release_dir, root_key, trust, rebuilders).run()
     if as_json:
         ui.emit_json({"release": str(release_dir), "ok": outcome.ok, "verdict": outcome.verdict,
                       **{s: outcome.count(s) for s in ("passed", "failed", "skipped")},
@@ -644,10 +753,12 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
               help="Refuse a release older than VERSION (Debian version order).")
 @click.option("--accept-older", is_flag=True,
               help="Accept a release older than the newest verified before on this machine.")
+@with_rebuilder_options
 @json_option
 @_handle_errors
 def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, identity: str | None,
                    issuer: str | None, release_dir: Path | None, min_version: str | None, accept_older: bool,
+                   rebuild_dirs: tuple[str, ...], rebuilder_keys: tuple[Path, ...], threshold: int | None,
                    as_json: bool) -> None:
     """Is this ISO the one the release key signed for? One verdict, and what the ISO is.
 
@@ -660,7 +771,8 @@ def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, i
 
     trust = _trust(keyring, trusted_root, identity, issuer)
     try:
-        verdict = verify_iso(iso, trust, release_dir, min_version=min_version, accept_older=accept_older)
+        verdict = verify_iso(iso, trust, release_dir, min_version=min_version, accept_older=accept_older,
+                             rebuilders=_rebuilders(rebuild_dirs, rebuilder_keys, threshold))
     except (Failed, Malformed) as e:
         if as_json:
             ui.emit_json({"iso": str(iso), "ok": False, "error": str(e)})
@@ -671,7 +783,7 @@ def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, i
     if as_json:
         ui.emit_json({"iso": str(iso), "ok": True, "sha256": verdict.sha256, "listed_as": verdict.listed_as,
                       "release": str(verdict.release), "signed_by": verdict.signed_by, "facts": verdict.facts,
-                      "notes": notes})
+                      "reproduced": verdict.reproduced, "notes": notes})
         return
     f = verdict.facts
     click.echo(f"VERIFIED: {iso.name} is {verdict.listed_as} of the release in {verdict.release}")
@@ -682,6 +794,9 @@ def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, i
     if "kernel" in f:
         click.echo(f"  kernel {ui.printable(str(f['kernel']))}, {f['packages']} packages "
                    "(its SBOM, listed in the signed release.json)")
+    if verdict.reproduced is not None:
+        r = verdict.reproduced
+        click.echo(f"  reproduced by {r['by']} of {r['listed']} rebuilders (threshold {r['threshold']})")
     click.echo(f"  sha256 {verdict.sha256}")
     for note in notes:
         ui.warn(note)

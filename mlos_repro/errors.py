@@ -64,6 +64,12 @@ class DigestMismatchError(MlosReproError):
     exit_code = ExitCode.VERIFICATION_FAILED
 
 
+class VerificationFailed(MlosReproError):
+    """What was checked does not hold (a release that does not verify, before a rebuild)."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
 class StageFailedError(MlosReproError):
     exit_code = ExitCode.STAGE_FAILED
 

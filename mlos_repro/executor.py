@@ -75,11 +75,14 @@ def no_progress(stage: str, state: str, seconds: float) -> None:
 class Executor:
     def __init__(self, recipes: RecipeSet, store: Store, sandbox: Sandbox, *,
                  use_cache: bool = True, progress: Progress = no_progress,
-                 cached_only: bool = False) -> None:
+                 cached_only: bool = False, variant: BuildVariant | None = None) -> None:
         self.recipes = recipes
         self.store = store
         self.sandbox = sandbox
-        self.use_cache = use_cache
+        # Under a variant every stage runs (no cache hit) and nothing is recorded in the cache:
+        # a varied build is judged, never reused.
+        self.variant = variant
+        self.use_cache = use_cache and variant is None
         self.progress = progress
         self.cached_only = cached_only  # a stage not in the store is an error, not a build
         self._envs: dict[str, EnvRef] = {}
@@ -227,8 +230,9 @@ class Executor:
                 self.progress(stage.name, "cached", 0.0)
                 return StageResult(stage.name, hit, True, 0.0)
             self.progress(stage.name, "running", 0.0)
-            entry = self._run_stage(stage, env, key, digests, done)
-            self.store.put_stage(entry)
+            entry = self._run_stage(stage, env, key, digests, done, self.variant)
+            if self.variant is None:
+                self.store.put_stage(entry)
         seconds = time.monotonic() - start
         self.progress(stage.name, "done", seconds)
         return StageResult(stage.name, entry, False, seconds)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -175,3 +176,21 @@ def remove_tree(path: Path) -> None:
 def _writable(fd: int) -> None:
     with contextlib.suppress(PermissionError):
         os.fchmod(fd, 0o700)
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A directory that appears at `out` (absent or empty) whole or not at all: filled under a
+    hidden sibling name, renamed into place when the block ends, removed if it raises."""
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,4 +1,4 @@
-"""What the commands do, as library functions: build, verify a build, release.
+"""What the commands do, as library functions: build, verify a build, release, rebuild a release.
 
 Each pipeline takes plain values and callbacks for progress and warnings, and returns a
 result; the command line (cli.py) only parses options, calls one of these, renders the
@@ -7,21 +7,31 @@ result and maps errors to exit codes. Tests and benchmarks call them directly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlos_repro import __version__
+from mlos_repro.attest import intoto, release_meta, vsa
+from mlos_repro.attest.release_meta import ReleaseInfo
+from mlos_repro.audit.release import ReleaseVerifier
+from mlos_repro.audit.trust import Trust
+from mlos_repro.digest import sha256_file
+from mlos_repro.env.fetch import fetch_all
 from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
-from mlos_repro.errors import BadInputError
+from mlos_repro.errors import BadInputError, VerificationFailed
 from mlos_repro.executor import BuildResult, Executor, Progress, no_progress, write_out
+from mlos_repro.fsutil import staged_directory
 from mlos_repro.inspect.report import DiffoscopeSettings
+from mlos_repro.rebuild.against import PASSED, ArtifactVerdict, rebuild_against
 from mlos_repro.rebuild.variations import Host, Plan, plan
 from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
-from mlos_repro.recipe import RecipeSet, load_recipes
+from mlos_repro.recipe import RecipeSet, load_recipes, source
 from mlos_repro.recipe.model import InputKind
-from mlos_repro.release import Keys, Sigstore, make_release
+from mlos_repro.release import Keys, Sigstore, load_signer, make_release, public
 from mlos_repro.sandbox.select import sandbox
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner, development_signer
@@ -129,6 +139,7 @@ class ReleaseOptions:
     version: str | None = None  # default: the build's mlos.json
     openpgp_links: bool = False
     sigstore: Sigstore | None = None
+    with_inputs: bool = False  # carry every pinned input in RELEASE/inputs/
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,7 @@ def release(options: ReleaseOptions, store: Store) -> Released:
         raise BadInputError(f"{options.from_dir} was built from other inputs than these recipes give for: "
                             + ", ".join(differing), "build again, or release from the matching recipes")
     path = make_release(executor, result, keys, options.out_dir, options.expires_days, options.sigstore,
-                        options.version)
+                        options.version, options.with_inputs)
     return Released(path, tuple(sorted(result.stages)))
 
 
@@ -184,3 +195,131 @@ def pinned_digests(recipes_dir: Path) -> set[str]:
             pins.update(i.sha256 for i in stage.inputs
                         if i.kind in (InputKind.URL, InputKind.DEB) and i.sha256 is not None)
     return pins
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildOptions:
+    """What `mlos-repro rebuild RELEASE` is asked for."""
+
+    release_dir: Path
+    keys_dir: Path  # the rebuilder's own `keys init` directory: its builder key signs
+    out_dir: Path  # the attestations directory to write (new or empty)
+    root_key: Path
+    trust: Trust
+    enabled: frozenset[str]  # variations (rebuild/variations.py)
+    settings: DiffoscopeSettings = field(default_factory=DiffoscopeSettings)
+    sandbox: str = "bwrap"
+    identity: str | None = None  # default: the rebuilder key's id
+    mirror: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    path: Path
+    verdicts: list[ArtifactVerdict]
+    plan: Plan | None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.verdicts) and all(v.result == PASSED for v in self.verdicts)
+
+
+def rebuild(options: RebuildOptions, store: Store, *, progress: Progress = no_progress,
+            warn: Warn = _silent) -> Rebuilt:
+    """Check a release's signatures, rebuild it from its source archive, uncached and varied, in
+    `store`, judge every artifact against its SHA256SUMS and write signed summaries (attest/vsa.py),
+    an in-toto link per rebuilt stage and rebuild.json to options.out_dir."""
+    release_dir, out = options.release_dir, options.out_dir
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out}: exists and is not an empty directory; a rebuild's attestations are "
+                            "written once", "name a new directory")
+    signer = load_signer(options.keys_dir, "builder")
+    verifier = ReleaseVerifier(release_dir, options.root_key, options.trust)
+    outcome = verifier.run()
+    if not outcome.ok:
+        failed = [f"check {c.number} ({c.name}): {p}" for c in outcome.checks for p in c.problems]
+        raise VerificationFailed(f"{release_dir}: the release does not verify, so it is not rebuilt:\n  "
+                                 + "\n  ".join(failed[:20]), "mlos-repro verify shows every check")
+    info: ReleaseInfo = verifier.info  # type: ignore[assignment]
+    if info.raw.get("mlos-repro") != __version__:
+        warn(f"the release was made by mlos-repro {info.raw.get('mlos-repro')}, this is {__version__}: its "
+             "source archive holds that toolkit (mlos_repro/, pyproject.toml, requirements.lock) if the "
+             "rebuild differs")
+    sums = verifier.sums
+    lock = json.loads((release_dir / "inputs.lock").read_bytes())  # signed: check 2 compared its digest
+    archive = lock.get("source") if isinstance(lock, dict) else None
+    if not isinstance(archive, dict) or not isinstance(archive.get("path"), str):
+        raise BadInputError(f"{release_dir / 'inputs.lock'}: names no source archive; this release cannot "
+                            "be rebuilt by a stranger", "release it again with this mlos-repro")
+    source_path = release_dir / archive["path"]
+    if sha256_file(source_path, follow=False) != archive.get("sha256"):
+        raise VerificationFailed(f"{source_path}: not the source archive inputs.lock names")
+    with staged_directory(out) as staging, store.tempdir("rebuild-source") as work:
+        tree = work / "tree"
+        described_source = source.unpack(source_path, tree)
+        recipes = load_recipes(tree / described_source["recipes"], info.profile)
+        carried = release_dir / release_meta.INPUTS
+        for path in sorted(carried.iterdir()) if carried.is_dir() else []:
+            if not store.has_blob(path.name):
+                store.put_file(path, path.name, follow=False)  # checked against its name
+        fetch_all(recipes, store, options.mirror, all_locked=False)
+        builders = [s.builder for s in recipes.stages.values()] or ["default"]
+        first = Executor(recipes, store, sandbox(options.sandbox))
+        host = Host.probe(first.env(builders[0]).root, options.sandbox)
+        the_plan = plan(options.enabled, host)
+        executor = Executor(recipes, store, sandbox(options.sandbox), variant=the_plan.variant,
+                            progress=progress)
+        result, verdicts = rebuild_against(executor, release_dir, sums, info.stages,
+                                           frozenset(info.signed_after_build), staging, options.settings)
+        _write_rebuild(executor, result, verdicts, the_plan, info, verifier, signer, staging,
+                       options.identity)
+    for v in verdicts:  # the reports, where they are now
+        if v.report_txt is not None and v.report_html is not None:
+            v.report_txt = out / v.report_txt.relative_to(staging)
+            v.report_html = out / v.report_html.relative_to(staging)
+    return Rebuilt(out, verdicts, the_plan)
+
+
+def _write_rebuild(executor: Executor, result: BuildResult | None, verdicts: list[ArtifactVerdict],
+                   the_plan: Plan, info: ReleaseInfo, verifier: ReleaseVerifier, signer: Any, root: Path,
+                   identity: str | None) -> None:
+    recipes, store = executor.recipes, executor.store
+    sde = recipes.builder.source_date_epoch
+    keyid = signer.public_key.keyid
+    who = identity or f"mlos-repro-rebuilder:{keyid}"
+    when = release_meta.utc_now()
+    sums_digest = hashlib.sha256(verifier.sums_bytes()).hexdigest()
+    if result is not None:
+        entries = {n: r.entry for n, r in result.stages.items()}
+        for name, res in result.stages.items():
+            stage = recipes.stages[name]
+            env = executor.env(stage.builder)
+            mats = intoto.materials(store, stage, executor.input_digests(stage, result), entries,
+                                    (env.name, env.digest))
+            prods = intoto.products(store, name, res.entry)
+            dest = root / "links" / f"{name}.{keyid[:8]}.link"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            the_link = intoto.link(stage, res.entry, mats, prods, profile=recipes.profile, sde=sde)
+            dest.write_bytes(intoto.sign_link(the_link, signer))
+    for v in verdicts:
+        report_digest = sha256_file(v.report_txt) if v.report_txt is not None else None
+        predicate = vsa.predicate(verifier=who, time=when,
+                                  uri=vsa.resource_uri(info.name, info.version, v.name),
+                                  release_info=verifier.info_digest, sums=sums_digest, result=v.result,
+                                  variations=list(the_plan.applied), rebuilt=v.rebuilt, released=v.released,
+                                  member=v.member, report=report_digest)
+        subjects = {k: {"sha256": d} for k, d in sorted(v.released.items())}
+        dest = root / "vsa" / v.stage / f"{v.output}.intoto.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(intoto.sign_statement(intoto.statement(subjects, vsa.VSA, predicate), signer))
+    (root / "rebuilder.pub.json").write_text(json.dumps(public(signer), indent=2, sort_keys=True) + "\n")
+    summary = {
+        "rebuilder": {"id": who, "keyid": keyid}, "rebuilt": when,
+        "release": {"name": info.name, "version": info.version, "profile": info.profile,
+                    "release.json": verifier.info_digest, "SHA256SUMS": sums_digest},
+        "variations": {"applied": list(the_plan.applied), "skipped": [list(s) for s in the_plan.skipped]},
+        "passed": sum(1 for v in verdicts if v.result == PASSED),
+        "failed": sum(1 for v in verdicts if v.result != PASSED),
+        "artifacts": [v.to_json(root) for v in verdicts],
+    }
+    (root / "rebuild.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -10,7 +10,10 @@
     RELEASE/attestations/sbom/STAGE/OUTPUT.intoto.json     the SBOM as a signed statement
     RELEASE/layout/root.layout           the in-toto layout, from the recipes, owner-signed
     RELEASE/layout/keys/NAME.pub.json    the owner's and functionaries' public keys
-    RELEASE/inputs.lock                  what a rebuilder starts from
+    RELEASE/source/mlos-source-SHA256.tar  the tree that built it (recipe/source.py)
+    RELEASE/inputs/sha256/SHA256         with --with-inputs: every pinned input (.debs, url:/deb: archives)
+    RELEASE/inputs.lock                  what a rebuilder starts from; names the source archive (and the
+                                         inputs carried)
     RELEASE/release.json                 what this release is, and the sha256 of every file
                                          above but the artifacts (attest/release_meta.py)
     RELEASE/release.json.gpg             its detached signature by the release key
@@ -24,7 +27,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -38,8 +40,11 @@ from securesystemslib.signer import CryptoSigner
 from mlos_repro import __version__
 from mlos_repro.attest import intoto, release_meta
 from mlos_repro.digest import canonical_json, sha256_file
+from mlos_repro.env.fetch import pinned_inputs
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult, Executor, write_out
+from mlos_repro.fsutil import staged_directory
+from mlos_repro.recipe import source
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner
 from mlos_repro.sign.repository import sign_repositories
@@ -64,21 +69,25 @@ class Keys:
 
     @staticmethod
     def load(directory: Path, archive_key: str | None = None) -> Keys:
-        def signer(name: str) -> CryptoSigner:
-            path = directory / "attestation" / f"{name}.key"
-            try:
-                return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
-            except FileNotFoundError:
-                raise SigningError(f"{path}: missing; the {name} key signs "
-                                   + ("stage attestations" if name == "builder" else "the layout"),
-                                   "create a key directory with: mlos-repro keys init DIR") from None
-            except (ValueError, TypeError) as e:
-                raise SigningError(f"{path}: not an unencrypted PKCS#8 PEM private key ({e})") from None
-
         if not (directory / "gnupg").is_dir():
             raise SigningError(f"{directory / 'gnupg'}: missing; it holds the release (archive) OpenPGP key",
                                "create a key directory with: mlos-repro keys init DIR")
-        return Keys(signer("builder"), signer("owner"), GpgSigner(directory / "gnupg", archive_key))
+        return Keys(load_signer(directory, "builder"), load_signer(directory, "owner"),
+                    GpgSigner(directory / "gnupg", archive_key))
+
+
+def load_signer(directory: Path, name: str) -> CryptoSigner:
+    """DIR/attestation/NAME.key of a `keys init` directory: builder (stage attestations and a
+    rebuilder's summaries) or owner (the layout)."""
+    path = directory / "attestation" / f"{name}.key"
+    try:
+        return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
+    except FileNotFoundError:
+        raise SigningError(f"{path}: missing; the {name} key signs "
+                           + ("stage attestations" if name == "builder" else "the layout"),
+                           "create a key directory with: mlos-repro keys init DIR") from None
+    except (ValueError, TypeError) as e:
+        raise SigningError(f"{path}: not an unencrypted PKCS#8 PEM private key ({e})") from None
 
 
 def public(signer: CryptoSigner) -> dict[str, Any]:
@@ -112,7 +121,7 @@ def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:
 
 def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
                  expires_days: int | None = None, sigstore: Sigstore | None = None,
-                 version: str | None = None) -> Path:
+                 version: str | None = None, with_inputs: bool = False) -> Path:
     recipes = executor.recipes
     sde = recipes.builder.source_date_epoch
     if out.exists() and any(out.iterdir()):
@@ -120,25 +129,15 @@ def make_release(executor: Executor, result: BuildResult, keys: Keys, out: Path,
                             "name a new directory")
     threshold, days, bindings = layout_policy(recipes.root)
     days = expires_days or days
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
-        _write(executor, result, keys, staging, sde, threshold, days, bindings, version)
+    with staged_directory(out) as staging:
+        _write(executor, result, keys, staging, sde, threshold, days, bindings, version, with_inputs)
         if sigstore is not None:
             _sigstore(staging, sigstore)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
 def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde: int, threshold: int,
-           days: int, bindings: list[dict[str, Any]], version: str | None) -> None:
+           days: int, bindings: list[dict[str, Any]], version: str | None, with_inputs: bool) -> None:
     recipes, store = executor.recipes, executor.store
     # The artifacts as `build` writes them, with the repository signatures made by the release
     # key; the repositories expire with the release.
@@ -216,7 +215,12 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
                                                                           sort_keys=True) + "\n")
     (root / "layout/keys/release.asc").write_bytes(keys.gpg.export_armored())
 
-    (root / "inputs.lock").write_bytes(canonical_json(_inputs_lock(executor, result)) + b"\n")
+    archive, digest = source.write_archive(recipes, root / "source")
+    lock = _inputs_lock(executor, result)
+    lock["source"] = {"path": archive.relative_to(root).as_posix(), "sha256": digest}
+    if with_inputs:
+        lock["inputs"] = {"path": release_meta.INPUTS, "sha256": _carry_inputs(executor, root)}
+    (root / "inputs.lock").write_bytes(canonical_json(lock) + b"\n")
     info = _release_info(root, result, sde, keys, version)
     # Files made after the build by the release key (APT repository signatures): in
     # SHA256SUMS, but no stage's products.
@@ -226,6 +230,21 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     text = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     (root / release_meta.RELEASE_INFO).write_bytes(text)
     (root / (release_meta.RELEASE_INFO + release_meta.GPG_SUFFIX)).write_bytes(keys.gpg.detach(text))
+
+
+def _carry_inputs(executor: Executor, root: Path) -> list[str]:
+    """Every pinned input of this profile's build into RELEASE/inputs/sha256/, re-hashed as it
+    is copied; a rebuild then needs nothing else."""
+    dest = root / release_meta.INPUTS
+    dest.mkdir(parents=True)
+    pins = pinned_inputs(executor.recipes)
+    for digest, what in pins.items():
+        if not executor.store.has_blob(digest):
+            raise BadInputError(f"--with-inputs: {what} (sha256 {digest}) is not in the store",
+                                "run: mlos-repro fetch (same recipes and profile)")
+        executor.store.copy_blob(digest, dest / digest, what)
+        os.chmod(dest / digest, 0o644)
+    return list(pins)
 
 
 def _sigstore(root: Path, options: Sigstore) -> None:

@@ -403,6 +403,31 @@ class Store:
         return self.blob_path(entry_log)
 
 
+def output_files(store: Store, stage: str, entry: StageEntry) -> dict[str, str]:
+    """{STAGE/OUTPUT[/path]: sha256} of every file a stage made, as SHA256SUMS and in-toto
+    products name them; a symlink inside a tree counts as a file holding its target text."""
+    files: dict[str, str] = {}
+    for output, digest in sorted(entry.outputs.items()):
+        hexdigest = digest.removeprefix("sha256:")
+        if entry.kinds[output] != OutputKind.TREE:
+            files[f"{stage}/{output}"] = hexdigest
+            continue
+        for e in store.read_tree(hexdigest):
+            if e["type"] == "file":
+                files[f"{stage}/{output}/{e['path']}"] = e["sha256"]
+            elif e["type"] == "symlink":
+                files[f"{stage}/{output}/{e['path']}"] = sha256_bytes(e["target"].encode())
+    return files
+
+
+def artifact_files(sums: Mapping[str, str], artifact: str,
+                   leave_out: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The files of artifact STAGE/OUTPUT (a file, or a tree's files) from a {name: sha256}
+    listing named as SHA256SUMS names them, without the names in `leave_out`."""
+    return {k: v for k, v in sums.items()
+            if (k == artifact or k.startswith(artifact + "/")) and k not in leave_out}
+
+
 def digest_of_output_set(outputs: Mapping[str, str]) -> str:
     """The identity of a stage's outputs, used by dependants' cache keys."""
     return sha256_bytes(canonical_json(dict(outputs)))

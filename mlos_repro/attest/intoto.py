@@ -30,7 +30,7 @@ from securesystemslib.signer import Signer
 from mlos_repro import __version__
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.recipe.model import InputKind, RecipeSet, Stage
-from mlos_repro.store import OutputKind, StageEntry, Store
+from mlos_repro.store import StageEntry, Store, output_files
 
 STATEMENT = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -48,18 +48,7 @@ def utc(sde: int) -> str:
 
 
 def products(store: Store, stage: str, entry: StageEntry) -> Artifacts:
-    out: Artifacts = {}
-    for output, digest in sorted(entry.outputs.items()):
-        hexdigest = digest.removeprefix("sha256:")
-        if entry.kinds[output] != OutputKind.TREE:
-            out[f"{stage}/{output}"] = {"sha256": hexdigest}
-            continue
-        for e in store.read_tree(hexdigest):
-            if e["type"] == "file":
-                out[f"{stage}/{output}/{e['path']}"] = {"sha256": e["sha256"]}
-            elif e["type"] == "symlink":
-                out[f"{stage}/{output}/{e['path']}"] = {"sha256": sha256_bytes(e["target"].encode())}
-    return out
+    return {name: {"sha256": digest} for name, digest in output_files(store, stage, entry).items()}
 
 
 def materials(store: Store, stage: Stage, inputs: Mapping[str, str], entries: Mapping[str, StageEntry],

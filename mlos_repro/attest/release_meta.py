@@ -27,7 +27,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ GPG_SUFFIX = ".gpg"
 SIGSTORE_SUFFIX = ".sigstore.json"
 TRUSTED_ROOT = "trusted_root.json"
 ARTIFACTS = "artifacts"
+INPUTS = "inputs/sha256"  # release --with-inputs: every pinned input, named by its sha256
 METADATA_LIMIT = 64 << 20  # no metadata file of a release comes near this
 FORMAT = 2  # release.json's format: 2 adds files, released, expires and its signatures
 
@@ -122,6 +123,7 @@ class Walk:
     artifacts: list[str]
     metadata: list[str]
     refused: list[str]
+    inputs: list[str] = field(default_factory=list)  # sha256 of each file under inputs/sha256/
 
 
 def walk(root: Path) -> Walk:
@@ -136,7 +138,14 @@ def walk(root: Path) -> Walk:
                 continue
             if stat.S_ISLNK(mode) and name in dirs:
                 dirs.remove(name)  # os.walk does not descend into it; it is judged here
-            if stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and in_artifacts):
+            if rel.startswith("inputs/"):
+                # Named by their sha256 (checked by verify), as large as a kernel's source.
+                digest = rel.removeprefix(INPUTS + "/")
+                if stat.S_ISREG(mode) and is_sha256(digest):
+                    found.inputs.append(digest)
+                else:
+                    found.refused.append(f"{rel}: not a regular file {INPUTS}/SHA256")
+            elif stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and in_artifacts):
                 if in_artifacts:
                     found.artifacts.append(rel.removeprefix(ARTIFACTS + "/"))
                 elif path.lstat().st_size > METADATA_LIMIT:
@@ -147,6 +156,7 @@ def walk(root: Path) -> Walk:
                 found.refused.append(f"{rel}: a {file_kind(mode)}, which has no place in a release")
     found.artifacts.sort()
     found.metadata.sort()
+    found.inputs.sort()
     return found
 
 

@@ -24,11 +24,14 @@ from typing import Any
 
 from mlos_repro.attest import release_meta
 from mlos_repro.attest.release_meta import MetaError, ReleaseInfo
+from mlos_repro.audit.rebuilders import Rebuilders, agreement
+from mlos_repro.audit.release import dsse_payload
 from mlos_repro.audit.trust import Failed, Malformed, Trust, authenticate, keyring_file, parse_json, read
 from mlos_repro.digest import sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError
 from mlos_repro.fsutil import NotRegularFile, atomic_write, open_regular
 from mlos_repro.sbom.facts import SBOM_SUFFIX, described, kernel_and_packages
+from mlos_repro.store import artifact_files
 
 SEARCH_UP = 3
 SUMS_LIMIT = 16 << 20
@@ -43,6 +46,7 @@ class IsoVerdict:
     signed_by: list[str]
     facts: dict[str, Any] = field(default_factory=dict)  # signed facts only
     notes: list[str] = field(default_factory=list)
+    reproduced: dict[str, Any] | None = None  # with --rebuild: how many rebuilders agree
 
 
 def find_release(iso: Path) -> Path:
@@ -54,7 +58,8 @@ def find_release(iso: Path) -> Path:
 
 
 def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_version: str | None = None,
-               state: Path | None = None, accept_older: bool = False) -> IsoVerdict:
+               state: Path | None = None, accept_older: bool = False,
+               rebuilders: Rebuilders | None = None) -> IsoVerdict:
     try:
         os.close(_open_iso(iso))
     except FileNotFoundError:
@@ -72,6 +77,8 @@ def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_vers
         listed = _listed(iso, root, sums, digest)
         verdict = IsoVerdict(iso, digest, root, listed, said)
         info = _release_info(root, data, trust, ring, verdict.notes)
+    if rebuilders is not None:
+        verdict.reproduced = _reproduced(root, data, sums, listed, info, rebuilders)
     if info is not None:
         verdict.facts.update(name=info.name, version=info.version, profile=info.profile,
                              build_date=info.build_date, released=info.released, expires=info.expires)
@@ -129,6 +136,29 @@ def _release_info(root: Path, sums: bytes, trust: Trust, ring: Path | None,
         raise Failed(f"{path}: {info.name} {info.version} expired on {info.expires}: its owner no longer "
                      "vouches for it")
     return info
+
+
+def _reproduced(root: Path, sums_bytes: bytes, sums: dict[str, str], listed: str, info: ReleaseInfo | None,
+                rebuilders: Rebuilders) -> dict[str, Any]:
+    """k of n for the artifact holding the ISO: Failed, naming what fell short, unless at least
+    the threshold of listed rebuilders reproduced exactly these bytes of exactly this release."""
+    if info is None:
+        raise Failed(f"--rebuild: rebuilders are counted only for a signed release.json beside "
+                     f"{root / release_meta.SUMS}, which is missing or unsigned")
+    after = frozenset(info.signed_after_build)
+    artifacts = {f"{s}/{o}": artifact_files(sums, f"{s}/{o}", after) for s, outputs in info.stages.items()
+                 for o in outputs}
+    mine = next((a for a in artifacts if listed == a or listed.startswith(a + "/")), None)
+    if mine is None:
+        raise Failed(f"{listed}: no stage output of the release holds it; no rebuilder can vouch for it")
+    info_digest = sha256_bytes(read(root / release_meta.RELEASE_INFO))
+    found = agreement(rebuilders, info_digest, sha256_bytes(sums_bytes), sums, artifacts, dsse_payload)
+    problems = found.refused + [f for f in found.failed if f.startswith(mine + ":")] + \
+        found.short_of([mine], rebuilders.threshold)
+    if problems:
+        raise (Malformed if found.malformed else Failed)("; ".join(problems))
+    return {"artifact": mine, "by": len(found.passed[mine]), "listed": len(found.keys),
+            "threshold": rebuilders.threshold, "keys": sorted(found.passed[mine])}
 
 
 def _sbom_facts(root: Path, listed: str, digest: str, info: ReleaseInfo, notes: list[str]) -> dict[str, Any]:

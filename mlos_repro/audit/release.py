@@ -29,6 +29,9 @@ own error naming the file, step or artifact at fault:
  13 repository signatures  each APT repository's InRelease signs its attested Release (plus
                          Valid-Until = the release's expiry) with the release key, and its
                          keyring is that key
+ 14 rebuilders           with --rebuild: each artifact reproduced by at least K distinct listed
+                         rebuilder keys, by summaries of exactly this release and these digests
+                         (audit/rebuilders.py); every summary that is not so is named
 
 A check whose trust anchor was not given is `skipped`, never `ok`. A malformed metadata file
 fails its check as such; `malformed` is then set (exit 2, not 1).
@@ -55,6 +58,7 @@ from securesystemslib.signer import Key, SSlibKey
 from mlos_repro import run
 from mlos_repro.attest import intoto, release_meta
 from mlos_repro.attest.release_meta import MetaError, ReleaseInfo
+from mlos_repro.audit.rebuilders import Rebuilders, agreement
 from mlos_repro.audit.trust import (
     Failed,
     Malformed,
@@ -66,9 +70,11 @@ from mlos_repro.audit.trust import (
     read,
     read_json,
 )
+from mlos_repro.digest import sha256_file
 from mlos_repro.inspect.detect import reader_for
 from mlos_repro.sbom.facts import SBOM_SUFFIX, described
 from mlos_repro.sign.repository import KEYRING, with_valid_until
+from mlos_repro.store import artifact_files
 
 __all__ = ["Failed", "Malformed", "Outcome", "ReleaseVerifier"]
 
@@ -159,7 +165,8 @@ UNTRUSTED_SHAPE = (FormatError, KeyError, TypeError, ValueError, AttributeError)
 
 
 class ReleaseVerifier:
-    def __init__(self, release: Path, root_key: Path, trust: Trust) -> None:
+    def __init__(self, release: Path, root_key: Path, trust: Trust,
+                 rebuilders: Rebuilders | None = None) -> None:
         if trust.keyring is None and trust.sigstore is None:
             raise ValueError("a release is verified against the release key or a sigstore identity")
         self.release = release
@@ -173,6 +180,8 @@ class ReleaseVerifier:
         self._sums_bytes: bytes | None = None
         self.sums: dict[str, str] = {}
         self.verified: set[str] = set()  # artifacts whose bytes match SHA256SUMS
+        self.rebuilders = rebuilders
+        self.info_digest = ""  # sha256 of the release.json whose signature check 1 verified
 
     def run(self) -> Outcome:
         with _ring(self.trust) as ring:
@@ -191,8 +200,28 @@ class ReleaseVerifier:
                 self._check(11, "sigstore bundles", self.sigstore_bundles),
                 self._check(12, "bindings: images carry their upstream products", self.bindings),
                 self._check(13, "repository signatures", self.repository_signatures),
+                self._check(14, "rebuilders: k of n reproduced each artifact", self.rebuilt),
             ]
         return Outcome(checks)
+
+    def rebuilt(self, c: Check) -> None:
+        if self.rebuilders is None:
+            raise _Skip("no --rebuild given: nobody but the builder vouches for these bytes")
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        self._need(self.contents_ok, "release contents")
+        sums = self._sums()
+        after = frozenset(info.signed_after_build)
+        artifacts = {f"{stage}/{output}": artifact_files(sums, f"{stage}/{output}", after)
+                     for stage, outputs in info.stages.items() for output in outputs}
+        found = agreement(self.rebuilders, self.info_digest, hashlib.sha256(self.sums_bytes()).hexdigest(),
+                          sums, artifacts, dsse_payload)
+        c.problems.extend(found.refused)
+        c.malformed = found.malformed
+        c.problems.extend(found.failed)
+        c.problems.extend(found.short_of(sorted(artifacts), self.rebuilders.threshold))
+        counts = [len(found.passed.get(a, ())) for a in artifacts] or [0]
+        c.note = (f"each of {len(artifacts)} artifacts reproduced by at least {min(counts)} of "
+                  f"{len(found.keys)} rebuilders (threshold {self.rebuilders.threshold})")
 
     def _check(self, number: int, name: str, body: Callable[[Check], None]) -> Check:
         c = Check(number, name)
@@ -235,6 +264,7 @@ class ReleaseVerifier:
         data = read(path)
         said = authenticate(data, path, self.trust, self.ring)
         info = ReleaseInfo.parse(data, str(path))
+        self.info_digest = hashlib.sha256(data).hexdigest()
         if info.expired:
             raise Failed(f"{path}: the release expired on {info.expires}: its owner no longer vouches for it")
         self.info = info
@@ -258,7 +288,27 @@ class ReleaseVerifier:
             if actual != listed[name]:
                 c.problems.append(f"{name}: sha256 {actual}, release.json says {listed[name]} "
                                   "(changed after signing, or from another release)")
-        c.note = f"{len(listed)} metadata files, {len(walk.artifacts)} artifacts"
+        carried = self._carried_inputs(walk.inputs, c) if walk.inputs or "inputs.lock" in present else 0
+        c.note = f"{len(listed)} metadata files, {len(walk.artifacts)} artifacts" + \
+            (f", {carried} pinned inputs" if carried else "")
+
+    def _carried_inputs(self, found: list[str], c: Check) -> int:
+        """release --with-inputs: inputs/sha256/HEX hold exactly the digests inputs.lock lists
+        (signed through release.json), each hashing to its name."""
+        lock = read_json(self.release / "inputs.lock")
+        listed = lock.get("inputs", {}).get("sha256", []) if isinstance(lock, dict) and \
+            isinstance(lock.get("inputs"), dict) else []
+        if not isinstance(listed, list) or not all(isinstance(d, str) for d in listed):
+            raise Malformed(f"{self.release / 'inputs.lock'}: inputs.sha256: expected a list of sha256")
+        for digest in sorted(set(found) - set(listed)):
+            c.problems.append(f"{release_meta.INPUTS}/{digest}: not listed in inputs.lock")
+        for digest in sorted(set(listed) - set(found)):
+            c.problems.append(f"{release_meta.INPUTS}/{digest}: listed in inputs.lock but missing")
+        for digest in sorted(set(found) & set(listed)):
+            actual = sha256_file(self.release / release_meta.INPUTS / digest, follow=False)
+            if actual != digest:
+                c.problems.append(f"{release_meta.INPUTS}/{digest}: its content has sha256 {actual}")
+        return len(found)
 
     # -- in-toto ----------------------------------------------------------------------
 

@@ -25,15 +25,34 @@ def _join(mirror: str, path: str) -> str:
     return mirror.rstrip("/") + "/" + urllib.parse.quote(path)
 
 
-def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None) -> FetchReport:
-    report = FetchReport()
-    # Every locked environment (some are not builders: `target` is what the images install),
-    # and every environment the profile's stages use, locked or not (which then says so).
+def environments_to_fetch(recipes: RecipeSet, *, all_locked: bool = True) -> list[str]:
+    """The environments whose .debs a build needs: those the stages use (as builders or env:
+    inputs; `target` is what the images install), and with all_locked every locked one."""
     used = {s.builder for s in recipes.stages.values()} | {
         i.target for s in recipes.stages.values() for i in s.inputs if i.kind is InputKind.ENV}
     lock_path = recipes.builder.path.with_name(LOCK_FILE)
-    locked_names = set(read_lock(lock_path)) if lock_path.exists() else set()
-    for name in sorted((locked_names & set(recipes.builder.environments)) | used):
+    locked_names = set(read_lock(lock_path)) if lock_path.exists() and all_locked else set()
+    return sorted((locked_names & set(recipes.builder.environments)) | used)
+
+
+def pinned_inputs(recipes: RecipeSet) -> dict[str, str]:
+    """{sha256: what} of every pinned input this profile's build needs: the locked .debs of the
+    environments it uses and its url:/deb: inputs (`release --with-inputs` carries them)."""
+    pins: dict[str, str] = {}
+    for name in environments_to_fetch(recipes, all_locked=False):
+        _, locked = locked_environment(recipes.builder, name)
+        pins.update((p.sha256, f"environment {name!r}: {p.filename}") for p in locked.packages)
+    for stage in sorted(recipes.stages.values(), key=lambda s: s.name):
+        for inp in stage.inputs:
+            if inp.kind in (InputKind.URL, InputKind.DEB) and inp.sha256 is not None:
+                pins[inp.sha256] = f"stage {stage.name!r}: {inp.spec}"
+    return dict(sorted(pins.items()))
+
+
+def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None, *,
+              all_locked: bool = True) -> FetchReport:
+    report = FetchReport()
+    for name in environments_to_fetch(recipes, all_locked=all_locked):
         env, locked = locked_environment(recipes.builder, name)
         for pkg in locked.packages:
             if store.has_blob(pkg.sha256):

@@ -124,8 +124,8 @@ def _judge(store: Store, name: str, output: str, first: Side, second: Side, out_
         return OutputVerdict(name, output, first[0], second[0], Verdict.IDENTICAL)
     verdict = OutputVerdict(name, output, first[0], second[0], Verdict.DIFFERS)
     with store.tempdir("diff") as work:
-        a = _materialized(store, first[0], first[1], work / "first" / output)
-        b = _materialized(store, second[0], second[1], work / "second" / output)
+        a = materialized(store, first[0], first[1], work / "first" / output)
+        b = materialized(store, second[0], second[1], work / "second" / output)
         label = f"{name}/{output}"
         if first[2] and second[2]:
             # Both builds recorded member manifests: compare those, not the bytes.
@@ -140,7 +140,7 @@ def _judge(store: Store, name: str, output: str, first: Side, second: Side, out_
     return verdict
 
 
-def _materialized(store: Store, digest: str, kind: str, dest: Path) -> Path:
+def materialized(store: Store, digest: str, kind: str, dest: Path) -> Path:
     """A file output is its blob (immutable, no copy); a tree is laid out under dest."""
     if kind == "tree":
         store.materialize(digest, kind, dest)

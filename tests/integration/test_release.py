@@ -249,12 +249,14 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 14))
+    assert [c["number"] for c in report["checks"]] == list(range(1, 15))
     status = {c["number"]: c["status"] for c in report["checks"]}
-    # Only the sigstore check did not run (no --trusted-root), and it says so.
-    assert {n for n, s in status.items() if s != "passed"} == {11} and status[11] == "skipped"
-    assert (report["passed"], report["failed"], report["skipped"]) == (12, 0, 1)
-    assert report["verdict"] == "release verified, 1 checks skipped"
+    # Only the sigstore check (no --trusted-root) and the rebuilders' (no --rebuild) did not
+    # run, and they say so.
+    assert {n for n, s in status.items() if s != "passed"} == {11, 14}
+    assert status[11] == status[14] == "skipped"
+    assert (report["passed"], report["failed"], report["skipped"]) == (12, 0, 2)
+    assert report["verdict"] == "release verified, 2 checks skipped"
     assert next(c for c in report["checks"] if c["number"] == 12)["note"] == "1 bindings hold"
     assert "1 repositories signed by" in next(c for c in report["checks"] if c["number"] == 13)["note"]
     # The release key taken from the release itself: allowed when named, but said.
@@ -262,7 +264,7 @@ def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
                 honest / "layout/keys/release.asc")
     assert text.code == 0 and "10. ok   SBOMs" in text.stdout
     assert "release.asc is inside the release it verifies" in text.stderr
-    assert "release verified, 1 checks skipped" in text.stderr
+    assert "release verified, 2 checks skipped" in text.stderr
 
 
 def tamper_rootfs_link(rel: Path, keys: Path, tmp: Path) -> None:
@@ -824,7 +826,7 @@ def test_keyless_signatures_verify_offline(keyless: Path, keys: Path, standin: S
                  keyless / "trusted_root.json", "--identity", IDENTITY, "--issuer", standin.issuer, "--json")
     report = json.loads(alone.stdout)
     assert alone.code == 0, report
-    assert {c["number"] for c in report["checks"] if c["status"] == "skipped"} == {7}
+    assert {c["number"] for c in report["checks"] if c["status"] == "skipped"} == {7, 14}
     assert "trusted_root.json is inside the release it verifies" in alone.stderr
     # The user's one command, with the sigstore identity instead of the OpenPGP key.
     iso = mlos("verify-iso", keyless / "artifacts/rootfs/rootfs.tar", "--trusted-root", keyless / "trusted_root.json",
