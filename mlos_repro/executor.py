@@ -105,17 +105,35 @@ class Executor:
                 self._mirrors[name] = self.store.put_tree(tmp / "mirror")
         return self._mirrors[name]
 
-    def build(self, wanted: Iterable[str] = ()) -> BuildResult:
+    def build(self, wanted: Iterable[str] = (),
+              on_error: Callable[[str, MlosReproError], None] | None = None) -> BuildResult:
+        """Build `wanted` and what they need. A failing stage raises, unless `on_error` is
+        given: then it is passed there, every stage that needs it is skipped (and passed
+        there too), and the others go on."""
         result = BuildResult(profile=self.recipes.profile)
         order = select(self.recipes.stages, wanted)
         self._check_pinned_inputs(order)
         self._check_privileges(order)
+        failed: set[str] = set()
         for name in order:
             stage = self.recipes.stages[name]
-            env = self.env(stage.builder)
-            result.environments[env.name] = f"sha256:{env.digest}"
-            result.stages[name] = self._build_stage(stage, env, result)
-            result.sboms[name] = self.sboms(name, result, result.stages[name].entry)
+            missing = sorted(set(stage.upstream) & failed)
+            if missing and on_error is not None:
+                failed.add(name)
+                on_error(name, StageFailedError(f"stage {name!r} was not built: it needs "
+                                                f"{', '.join(missing)}, which failed"))
+                continue
+            try:
+                env = self.env(stage.builder)
+                result.environments[env.name] = f"sha256:{env.digest}"
+                result.stages[name] = self._build_stage(stage, env, result)
+                result.sboms[name] = self.sboms(name, result, result.stages[name].entry)
+            except MlosReproError as e:
+                if on_error is None:
+                    raise
+                result.stages.pop(name, None)
+                failed.add(name)
+                on_error(name, e)
         return result
 
     def sboms(self, name: str, done: BuildResult, entry: StageEntry,

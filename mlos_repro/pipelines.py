@@ -280,7 +280,7 @@ def rebuild(options: RebuildOptions, store: Store, *, progress: Progress = no_pr
     return Rebuilt(out, verdicts, the_plan)
 
 
-def _write_rebuild(executor: Executor, result: BuildResult | None, verdicts: list[ArtifactVerdict],
+def _write_rebuild(executor: Executor, result: BuildResult, verdicts: list[ArtifactVerdict],
                    the_plan: Plan, info: ReleaseInfo, verifier: ReleaseVerifier, signer: Any, root: Path,
                    identity: str | None) -> None:
     recipes, store = executor.recipes, executor.store
@@ -289,18 +289,17 @@ def _write_rebuild(executor: Executor, result: BuildResult | None, verdicts: lis
     who = identity or f"mlos-repro-rebuilder:{keyid}"
     when = release_meta.utc_now()
     sums_digest = hashlib.sha256(verifier.sums_bytes()).hexdigest()
-    if result is not None:
-        entries = {n: r.entry for n, r in result.stages.items()}
-        for name, res in result.stages.items():
-            stage = recipes.stages[name]
-            env = executor.env(stage.builder)
-            mats = intoto.materials(store, stage, executor.input_digests(stage, result), entries,
-                                    (env.name, env.digest))
-            prods = intoto.products(store, name, res.entry)
-            dest = root / "links" / f"{name}.{keyid[:8]}.link"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            the_link = intoto.link(stage, res.entry, mats, prods, profile=recipes.profile, sde=sde)
-            dest.write_bytes(intoto.sign_link(the_link, signer))
+    entries = {n: r.entry for n, r in result.stages.items()}
+    for name, res in result.stages.items():
+        stage = recipes.stages[name]
+        env = executor.env(stage.builder)
+        mats = intoto.materials(store, stage, executor.input_digests(stage, result), entries,
+                                (env.name, env.digest))
+        prods = intoto.products(store, name, res.entry)
+        dest = root / "links" / f"{name}.{keyid[:8]}.link"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        the_link = intoto.link(stage, res.entry, mats, prods, profile=recipes.profile, sde=sde)
+        dest.write_bytes(intoto.sign_link(the_link, signer))
     for v in verdicts:
         report_digest = sha256_file(v.report_txt) if v.report_txt is not None else None
         predicate = vsa.predicate(verifier=who, time=when,

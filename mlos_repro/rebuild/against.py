@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_repro.errors import MlosReproError
+from mlos_repro.errors import MlosReproError, StageFailedError
 from mlos_repro.executor import BuildResult, Executor
 from mlos_repro.inspect import report
 from mlos_repro.inspect.layers import Difference, compare_paths
@@ -62,23 +62,28 @@ class ArtifactVerdict:
 
 def rebuild_against(executor: Executor, release: Path, sums: dict[str, str],
                     stages: dict[str, dict[str, str]], leave_out: frozenset[str], out_dir: Path,
-                    settings: report.DiffoscopeSettings) -> tuple[BuildResult | None, list[ArtifactVerdict]]:
+                    settings: report.DiffoscopeSettings) -> tuple[BuildResult, list[ArtifactVerdict]]:
     """Build every stage of the release with `executor` and judge each artifact; a stage that
-    fails makes its artifacts (and those downstream of it) FAILED with its error."""
-    error = ""
-    result: BuildResult | None = None
-    try:
-        result = executor.build(tuple(stages))
-    except MlosReproError as e:
-        error = e.message
+    fails makes its artifacts (and those of the stages that need it) FAILED with its error,
+    and the others are still judged."""
+    errors: dict[str, MlosReproError] = {}
+
+    def failed(stage: str, error: MlosReproError) -> None:
+        # A stage that fails is a verdict on the release; a missing tool, a full disk or a
+        # damaged store is the rebuilder's to fix, and nothing is signed.
+        if not isinstance(error, StageFailedError):
+            raise error
+        errors[stage] = error
+
+    result = executor.build(tuple(stages), on_error=failed)
     verdicts = []
     for stage, outputs in sorted(stages.items()):
         for output in sorted(outputs):
             name = f"{stage}/{output}"
             released = artifact_files(sums, name, leave_out)
-            if result is None or stage not in result.stages:
-                verdicts.append(ArtifactVerdict(stage, output, released, {}, FAILED,
-                                                error=error or "the stage was not rebuilt"))
+            if stage not in result.stages:
+                error = errors[stage].message if stage in errors else "the stage was not rebuilt"
+                verdicts.append(ArtifactVerdict(stage, output, released, {}, FAILED, error=error))
                 continue
             entry = result.stages[stage].entry
             rebuilt = artifact_files(output_files(executor.store, stage, entry), name, leave_out)

@@ -406,3 +406,45 @@ def test_a_published_rebuild_is_fetched_over_http_and_trusted_only_once_verified
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
+
+
+PICKY = """
+[[stage]]
+name = "picky"
+outputs = ["out.txt"]
+run = [["sh", "-euc", "[ \\"$(umask)\\" = 0022 ] && echo @UNIQUE@ > /out/out.txt"]]
+
+[[stage]]
+name = "after"
+outputs = ["out.txt"]
+run = [["sh", "-euc", "cat /in/picky/out.txt > /out/out.txt"]]
+[stage.inputs]
+picky = "stage:picky"
+
+[[stage]]
+name = "free"
+outputs = ["out.txt"]
+run = [["sh", "-euc", "echo free > /out/out.txt"]]
+"""
+
+
+def test_a_stage_that_fails_in_the_rebuild_fails_only_what_needs_it(world: dict[str, Path], shared_store: Path,
+                                                                    tmp_path: Path, unique: str) -> None:
+    recipes = write_repo(tmp_path / "repo", PICKY.replace("@UNIQUE@", unique))
+    built = mlos("build", "--recipes", recipes, "--out", tmp_path / "out", "--store", shared_store)
+    assert built.code == 0, built.stderr
+    rel = release((recipes, tmp_path / "out"), world["builder"], shared_store, tmp_path / "rel")
+    result = mlos("rebuild", rel, "--keys", world["c"], "--out", tmp_path / "att", "--store", shared_store,
+                  "--root-key", world["builder"] / "attestation/owner.pub.json",
+                  "--keyring", world["builder"] / "archive-keyring.gpg", f"--vary={LEAKY}", "--json")
+    assert result.code == 1, result.stderr
+    verdicts = {a["artifact"]: a for a in json.loads(result.stdout)["artifacts"]}
+    assert verdicts["free/out.txt"]["result"] == "PASSED"
+    assert verdicts["picky/out.txt"]["result"] == "FAILED"
+    assert "stage 'picky'" in verdicts["picky/out.txt"]["error"] and "exited with status 1" in \
+        verdicts["picky/out.txt"]["error"]
+    assert verdicts["after/out.txt"]["error"] == "stage 'after' was not built: it needs picky, which failed"
+    # Signed as such: the summary of the failed stage says FAILED, the free one PASSED.
+    assert statement(tmp_path / "att/vsa/picky/out.txt.intoto.json")["predicate"]["verificationResult"] == "FAILED"
+    assert statement(tmp_path / "att/vsa/free/out.txt.intoto.json")["predicate"]["verificationResult"] == "PASSED"
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "att/links").iterdir()) == ["free"]
