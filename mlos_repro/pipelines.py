@@ -248,10 +248,14 @@ def rebuild(options: RebuildOptions, store: Store, *, progress: Progress = no_pr
     sums = verifier.sums
     lock = json.loads((release_dir / "inputs.lock").read_bytes())  # signed: check 2 compared its digest
     archive = lock.get("source") if isinstance(lock, dict) else None
-    if not isinstance(archive, dict) or not isinstance(archive.get("path"), str):
-        raise BadInputError(f"{release_dir / 'inputs.lock'}: names no source archive; this release cannot "
-                            "be rebuilt by a stranger", "release it again with this mlos-repro")
-    source_path = release_dir / archive["path"]
+    if not isinstance(archive, dict):
+        archive = {}
+    named = archive.get("path")
+    if not isinstance(named, str) or not named.startswith("source/") or release_meta.safe_name(named):
+        raise BadInputError(f"{release_dir / 'inputs.lock'}: names no source archive under source/; this "
+                            "release cannot be rebuilt by a stranger",
+                            "release it again with this mlos-repro")
+    source_path = release_dir / named
     if sha256_file(source_path, follow=False) != archive.get("sha256"):
         raise VerificationFailed(f"{source_path}: not the source archive inputs.lock names")
     with staged_directory(out) as staging, store.tempdir("rebuild-source") as work:
