@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -116,13 +116,17 @@ def verify_build(built: Built, enabled: frozenset[str], settings: DiffoscopeSett
     """Rebuild every stage of `built` in an environment varied by the `enabled` variations
     this host can apply, judge each output bit for bit, and write OUT/verify.json and
     OUT/reports/."""
-    builders = [built.recipes.stages[n].builder for n in built.result.stages] or ["default"]
-    host = Host.probe(built.executor.env(builders[0]).root, built.options.sandbox)
-    the_plan = plan(enabled, host)
+    the_plan = _plan(built.executor, built.result.stages, built.options.sandbox, enabled)
     on_plan(the_plan)
     built.verified = varied_rebuild(built.executor, built.executor.store, built.result, the_plan,
                                     built.options.out_dir, settings)
     return built.verified
+
+
+def _plan(executor: Executor, stages: Iterable[str], backend: str, enabled: frozenset[str]) -> Plan:
+    """The `enabled` variations this host can apply, judged on the first stage's builder environment."""
+    builders = [executor.recipes.stages[n].builder for n in stages] or ["default"]
+    return plan(enabled, Host.probe(executor.env(builders[0]).root, backend))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +271,8 @@ def rebuild(options: RebuildOptions, store: Store, *, progress: Progress = no_pr
             if not store.has_blob(path.name):
                 store.put_file(path, path.name, follow=False)  # checked against its name
         fetch_all(recipes, store, options.mirror, all_locked=False)
-        builders = [s.builder for s in recipes.stages.values()] or ["default"]
-        first = Executor(recipes, store, sandbox(options.sandbox))
-        host = Host.probe(first.env(builders[0]).root, options.sandbox)
-        the_plan = plan(options.enabled, host)
+        the_plan = _plan(Executor(recipes, store, sandbox(options.sandbox)), recipes.stages, options.sandbox,
+                         options.enabled)
         executor = Executor(recipes, store, sandbox(options.sandbox), variant=the_plan.variant,
                             progress=progress)
         result, verdicts = rebuild_against(executor, release_dir, sums, info.stages,

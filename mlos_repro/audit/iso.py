@@ -76,9 +76,9 @@ def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_vers
         digest = sha256_file(iso)
         listed = _listed(iso, root, sums, digest)
         verdict = IsoVerdict(iso, digest, root, listed, said)
-        info = _release_info(root, data, trust, ring, verdict.notes)
+        info, info_digest = _release_info(root, data, trust, ring, verdict.notes)
     if rebuilders is not None:
-        verdict.reproduced = _reproduced(root, data, sums, listed, info, rebuilders)
+        verdict.reproduced = _reproduced(root, data, sums, listed, info, info_digest, rebuilders)
     if info is not None:
         verdict.facts.update(name=info.name, version=info.version, profile=info.profile,
                              build_date=info.build_date, released=info.released, expires=info.expires)
@@ -113,17 +113,19 @@ def _listed(iso: Path, root: Path, sums: dict[str, str], digest: str) -> str:
 
 
 def _release_info(root: Path, sums: bytes, trust: Trust, ring: Path | None,
-                  notes: list[str]) -> ReleaseInfo | None:
+                  notes: list[str]) -> tuple[ReleaseInfo | None, str]:
+    """release.json when it is there and signed, and the sha256 of exactly the bytes whose
+    signature was checked."""
     path = root / release_meta.RELEASE_INFO
     if not path.exists() and not path.is_symlink():
         notes.append(f"version, build date, kernel and packages not shown: no {path.name} beside SHA256SUMS")
-        return None
+        return None, ""
     data = read(path)
     signatures = [path.with_name(path.name + suffix)
                   for suffix in (release_meta.GPG_SUFFIX, release_meta.SIGSTORE_SUFFIX)]
     if not any(s.exists() for s in signatures):
         notes.append(f"version, build date, kernel and packages not shown: {path} is not signed")
-        return None
+        return None, ""
     authenticate(data, path, trust, ring)
     try:
         info = ReleaseInfo.parse(data, str(path))
@@ -135,11 +137,11 @@ def _release_info(root: Path, sums: bytes, trust: Trust, ring: Path | None,
     if info.expired:
         raise Failed(f"{path}: {info.name} {info.version} expired on {info.expires}: its owner no longer "
                      "vouches for it")
-    return info
+    return info, sha256_bytes(data)
 
 
 def _reproduced(root: Path, sums_bytes: bytes, sums: dict[str, str], listed: str, info: ReleaseInfo | None,
-                rebuilders: Rebuilders) -> dict[str, Any]:
+                info_digest: str, rebuilders: Rebuilders) -> dict[str, Any]:
     """k of n for the artifact holding the ISO: Failed, naming what fell short, unless at least
     the threshold of listed rebuilders reproduced exactly these bytes of exactly this release."""
     if info is None:
@@ -151,7 +153,6 @@ def _reproduced(root: Path, sums_bytes: bytes, sums: dict[str, str], listed: str
     mine = next((a for a in artifacts if listed == a or listed.startswith(a + "/")), None)
     if mine is None:
         raise Failed(f"{listed}: no stage output of the release holds it; no rebuilder can vouch for it")
-    info_digest = sha256_bytes(read(root / release_meta.RELEASE_INFO))
     found = agreement(rebuilders, info_digest, sha256_bytes(sums_bytes), sums, artifacts, dsse_payload)
     problems = found.refused + [f for f in found.failed if f.startswith(mine + ":")] + \
         found.short_of([mine], rebuilders.threshold)
