@@ -9,12 +9,12 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from mlos_repro import __version__, ui
-from mlos_repro.errors import ExitCode, MlosReproError
+from mlos_repro.errors import EnvironmentProblem, ExitCode, MlosReproError
 
 if TYPE_CHECKING:
     from mlos_repro.store import Store
@@ -41,12 +41,34 @@ def _handle_errors(func: F) -> F:
             raise
         except click.ClickException:
             raise
+        except OSError as e:
+            problem = EnvironmentProblem.from_os_error(e, None if e.filename else _written(kwargs))
+            if problem is None:
+                _internal_error()
+            ui.error(problem.message, problem.hint)
+            sys.exit(int(problem.exit_code))
         except Exception:
-            ui.error("internal error:\n" + traceback.format_exc(),
-                     "this is a bug in mlos-repro; please report it with the text above")
-            sys.exit(int(ExitCode.INTERNAL))
+            _internal_error()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _written(kwargs: dict[str, Any]) -> str | None:
+    """Where a command writes, for an error that names no file (a full disk while writing)."""
+    from mlos_repro.store import default_root
+
+    places = []
+    if "store_dir" in kwargs:
+        places.append(f"the store {kwargs['store_dir'] or default_root()}")
+    if kwargs.get("out_dir") is not None:
+        places.append(f"--out {kwargs['out_dir']}")
+    return " or ".join(places) or None
+
+
+def _internal_error() -> NoReturn:
+    ui.error("internal error:\n" + traceback.format_exc(),
+             "this is a bug in mlos-repro; please report it with the text above")
+    sys.exit(int(ExitCode.INTERNAL))
 
 
 recipes_option = click.option(
@@ -98,6 +120,9 @@ def main(verbose: int) -> None:
               show_default=True, help="Where OUT/<stage>/<output> and OUT/manifest.json are written.")
 @store_option
 @click.option("--no-cache", is_flag=True, help="Run every selected stage even if the store has it.")
+@click.option("--partial", is_flag=True,
+              help="Building fewer stages than the earlier build in OUT: keep its other stages "
+                   "(without it, such a build is refused).")
 @click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
               show_default=True, help="Sandbox backend; both give identical outputs.")
 @click.option("--verify", is_flag=True,
@@ -118,7 +143,8 @@ def main(verbose: int) -> None:
 @json_option
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
-          store_dir: Path | None, no_cache: bool, sandbox_name: str, verify: bool, vary_spec: str | None,
+          store_dir: Path | None, no_cache: bool, partial: bool, sandbox_name: str, verify: bool,
+          vary_spec: str | None,
           diffoscope_timeout: float, diffoscope_max_size: int, gnupghome: Path | None,
           archive_key: str | None, as_json: bool) -> None:
     """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
@@ -139,7 +165,7 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
         raise click.UsageError("--archive-key needs --gnupghome (the GnuPG home holding it)")
     options = pipelines.BuildOptions(recipes_dir=recipes_dir, stages=stages, profile=profile, out_dir=out_dir,
                                      sandbox=sandbox_name, use_cache=not no_cache, gnupghome=gnupghome,
-                                     archive_key=archive_key)
+                                     archive_key=archive_key, partial=partial)
     built = pipelines.build(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
     if not as_json:
         stages_built = built.result.stages.values()
@@ -497,6 +523,9 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
               help="The release directory to write (new or empty).")
 @click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
               help="A build's OUT directory: the release must be of exactly that build.")
+@click.option("--stage", "stages", multiple=True, metavar="NAME",
+              help="Release only this stage and what it needs (repeat it) [default: every stage of "
+                   "the profile].")
 @recipes_option
 @profile_option
 @store_option
@@ -523,8 +552,8 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
               help="Client trust config of a private sigstore instance [default: the public one].")
 @json_option
 @_handle_errors
-def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: Path, profile: str | None,
-            store_dir: Path | None, archive_key: str | None, expires_days: int | None,
+def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, stages: tuple[str, ...], recipes_dir: Path,
+            profile: str | None, store_dir: Path | None, archive_key: str | None, expires_days: int | None,
             version: str | None, link_format: str, with_inputs: bool, use_sigstore: bool,
             identity_token: str | None,
             trust_config: Path | None, as_json: bool) -> None:
@@ -546,7 +575,7 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, recipes_dir: P
     options = pipelines.ReleaseOptions(
         keys_dir=keys_dir, out_dir=out_dir, from_dir=from_dir, recipes_dir=recipes_dir, profile=profile,
         archive_key=archive_key, expires_days=expires_days, version=version,
-        openpgp_links=link_format == "openpgp", with_inputs=with_inputs,
+        openpgp_links=link_format == "openpgp", with_inputs=with_inputs, stages=stages,
         sigstore=Sigstore(identity_token, trust_config) if use_sigstore else None)
     released = pipelines.release(options, _store(store_dir))
     if as_json:

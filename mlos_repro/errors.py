@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 
 
@@ -31,6 +33,36 @@ class MlosReproError(Exception):
 
 class BadInputError(MlosReproError):
     exit_code = ExitCode.BAD_INPUT
+
+
+# What the host refuses and only the user can change: a path not writable, a full disk.
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+class EnvironmentProblem(BadInputError):
+    """The host will not let us do it (permissions, a read-only or full file system): the
+    user's to fix, named with the path and what to do."""
+
+    @classmethod
+    def from_os_error(cls, e: OSError, what: str | None = None) -> EnvironmentProblem | None:
+        """The user's view of an OSError this host caused (`what`: the path as the user named
+        it, default the file the error names), or None for any other OSError."""
+        reason = ENVIRONMENT_ERRNOS.get(e.errno or 0)
+        if reason is None or (e.filename is None and what is None):
+            return None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = ("free space on that file system (`mlos-repro store gc` reclaims old builds), or use "
+                    "a --store/--out on one with more room; nothing partial was kept")
+        else:
+            hint = ("use a --store and --out you can write (or MLOS_REPRO_STORE), or run as a user "
+                    "who may write there")
+        return cls(f"cannot write {what or os.fsdecode(e.filename)}: {reason}", hint)
 
 
 class RecipeError(BadInputError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -18,8 +20,8 @@ from mlos_repro import run
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
-from mlos_repro.errors import BadInputError, MlosReproError, StageFailedError
-from mlos_repro.fsutil import TreeTooDeep, atomic_write, walk_tree
+from mlos_repro.errors import BadInputError, EnvironmentProblem, MlosReproError, StageFailedError
+from mlos_repro.fsutil import TreeTooDeep, atomic_write, staged_directory, walk_tree
 from mlos_repro.graph import ancestors, cache_key, select
 from mlos_repro.inspect import manifest
 from mlos_repro.recipe.model import Input, InputKind, RecipeSet, Stage
@@ -112,8 +114,8 @@ class Executor:
         there too), and the others go on."""
         result = BuildResult(profile=self.recipes.profile)
         order = select(self.recipes.stages, wanted)
+        self._check_privileges(order)  # first: fetching would not help a user who is not root
         self._check_pinned_inputs(order)
-        self._check_privileges(order)
         failed: set[str] = set()
         for name in order:
             stage = self.recipes.stages[name]
@@ -362,46 +364,118 @@ class Executor:
             "fix the stage's run commands or its inputs, then build again")
 
 
-def write_out(store: Store, result: BuildResult, out_dir: Path,
-              extras: Mapping[str, bytes] | None = None) -> Path:
-    """Materialise every built stage under OUT/<stage>/ and write OUT/manifest.json atomically.
+# What a build writes in OUT besides its stage directories; and the staging names of fsutil.
+OUT_FILES = frozenset({"manifest.json", "verify.json", "reports"})
+_STAGING_NAME = re.compile(r"\..+\.(?:partial|old)-[0-9]+")
 
-    extras are files made outside the sandbox (signatures), by path under OUT/<stage>/; each
-    stage directory appears complete, with its extras, or not at all.
-    """
-    extras = extras or {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, res in sorted(result.stages.items()):
-        staging = out_dir / f".{name}.partial-{os.getpid()}"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What an earlier build in OUT leaves for `build --partial` to keep: its other stages."""
+
+    stages: Mapping[str, Any] = field(default_factory=dict)  # name -> its manifest entry
+    signatures: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_out_dir(out_dir: Path, stages: Iterable[str], profile: str, *, partial: bool) -> Carried:
+    """Before a build: may OUT be replaced by a build of `stages`? An OUT holds one build whole:
+    a build of fewer stages than the earlier build in OUT replaces it only with --partial, which
+    keeps the other stages. Refuses a file, an unwritable parent and a directory holding
+    anything no build wrote."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise BadInputError(f"--out {out_dir} exists and is not a directory",
+                            "name a new directory, or the OUT of an earlier build")
+    parent = out_dir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (out_dir.exists() and not os.access(out_dir, os.W_OK)):
+        raise BadInputError(f"cannot write {out_dir if out_dir.exists() else parent}: permission denied "
+                            "or a read-only file system", "name an --out you can write")
+    if not out_dir.exists():
+        return Carried()
+    entries = sorted(p.name for p in out_dir.iterdir())
+    earlier: dict[str, Any] = {}
+    if "manifest.json" in entries:
         try:
-            for o, digest in res.entry.outputs.items():
-                store.materialize(digest, res.entry.kinds[o], staging / o)
-            for o, sbom in result.sboms.get(name, {}).items():
-                store.materialize(sbom, "file", staging / (o + SBOM_SUFFIX))
-            for path, data in sorted(extras.items()):
-                stage, _, rel = path.partition("/")
-                if stage == name:
-                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (staging / rel).write_bytes(data)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            earlier = json.loads((out_dir / "manifest.json").read_bytes())
+            if not isinstance(earlier, dict) or not isinstance(earlier.get("stages"), dict):
+                raise ValueError("it has no table of stages")
+        except ValueError as e:
+            raise BadInputError(f"{out_dir / 'manifest.json'} is not the manifest of a build ({e})",
+                                "name a new or empty --out, or remove that directory") from None
+    foreign = [n for n in entries if n not in OUT_FILES and n not in earlier.get("stages", {})
+               and not _STAGING_NAME.fullmatch(n)]
+    if foreign:
+        raise BadInputError(f"--out {out_dir} holds {', '.join(foreign[:5])}"
+                            + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                            + ", which no build wrote: a build replaces its OUT as a whole",
+                            "name a new or empty --out")
+    others = sorted(set(earlier.get("stages", {})) - set(stages))
+    if not others:
+        return Carried()
+    if not partial:
+        raise BadInputError(f"--out {out_dir} holds an earlier build with stages this build does not "
+                            f"make: {', '.join(others)}",
+                            "build every stage into it, build into another --out, or pass --partial to "
+                            "keep those stages from the earlier build")
+    if earlier.get("profile") != profile:
+        raise BadInputError(f"--out {out_dir} holds a build of profile {earlier.get('profile')!r}, not "
+                            f"{profile!r}: --partial keeps stages of one profile only",
+                            "build into another --out")
+    signatures = earlier.get("signatures", {})
+    return Carried({n: earlier["stages"][n] for n in others},
+                   {p: d for p, d in (signatures.items() if isinstance(signatures, dict) else ())
+                    if p.partition("/")[0] in others})
+
+
+def write_out(store: Store, result: BuildResult, out_dir: Path,
+              extras: Mapping[str, bytes] | None = None, carried: Carried | None = None) -> Path:
+    """Write OUT whole: every built stage under OUT/<stage>/, the stages `carried` from the
+    earlier build there (--partial), and OUT/manifest.json. The new OUT is made beside the old one
+    and swapped in at the end: a failure (a full disk) leaves the old OUT as it was, and nothing
+    stale (an earlier verify.json, reports/, other stages) survives.
+
+    extras are files made outside the sandbox (signatures), by path under OUT/<stage>/.
+    """
+    try:
+        return _write_out(store, result, out_dir, extras or {}, carried or Carried())
+    except OSError as e:
+        problem = EnvironmentProblem.from_os_error(e, f"--out {out_dir}")
+        if problem is None:
             raise
-        final = out_dir / name
-        if final.exists():
-            old = out_dir / f".{name}.old-{os.getpid()}"
-            final.rename(old)
-            staging.rename(final)
-            shutil.rmtree(old)
-        else:
-            staging.rename(final)
-    manifest = out_dir / "manifest.json"
-    manifest_data = result.manifest()
-    if extras:
-        manifest_data["signatures"] = {path: "sha256:" + sha256_bytes(data)
-                                       for path, data in sorted(extras.items())}
-    atomic_write(manifest, canonical_json(manifest_data) + b"\n")
-    return manifest
+        raise EnvironmentProblem(problem.message + " (what was there before is unchanged)",
+                                 problem.hint) from None
+
+
+def _write_out(store: Store, result: BuildResult, out_dir: Path, extras: Mapping[str, bytes],
+               carried: Carried) -> Path:
+    with staged_directory(out_dir, replace=True) as staging:
+        for name, res in sorted(result.stages.items()):
+            for o, digest in res.entry.outputs.items():
+                store.materialize(digest, res.entry.kinds[o], staging / name / o)
+            for o, sbom in result.sboms.get(name, {}).items():
+                store.materialize(sbom, "file", staging / name / (o + SBOM_SUFFIX))
+            for path, data in sorted(extras.items()):
+                if path.partition("/")[0] == name:
+                    (staging / path).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / path).write_bytes(data)
+            (staging / name).mkdir(exist_ok=True)
+        for name in sorted(carried.stages):
+            shutil.copytree(out_dir / name, staging / name, symlinks=True, copy_function=_link_or_copy)
+        manifest_data = result.manifest()
+        manifest_data["stages"] = dict(sorted({**manifest_data["stages"], **carried.stages}.items()))
+        signatures = {**carried.signatures,
+                      **{path: "sha256:" + sha256_bytes(data) for path, data in extras.items()}}
+        if signatures:
+            manifest_data["signatures"] = dict(sorted(signatures.items()))
+        atomic_write(staging / "manifest.json", canonical_json(manifest_data) + b"\n")
+    return out_dir / "manifest.json"
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    """A kept file of an earlier build: a hard link (OUT's old copy goes away), else a copy."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, dest, follow_symlinks=False)
 

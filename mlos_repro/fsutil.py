@@ -179,18 +179,26 @@ def _writable(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(out: Path) -> Iterator[Path]:
-    """A directory that appears at `out` (absent or empty) whole or not at all: filled under a
-    hidden sibling name, renamed into place when the block ends, removed if it raises."""
+def staged_directory(out: Path, *, replace: bool = False) -> Iterator[Path]:
+    """A directory that appears at `out` whole or not at all: filled under a hidden sibling
+    name, renamed into place when the block ends, removed if it raises. `out` must be absent or
+    empty, unless `replace`: then an existing `out` is swapped for the new one at the end (and
+    stays as it was if the block raises)."""
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
         yield staging
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        if out.exists() and replace:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()
+            staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -23,8 +23,9 @@ from mlos_repro.digest import sha256_file
 from mlos_repro.env.fetch import fetch_all
 from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
 from mlos_repro.errors import BadInputError, VerificationFailed
-from mlos_repro.executor import BuildResult, Executor, Progress, no_progress, write_out
+from mlos_repro.executor import BuildResult, Executor, Progress, check_out_dir, no_progress, write_out
 from mlos_repro.fsutil import staged_directory
+from mlos_repro.graph import select
 from mlos_repro.inspect.report import DiffoscopeSettings
 from mlos_repro.rebuild.against import PASSED, ArtifactVerdict, rebuild_against
 from mlos_repro.rebuild.variations import Host, Plan, plan
@@ -57,6 +58,7 @@ class BuildOptions:
     use_cache: bool = True
     gnupghome: Path | None = None  # None: the development archive key
     archive_key: str | None = None
+    partial: bool = False  # keep the earlier build's other stages in OUT
 
 
 @dataclass
@@ -94,6 +96,8 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
     """Build the selected stages (cached ones from the store), sign the APT repositories
     among them outside the sandbox, and write OUT/<stage>/ and OUT/manifest.json."""
     recipes = load_recipes(options.recipes_dir, options.profile)
+    carried = check_out_dir(options.out_dir, select(recipes.stages, options.stages), recipes.profile,
+                            partial=options.partial)
     executor = Executor(recipes, store, sandbox(options.sandbox), use_cache=options.use_cache,
                         progress=progress)
     result = executor.build(options.stages)
@@ -107,7 +111,7 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
         return gpg
 
     signatures = sign_repositories(store, result, signer)
-    manifest = write_out(store, result, options.out_dir, signatures)
+    manifest = write_out(store, result, options.out_dir, signatures, carried)
     return Built(options, recipes, executor, result, manifest)
 
 
@@ -144,6 +148,7 @@ class ReleaseOptions:
     openpgp_links: bool = False
     sigstore: Sigstore | None = None
     with_inputs: bool = False  # carry every pinned input in RELEASE/inputs/
+    stages: tuple[str, ...] = ()  # release only these (and what they need) of from_dir's build
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +160,25 @@ class Released:
 def release(options: ReleaseOptions, store: Store) -> Released:
     """Assemble and sign the release directory of a build whose every stage is in the store."""
     recipes = load_recipes(options.recipes_dir, options.profile)
+    executor = Executor(recipes, store, sandbox("bwrap"), cached_only=True)
+    wanted = select(recipes.stages, options.stages)
+    built_stages: dict[str, dict[str, Any]] = {}
+    if options.from_dir is not None:
+        built_stages = _built_stages(options.from_dir)
+        absent = [n for n in wanted if n not in built_stages]
+        if absent and options.stages:
+            raise BadInputError(f"{options.from_dir} holds no build of {', '.join(absent)}",
+                                "build those stages into it (build --partial), or name stages it holds")
+        if not options.stages and (absent or set(built_stages) - set(recipes.stages)):
+            raise BadInputError(
+                f"{options.from_dir} holds a build of {', '.join(sorted(built_stages)) or 'no stage'}, not "
+                f"the whole graph of profile {recipes.profile!r} (missing: {', '.join(absent) or 'none'})",
+                "build every stage into it, or name the stages to release with --stage")
+        built_stages = {n: built_stages[n] for n in wanted}
     keys = Keys.load(options.keys_dir, options.archive_key)
     if options.openpgp_links:
         keys = replace(keys, openpgp_links=True)
-    executor = Executor(recipes, store, sandbox("bwrap"), cached_only=True)
-    built_stages = _built_stages(options.from_dir) if options.from_dir is not None else {}
-    result = executor.build(tuple(built_stages))
+    result = executor.build(tuple(built_stages) or tuple(wanted))
     differing = [n for n, s in built_stages.items()
                  if n not in result.stages or result.stages[n].entry.key != s.get("key")]
     if differing:

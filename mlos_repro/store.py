@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
-from mlos_repro.errors import BadInputError, DigestMismatchError, StageFailedError
+from mlos_repro.errors import BadInputError, DigestMismatchError, EnvironmentProblem, StageFailedError
 from mlos_repro.fsutil import (
     NotRegularFile,
     TreeTooDeep,
@@ -92,8 +92,21 @@ class StageEntry:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
-        for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root / "tmp", os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root / "tmp"))
+        except (NotADirectoryError, FileExistsError):
+            raise BadInputError(f"the store {self.root} is not a directory (or holds a file where a "
+                                "directory belongs)", "name a store directory with --store or "
+                                "MLOS_REPRO_STORE") from None
+        except OSError as e:
+            problem = EnvironmentProblem.from_os_error(e, f"the store {self.root}")
+            if problem is None:
+                raise
+            raise EnvironmentProblem(problem.message, "name a store you can write with --store or "
+                                     "MLOS_REPRO_STORE, or run as its owner") from None
         self._sweep_tmp()
 
     # -- temporary space ------------------------------------------------------

@@ -63,7 +63,8 @@ def test_missing_tool_exits_3_naming_the_package(shared_store: Path, repo: Calla
     recipes = repo('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n')
     empty = tmp_path / "empty-path"
     empty.mkdir()
-    result = mlos("build", "--recipes", recipes, "--store", shared_store, env={"PATH": str(empty)})
+    result = mlos("build", "--recipes", recipes, "--out", tmp_path / "out", "--store", shared_store,
+                  env={"PATH": str(empty)})
     assert result.code == 3
     assert "bwrap" in result.stderr and "apt-get install bubblewrap" in result.stderr
 
