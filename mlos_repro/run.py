@@ -33,6 +33,7 @@ TOOLS: dict[str, str] = {
     "taskset": "util-linux",
     "gpg": "gnupg",
     "gpgconf": "gpgconf",
+    "gpg-connect-agent": "gpgconf",
 }
 
 # Host variables passed to tools that run outside the sandbox (mmdebstrap, tar).

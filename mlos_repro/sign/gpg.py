@@ -6,6 +6,7 @@ user id; it lets `make build` yield a signed, installable repository, never a re
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -36,6 +37,38 @@ def check_agent_socket(home: Path) -> None:
                            "use a GnuPG home with a shorter path, or a system with /run/user/UID")
 
 
+# GnuPG homes where no agent ran before our first gpg call: the agent gpg starts there is ours,
+# stopped when the command ends (a user's own agent is left alone).
+_checked_homes: set[Path] = set()
+_our_agents: set[Path] = set()
+
+
+def _claim_agent(home: Path) -> None:
+    """Before the first gpg call in `home`: note whether the agent it will use is ours to stop."""
+    if home in _checked_homes:
+        return
+    _checked_homes.add(home)
+    # (gpg-connect-agent exits 0 either way; only a running agent answers with its pid.)
+    answer = run.run(["gpg-connect-agent", "--homedir", home, "--no-autostart", "GETINFO pid", "/bye"],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False,
+                     env=run.host_env({"GNUPGHOME": str(home)})).stdout
+    running = answer.startswith(b"D ")
+    if not running:
+        if not _our_agents:
+            atexit.register(stop_agents)
+        _our_agents.add(home)
+
+
+def stop_agents() -> None:
+    """Stop every gpg-agent our gpg calls started (at exit; callable earlier)."""
+    for home in sorted(_our_agents):
+        if home.is_dir():
+            run.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, check=False, env=run.host_env({"GNUPGHOME": str(home)}))
+    _our_agents.clear()
+    _checked_homes.clear()
+
+
 def data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
     return Path(base) / "mlos-repro"
@@ -55,6 +88,7 @@ class GpgSigner:
         self.fingerprint, self.uid = self._resolve(key)
 
     def _gpg(self, *args: str, stdin: bytes | None = None, what: str) -> bytes:
+        _claim_agent(self.home)
         argv = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", *args]
         result = run.run_or_raise(argv, SigningError, f"gpg could not {what} (GnuPG home {self.home})",
                                   hint="check that the key is present, not expired, and has no passphrase "
@@ -119,6 +153,7 @@ def generate_key(home: Path, uid: str) -> None:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     check_agent_socket(home)
+    _claim_agent(home.absolute())
     argv = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode",
             "loopback", "--passphrase", "", "--quick-generate-key", uid, "ed25519", "sign", "never"]
     run.run_or_raise(argv, SigningError, f"gpg could not create a key in {home}",
