@@ -93,6 +93,7 @@ def rebuild_against(executor: Executor, release: Path, sums: dict[str, str],
                 _explain(executor.store, verdict, release, entry.outputs[output], entry.kinds[output],
                          leave_out, out_dir, settings)
             verdicts.append(verdict)
+    report.index(out_dir / "reports", [(v.name, v.result, v.report_html, v.member) for v in verdicts])
     return result, verdicts
 
 

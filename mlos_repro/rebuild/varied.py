@@ -111,6 +111,9 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
                                    (f"sha256:{second_sboms[output]}", "file", None), out_dir, settings))
     result = VerifyResult(plan, verdicts)
     out_dir.mkdir(parents=True, exist_ok=True)
+    report.index(out_dir / "reports", [(f"{v.stage}/{v.output}", v.verdict, v.report_html,
+                                        v.differences[0].where if v.differences else
+                                        v.error.splitlines()[0] if v.error else "") for v in verdicts])
     atomic_write(out_dir / "verify.json", json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     return result
 

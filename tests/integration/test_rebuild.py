@@ -156,7 +156,7 @@ def test_a_leaky_stage_is_named_by_the_rebuilder_that_caught_it(world: dict[str,
     assert verdicts["debs/debs"]["member"] == "debs/debs → mlos-demo-a.deb → data.tar.xz → ."
     assert verdicts["apt/repo"]["result"] == "PASSED"  # a printf of fixed text leaks nothing
     assert verdicts["debs/debs"]["report"] == {"txt": "reports/debs/debs.txt", "html": "reports/debs/debs.html"}
-    assert "mode: 0755 -> 0775" in (att / "reports/debs/debs.txt").read_text()
+    assert "mode: rwxr-xr-x (0755) -> rwxrwxr-x (0775)" in (att / "reports/debs/debs.txt").read_text()
     vsa = statement(att / "vsa/debs/debs.intoto.json")
     assert vsa["predicate"]["verificationResult"] == "FAILED"
     assert vsa["predicate"]["rebuild"]["variations"] == ["umask"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlos_repro.rebuild.variations import NAMES
-from tests.conftest import mlos
+from tests.conftest import PROJECT, mlos
 
 REPRODUCIBLE = r"""
 [[stage]]
@@ -194,3 +196,67 @@ def test_a_stage_failing_only_when_varied_is_a_failed_verdict(shared_store: Path
     outputs = report["outputs"]
     assert isinstance(outputs, list)
     assert outputs[0]["verdict"] == "failed" and "exited with status 1" in outputs[0]["error"]
+
+
+def chromium(page: Path, work: Path) -> tuple[str, Path]:
+    """Render `page` in headless Chromium as a person would see it: the text of the rendered
+    page (printed to PDF, read back by pdftotext) and a screenshot."""
+    browser = shutil.which("chromium")
+    if browser is None or shutil.which("pdftotext") is None:
+        pytest.fail("the report tests need chromium and poppler-utils: run scripts/install-deps")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--hide-scrollbars",
+             f"--user-data-dir={work / 'chromium-profile'}", "--window-size=1280,1400"]
+    pdf, png = work / f"{page.stem}.pdf", work / f"{page.stem}.png"
+    for what in (f"--print-to-pdf={pdf}", f"--screenshot={png}"):
+        subprocess.run([browser, *flags, "--no-pdf-header-footer", what, page.as_uri()], check=True,
+                       capture_output=True, timeout=120)
+    text = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True,
+                          text=True).stdout
+    return text, png
+
+
+def test_reports_read_as_a_person_sees_them(shared_store: Path, repo: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    """reports/index.html lists every verdict and links the report of what differs; the report
+    opens with our summary (member paths, modes as rwxr-xr-x, owners, dates) and names members
+    in diffoscope's part by their paths, never by temporary ones."""
+    recipes = repo(r"""
+        [[stage]]
+        name = "bundle"
+        outputs = ["bundle.tar", "same.txt"]
+        run = [["sh", "-c", '''
+          set -e
+          mkdir -p b/etc
+          hostname > b/etc/built-on
+          echo mine > b/etc/umasked
+          tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$SOURCE_DATE_EPOCH \
+              -C b -cf /out/bundle.tar etc
+          echo same > /out/same.txt
+        ''']]
+    """)
+    code, report, err = _verify(recipes, shared_store, "--vary=-all,+hostname,+umask")
+    assert code == 1 and report["reproducible"] is False, err
+    out = recipes.parent / "out"
+    index_text, index_png = chromium(out / "reports" / "index.html", tmp_path)
+    # Every verdict, the differing one linked to its report.
+    for line in ("bundle/bundle.tar", "bundle/same.txt", "differs", "identical", "report"):
+        assert line in index_text, index_text
+    index = (out / "reports" / "index.html").read_text()
+    assert "href='bundle/bundle.tar.html'" in index
+    text, png = chromium(out / "reports" / "bundle" / "bundle.tar.html", tmp_path)
+    flat = " ".join(text.split())
+    assert "4 difference(s) found by the layered comparison" in flat
+    for row in (("etc", "mode", "rwxr-xr-x (0755)", "rwxrwxr-x (0775)"),
+                ("etc/umasked", "mode", "rw-r--r-- (0644)", "rw-rw-r-- (0664)"),
+                ("etc/built-on", "content", "sha256:")):
+        assert re.search(r"bundle/bundle\.tar → " + r"\s+".join(map(re.escape, row)), flat), (row, flat)
+    assert "diffoscope on the differing members" in flat
+    assert "mlos-varied-host" in flat  # diffoscope's own diff of the member, set in our page
+    assert "diffoscope/first" not in text and "/tmp" not in text and "000-" not in text, text
+    # The pictures a person would have seen, kept for whoever reads the CI run.
+    kept = PROJECT / "artifacts" / "reports"
+    kept.mkdir(parents=True, exist_ok=True)
+    for picture in (index_png, png):
+        assert picture.stat().st_size > 10_000
+        shutil.copyfile(picture, kept / picture.name)
