@@ -25,18 +25,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except MlosReproError as e:
-            ui.error(e.message, e.hint)
-            sys.exit(int(e.exit_code))
+            _fail(e.message, e.hint, e.exit_code, as_json)
         except BrokenPipeError:
             # Whoever read our output went away (e.g. `| head`): not a failure of ours.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
         except KeyboardInterrupt:
-            ui.error("interrupted; the store holds only complete entries", None)
-            sys.exit(130)
+            _fail("interrupted; the store holds only complete entries", None, 130, as_json)
         except click.exceptions.Exit:
             raise
         except click.ClickException:
@@ -44,13 +43,20 @@ def _handle_errors(func: F) -> F:
         except OSError as e:
             problem = EnvironmentProblem.from_os_error(e, None if e.filename else _written(kwargs))
             if problem is None:
-                _internal_error()
-            ui.error(problem.message, problem.hint)
-            sys.exit(int(problem.exit_code))
+                _internal_error(as_json)
+            _fail(problem.message, problem.hint, problem.exit_code, as_json)
         except Exception:
-            _internal_error()
+            _internal_error(as_json)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, hint: str | None, code: int, as_json: bool) -> NoReturn:
+    """Say what went wrong on stderr (and, with --json, as {"error", "hint", "exit"} on stdout); exit."""
+    ui.error(message, hint)
+    if as_json:
+        ui.emit_json({"error": message, "hint": hint, "exit": int(code)})
+    sys.exit(int(code))
 
 
 def _written(kwargs: dict[str, Any]) -> str | None:
@@ -65,10 +71,21 @@ def _written(kwargs: dict[str, Any]) -> str | None:
     return " or ".join(places) or None
 
 
-def _internal_error() -> NoReturn:
-    ui.error("internal error:\n" + traceback.format_exc(),
-             "this is a bug in mlos-repro; please report it with the text above")
-    sys.exit(int(ExitCode.INTERNAL))
+def _internal_error(as_json: bool = False) -> NoReturn:
+    _fail("internal error:\n" + traceback.format_exc(),
+          "this is a bug in mlos-repro; please report it with the text above", ExitCode.INTERNAL, as_json)
+
+
+# Options of the whole tool, accepted before the command or anywhere after it (`build -v`).
+GLOBAL_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet", "--color", "--no-color"})
+
+
+class _Tool(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head, sep, tail = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args \
+            else (args, [], [])
+        flags = [a for a in head if a in GLOBAL_FLAGS]
+        return super().parse_args(ctx, [*flags, *(a for a in head if a not in GLOBAL_FLAGS), *sep, *tail])
 
 
 recipes_option = click.option(
@@ -93,10 +110,15 @@ def _store(store_dir: Path | None) -> Store:
     return Store(store_dir or default_root())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Tool, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlos-repro")
-@click.option("-v", "--verbose", count=True, help="Log commands (-v) and details (-vv) to stderr.")
-def main(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Show the tail of a running stage's log and what is done (-v), and every command "
+                   "run and details (-vv), on stderr. Accepted after the command too, like -q and --color.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and results.")
+@click.option("--color/--no-color", default=None,
+              help="Colour on stderr [default: on a terminal, unless NO_COLOR is set].")
+def main(verbose: int, quiet: bool, color: bool | None) -> None:
     """Build MLOS Linux bit for bit from pinned inputs, and verify it offline.
 
     \b
@@ -110,6 +132,9 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+    if verbose == 1:
+        logging.getLogger("mlos_repro.run").setLevel(logging.WARNING)  # every command: -vv
+    ui.configure(verbose, quiet, color)
 
 
 @main.command()
@@ -170,7 +195,8 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     if not as_json:
         stages_built = built.result.stages.values()
         fresh = sum(1 for r in stages_built if not r.cached)
-        ui.info(f"{len(stages_built)} stages ({fresh} built, {len(stages_built) - fresh} cached); "
+        cached = len(stages_built) - fresh
+        ui.info(f"{ui.count(len(stages_built), 'stage')} ({fresh} built, {cached} cached); "
                 f"manifest: {built.manifest}")
     if verify:
         settings = DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size)
@@ -241,11 +267,17 @@ def fetch(recipes_dir: Path, profile: str | None, store_dir: Path | None, mirror
     from mlos_repro.env.fetch import fetch_all
     from mlos_repro.recipe import load_recipes
 
-    report = fetch_all(load_recipes(recipes_dir, profile), _store(store_dir), mirror)
+    bar = ui.FetchBar()
+    try:
+        report = fetch_all(load_recipes(recipes_dir, profile), _store(store_dir), mirror, progress=bar)
+    finally:
+        bar.close()
     if as_json:
-        ui.emit_json({"present": report.present, "downloaded": report.downloaded})
+        ui.emit_json({"present": report.present, "downloaded": report.downloaded,
+                      "downloaded_bytes": report.downloaded_bytes})
     else:
-        ui.info(f"{len(report.downloaded)} downloaded, {report.present} already in the store")
+        ui.info(f"downloaded {ui.count(len(report.downloaded), 'new file')} "
+                f"({ui.size(report.downloaded_bytes)}); {report.present} already in the store")
 
 
 @main.command("pin")

@@ -66,11 +66,25 @@ class BuildResult:
 # What a source checkout holds that is not source: tool caches, never a build's input.
 CHECKOUT_NOISE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
-# Progress callback: (stage, state, seconds) with state in "cached", "running", "done".
-Progress = Callable[[str, str, float], None]
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What a build is doing, for whoever shows progress.
+
+    state: "cached", "running", "varied" (the second build of --verify), "assembling" (an
+    environment: name "environment NAME"), "log" (the log of the running stage is `log`), "done".
+    """
+
+    name: str
+    state: str
+    seconds: float = 0.0  # done: how long it took
+    estimate: float | None = None  # running, varied, assembling: how long it took last time
+    log: Path | None = None
 
 
-def no_progress(stage: str, state: str, seconds: float) -> None:
+Progress = Callable[[Event], None]
+
+
+def no_progress(event: Event) -> None:
     return None
 
 
@@ -95,8 +109,21 @@ class Executor:
         if name not in self._envs:
             builder = self.recipes.builder
             spec, locked = locked_environment(builder, name)
-            self._envs[name] = environment(spec, locked, builder.source_date_epoch, self.store)
+            label, started = f"environment {name}", []
+
+            def assembling() -> None:
+                started.append(time.monotonic())
+                self.progress(Event(label, "assembling", estimate=self.store.last_seconds(label)))
+
+            self._envs[name] = environment(spec, locked, builder.source_date_epoch, self.store,
+                                           on_assemble=assembling)
+            if started:
+                self._done(label, time.monotonic() - started[0])
         return self._envs[name]
+
+    def _done(self, name: str, seconds: float) -> None:
+        self.store.record_seconds(name, seconds)
+        self.progress(Event(name, "done", seconds))
 
     def mirror(self, name: str) -> str:
         """The tree digest of environment `name`'s locked .debs as a local APT mirror (env: inputs)."""
@@ -238,7 +265,7 @@ class Executor:
         key = cache_key(stage, env.digest, sde, digests)
         start = time.monotonic()
         if self.use_cache and (hit := self._cached(key)) is not None:
-            self.progress(stage.name, "cached", 0.0)
+            self.progress(Event(stage.name, "cached"))
             return StageResult(stage.name, hit, True, 0.0)
         if self.cached_only:
             raise BadInputError(f"stage {stage.name!r} ({stage.source}) is not built: the store has no "
@@ -247,14 +274,16 @@ class Executor:
         with self.store.lock(f"stage-{key}"):
             # Another build sharing the store may have finished it while we waited.
             if self.use_cache and (hit := self._cached(key)) is not None:
-                self.progress(stage.name, "cached", 0.0)
+                self.progress(Event(stage.name, "cached"))
                 return StageResult(stage.name, hit, True, 0.0)
-            self.progress(stage.name, "running", 0.0)
+            state = "running" if self.variant is None else "varied"
+            self.progress(Event(stage.name, state, estimate=self.store.last_seconds(f"{state} {stage.name}")))
             entry = self._run_stage(stage, env, key, digests, done, self.variant)
             if self.variant is None:
                 self.store.put_stage(entry)
         seconds = time.monotonic() - start
-        self.progress(stage.name, "done", seconds)
+        self.store.record_seconds(f"{state} {stage.name}", seconds)
+        self.progress(Event(stage.name, "done", seconds))
         return StageResult(stage.name, entry, False, seconds)
 
     def _cached(self, key: str) -> StageEntry | None:
@@ -290,14 +319,16 @@ class Executor:
             env = self.env(stage.builder)
             digests = self.input_digests(stage, control)
             key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
-            self.progress(name, "varied", 0.0)
+            self.progress(Event(name, "varied", estimate=self.store.last_seconds(f"varied {name}")))
             start = time.monotonic()
             try:
                 varied[name] = self._run_stage(stage, env, key, digests, control, variant)
             except MlosReproError as e:
                 on_error(name, e)
                 continue
-            self.progress(name, "done", time.monotonic() - start)
+            seconds = time.monotonic() - start
+            self.store.record_seconds(f"varied {name}", seconds)
+            self.progress(Event(name, "done", seconds))
         return varied
 
     def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],
@@ -324,6 +355,7 @@ class Executor:
             self.sandbox.prepare(spec)
             log_file = work / "stage.log"
             with log_file.open("wb") as logf:
+                self.progress(Event(stage.name, "log", log=log_file))
                 for command in stage.run:
                     logf.write(f"+ {shlex.join(command)}\n".encode())
                     logf.flush()

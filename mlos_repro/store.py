@@ -93,7 +93,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         try:
-            for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks"):
+            for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks", "timings"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not os.access(self.root / "tmp", os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root / "tmp"))
@@ -108,6 +108,25 @@ class Store:
             raise EnvironmentProblem(problem.message, "name a store you can write with --store or "
                                      "MLOS_REPRO_STORE, or run as its owner") from None
         self._sweep_tmp()
+
+    # -- how long things took -------------------------------------------------
+
+    def _timing(self, name: str) -> Path:
+        return self.root / "timings" / hashlib.sha256(name.encode()).hexdigest()[:32]
+
+    def last_seconds(self, name: str) -> float | None:
+        """How long `name` (a stage's build, an environment's assembly) took the last time."""
+        try:
+            return float(self._timing(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def record_seconds(self, name: str, seconds: float) -> None:
+        """Remember how long `name` took, for the next estimate; never fails a build."""
+        try:
+            self.write_atomic(self._timing(name), f"{seconds:.3f}\n".encode())
+        except OSError as e:
+            log.debug("cannot record the time of %s: %s", name, e)
 
     # -- temporary space ------------------------------------------------------
 

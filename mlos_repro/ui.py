@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlos_repro.inspect.members import printable as shown
@@ -12,6 +16,7 @@ from mlos_repro.inspect.members import printable as shown
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mlos_repro.executor import Event
     from mlos_repro.rebuild.variations import Plan
     from mlos_repro.rebuild.varied import VerifyResult
 
@@ -23,7 +28,9 @@ def _err() -> Console:
     through it (a quick `verify-iso` should not pay for it)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    if settings.color is False:
+        return Console(stderr=True, highlight=False, no_color=True)
+    return Console(stderr=True, highlight=False, force_terminal=settings.color or None)
 
 
 def escape(text: str) -> str:
@@ -31,13 +38,143 @@ def escape(text: str) -> str:
 
     return rich_escape(text)
 
-_STYLE = {"cached": "dim", "running": "yellow", "varied": "magenta", "done": "green"}
+_STYLE = {"cached": "dim", "running": "yellow", "varied": "magenta", "assembling": "cyan", "done": "green"}
+LOG_LINES = 8  # lines of a running stage's log shown live with -v
 
 
-def progress(stage: str, state: str, seconds: float) -> None:
-    style = _STYLE.get(state, "")
-    timing = f" {seconds:6.1f}s" if state == "done" else ""
-    _err().print(f"[{style}]{state:>8}[/{style}]  {stage}{timing}")
+@dataclass
+class Settings:
+    """How output is shown: set once from the global options."""
+
+    verbose: int = 0
+    quiet: bool = False
+    color: bool | None = None  # None: rich decides (a terminal, NO_COLOR honoured)
+
+
+settings = Settings()
+
+
+def configure(verbose: int, quiet: bool, color: bool | None) -> None:
+    settings.verbose, settings.quiet, settings.color = verbose, quiet, color
+    _err.cache_clear()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+class _Progress:
+    """Build progress on stderr: on a terminal a live line per running stage (elapsed time,
+    the last run's time, with -v the tail of its log); elsewhere one line per event."""
+
+    def __init__(self) -> None:
+        self._live: Any = None
+        self._current: Event | None = None
+        self._started = 0.0
+        self._log: Path | None = None
+
+    def __call__(self, event: Event) -> None:
+        if settings.quiet:
+            return
+        if event.state == "log":
+            self._log = event.log
+            return
+        self._stop()
+        style = _STYLE.get(event.state, "")
+        line = f"[{style}]{event.state:>10}[/{style}]  {escape(shown(event.name))}"
+        if event.state == "done":
+            _err().print(f"{line} {event.seconds:6.1f}s")
+            return
+        if event.state == "cached":
+            _err().print(line)
+            return
+        if event.estimate is not None:
+            line += f"  [dim](last time {_clock(event.estimate)})[/dim]"
+        if not _err().is_terminal:
+            _err().print(line)
+            return
+        from rich.live import Live
+
+        self._current, self._started, self._log = event, time.monotonic(), None
+        self._live = Live(get_renderable=lambda: self._render(line), console=_err(), transient=True,
+                          refresh_per_second=2)
+        self._live.start()
+
+    def _render(self, line: str) -> Any:
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self._started
+        text = Text.from_markup(f"{line}  {_clock(elapsed)}")
+        if settings.verbose and self._log is not None:
+            for entry in _tail(self._log, LOG_LINES):
+                text.append("\n  | " + shown(entry), style="dim")
+        return text
+
+    def _stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode(errors="replace").splitlines()[-lines:]
+
+
+progress = _Progress()
+
+
+class FetchBar:
+    """fetch's progress: files and bytes with a bar on a terminal; elsewhere a line at the start
+    and, with -v, one per file."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._files = -1
+
+    def __call__(self, files: int, of_files: int, done: int, of_bytes: int) -> None:
+        if settings.quiet:
+            return
+        if self._files < 0:
+            amount = f", {size(of_bytes)}" if of_bytes else ""
+            _err().print(f"downloading {count(of_files, 'file')}{amount}")
+            if _err().is_terminal:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+                self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                     DownloadColumn(), TimeRemainingColumn(), console=_err(), transient=True)
+                self._task = self._bar.add_task("", total=of_bytes or None)
+                self._bar.start()
+            self._files = 0
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, description=f"{files}/{of_files} files")
+        elif files != self._files and settings.verbose:
+            _err().print(f"  {files}/{of_files} files, {size(done)}")
+        self._files = files
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
@@ -48,6 +185,7 @@ def printable(text: str, *, newlines: bool = False) -> str:
 
 
 def error(message: str, hint: str | None) -> None:
+    progress.close()
     _err().print(f"[bold red]error:[/bold red] {escape(printable(message, newlines=True))}", soft_wrap=True)
     if hint:
         _err().print(f"[cyan]hint:[/cyan] {escape(printable(hint, newlines=True))}", soft_wrap=True)
@@ -59,7 +197,14 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
+    if settings.quiet:
+        return
     _err().print(escape(printable(message, newlines=True)), soft_wrap=True)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 stage', '2 stages'."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def emit_json(value: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def _locale_hooks(env: Environment) -> list[str]:
 
 
 def environment(env: Environment, locked: LockedEnvironment, source_date_epoch: int,
-                store: Store, *, rebuild: bool = False) -> EnvRef:
-    """The assembled environment, from the store when it was assembled before."""
+                store: Store, *, rebuild: bool = False,
+                on_assemble: Callable[[], None] | None = None) -> EnvRef:
+    """The assembled environment, from the store when it was assembled before (on_assemble is
+    called when it must be assembled now)."""
     key = assembly_key(env, locked, source_date_epoch)
     memo = store.root / "envs" / "by-lock" / key
     with store.lock(f"env-{key}"):
@@ -68,6 +71,8 @@ def environment(env: Environment, locked: LockedEnvironment, source_date_epoch: 
             root = store.root / "envs" / digest / "root"
             if root.is_dir():
                 return EnvRef(env.name, digest, root)
+        if on_assemble is not None:
+            on_assemble()
         digest = assemble(env, locked, source_date_epoch, store)
         root = _extract(store, digest)
         store.write_atomic(memo, digest.encode() + b"\n")

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from mlos_repro.errors import BadInputError, DigestMismatchError
 from mlos_repro.store import Store
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 TIMEOUT = 120
 
 
-def download(store: Store, url: str, expected: str | None, what: str = "") -> str:
+def download(store: Store, url: str, expected: str | None, what: str = "",
+             on_chunk: Callable[[int], None] | None = None) -> str:
     """Fetch url into the store; a digest mismatch is refused and nothing is stored.
 
     `what` names the thing for messages (e.g. the locked package), the URL is added to it.
@@ -28,6 +30,8 @@ def download(store: Store, url: str, expected: str | None, what: str = "") -> st
                 while chunk := resp.read(1 << 20):
                     h.update(chunk)
                     out.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
             out.flush()
         except (urllib.error.URLError, OSError) as e:
             raise BadInputError(f"{label}: download failed ({e})",

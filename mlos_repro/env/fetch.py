@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import lzma
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from debian.deb822 import Packages
@@ -17,8 +19,21 @@ from mlos_repro.store import Store
 
 @dataclass
 class FetchReport:
-    present: int = 0
+    present: int = 0  # pinned files that were in the store already
     downloaded: list[str] = field(default_factory=list)
+    downloaded_bytes: int = 0
+
+
+# (files done, files to download, bytes done, bytes to download; 0 when sizes are unknown)
+FetchProgress = Callable[[int, int, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    sha256: str
+    what: str
+    size: int  # 0: unknown until downloaded
+    url: Callable[[], str]
 
 
 def _join(mirror: str, path: str) -> str:
@@ -50,17 +65,15 @@ def pinned_inputs(recipes: RecipeSet) -> dict[str, str]:
 
 
 def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None, *,
-              all_locked: bool = True) -> FetchReport:
-    report = FetchReport()
+              all_locked: bool = True, progress: FetchProgress | None = None) -> FetchReport:
+    """Download every pinned file the store lacks, each once (an environment's .debs are shared
+    with others), checking each against its sha256."""
+    pins: dict[str, _Pin] = {}
     for name in environments_to_fetch(recipes, all_locked=all_locked):
         env, locked = locked_environment(recipes.builder, name)
         for pkg in locked.packages:
-            if store.has_blob(pkg.sha256):
-                report.present += 1
-                continue
-            download(store, _join(mirror or env.mirror, pkg.filename), pkg.sha256,
-                     what=f"environment {name!r}: {pkg.filename}")
-            report.downloaded.append(pkg.filename)
+            pins.setdefault(pkg.sha256, _Pin(pkg.sha256, f"environment {name!r}: {pkg.filename}", pkg.size,
+                                             functools.partial(_join, mirror or env.mirror, pkg.filename)))
     indexes: dict[str, dict[tuple[str, str], str]] = {}
     for stage in sorted(recipes.stages.values(), key=lambda s: s.name):
         env = recipes.builder.environments[stage.builder]
@@ -68,15 +81,23 @@ def fetch_all(recipes: RecipeSet, store: Store, mirror: str | None = None, *,
             if inp.kind not in (InputKind.URL, InputKind.DEB):
                 continue
             assert inp.sha256 is not None
-            if store.has_blob(inp.sha256):
-                report.present += 1
-                continue
-            if inp.kind is InputKind.URL:
-                url = inp.target
-            else:
-                url = _deb_url(env, inp, indexes, mirror or env.mirror, store)
-            download(store, url, inp.sha256, what=f"stage {stage.name!r}: input {inp.name!r}")
-            report.downloaded.append(url)
+            url = functools.partial(lambda i: i.target, inp) if inp.kind is InputKind.URL else \
+                functools.partial(_deb_url, env, inp, indexes, mirror or env.mirror, store)
+            pins.setdefault(inp.sha256, _Pin(inp.sha256, f"stage {stage.name!r}: input {inp.name!r}", 0, url))
+    missing = [p for p in pins.values() if not store.has_blob(p.sha256)]
+    report = FetchReport(present=len(pins) - len(missing))
+    total = sum(p.size for p in missing)
+    for pin in missing:
+        def chunk(n: int) -> None:
+            report.downloaded_bytes += n
+            if progress is not None:
+                progress(len(report.downloaded), len(missing), report.downloaded_bytes, total)
+
+        address = pin.url()
+        download(store, address, pin.sha256, what=pin.what, on_chunk=chunk)
+        report.downloaded.append(address)
+        if progress is not None:
+            progress(len(report.downloaded), len(missing), report.downloaded_bytes, total)
     return report
 
 

@@ -38,7 +38,7 @@ def test_build_then_verify_build_as_library_calls(shared_store: Path, repo: Call
     progress: list[tuple[str, str]] = []
     options = pipelines.BuildOptions(recipes_dir=recipes, out_dir=tmp_path / "out",
                                      gnupghome=gnupg_key("toy <toy@mlos.example>"))
-    built = pipelines.build(options, Store(shared_store), progress=lambda s, state, t: progress.append((s, state)))
+    built = pipelines.build(options, Store(shared_store), progress=lambda e: progress.append((e.name, e.state)))
     assert ("words", "running") in progress and ("count", "done") in progress
     manifest = json.loads(built.manifest.read_text())
     assert set(manifest["stages"]) == {"words", "count"}

@@ -1,0 +1,78 @@
+"""What a person sees while the tool works: progress with estimates, a live log tail on a
+terminal, quiet and colour switches, global options after the command, errors as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import MLOS, mlos
+
+SLOW = """
+[[stage]]
+name = "slow"
+outputs = ["a.txt"]
+run = [["sh", "-c", "for i in 1 2 3 4; do echo step-$i-@TOKEN@; sleep 1; done; echo a > /out/a.txt"]]
+"""
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|9[0-7])(?:;[0-9]+)*m")  # a foreground colour
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run argv on a pseudo-terminal (script(1)), as a person at a terminal would; what it printed."""
+    command = " ".join(shlex.quote(a) for a in argv)
+    result = subprocess.run(["script", "-qefc", command, "/dev/null"], capture_output=True, timeout=600,
+                            env=env)
+    return result.stdout.decode(errors="replace")
+
+
+def test_progress_says_what_runs_and_how_long_it_took_last_time(shared_store: Path, repo: Callable[..., Path],
+                                                                unique: str) -> None:
+    recipes = repo(SLOW.replace("@TOKEN@", unique))
+    out = recipes.parent / "out"
+    # Not a terminal (a CI log): one line per event.
+    first = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store, "--no-cache")
+    assert first.code == 0, first.stderr
+    lines = first.stderr.splitlines()
+    assert any(re.fullmatch(r"\s*running\s+slow(\s+\(last time \d+:\d\d\))?", line) for line in lines), lines
+    assert any(re.fullmatch(r"\s*done\s+slow\s+\d+\.\ds", line) for line in lines), lines
+    assert "1 stage (1 built, 0 cached)" in first.stderr
+    # The second time, the first run's time is the estimate.
+    second = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store, "--no-cache")
+    assert re.search(r"running\s+slow\s+\(last time 0:0[3-9]\)", second.stderr), second.stderr
+    # -q: nothing but the result; global options after the command, too.
+    quiet = mlos("build", "-q", "--recipes", recipes, "--out", out, "--store", shared_store)
+    assert quiet.code == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_terminal_shows_the_running_stage_live_with_its_log(shared_store: Path, repo: Callable[..., Path],
+                                                              unique: str, tmp_path: Path) -> None:
+    recipes = repo(SLOW.replace("@TOKEN@", unique))
+    argv = [*MLOS, "build", "--recipes", str(recipes), "--out", str(tmp_path / "out"),
+            "--store", str(shared_store), "--no-cache", "-v"]
+    shown = on_a_terminal(argv)
+    plain = ANSI.sub("", shown)
+    # The live line counts the seconds and shows the stage's log as it is written.
+    assert re.search(r"running\s+slow.*0:0[2-4]", plain), plain
+    assert f"| step-2-{unique}" in plain, plain
+    assert re.search(r"done\s+slow", plain) and COLOUR.search(shown)
+    # --no-color (and NO_COLOR): no colour even on a terminal.
+    colourless = on_a_terminal([*argv[:-1], "--no-color"])
+    assert "done" in colourless and not COLOUR.search(colourless), colourless
+    by_env = on_a_terminal(argv[:-1], env={**os.environ, "NO_COLOR": "1"})
+    assert "done" in by_env and not COLOUR.search(by_env), by_env
+
+
+def test_errors_are_json_too_with_json(repo: Callable[..., Path], tmp_path: Path) -> None:
+    recipes = repo('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\nmystery = 1\n')
+    result = mlos("build", "--json", "--recipes", recipes, "--out", tmp_path / "out", "--store", tmp_path / "s")
+    assert result.code == 2
+    error = json.loads(result.stdout)
+    assert error["exit"] == 2 and "mystery" in error["error"] and error["hint"]
+    assert "mystery" in result.stderr  # and still said to the person
