@@ -50,6 +50,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/sbom.py $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/verify.py $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/rebuild.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/cli.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(OUT) $(RELEASE) .pytest_cache

@@ -208,6 +208,67 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     if built.verified is not None and not built.verified.reproducible:
         sys.exit(int(ExitCode.VERIFICATION_FAILED))
 
+@main.command("plan")
+@click.argument("stages", nargs=-1)
+@recipes_option
+@profile_option
+@store_option
+@click.option("--no-cache", is_flag=True, help="As `build --no-cache` would: every selected stage runs.")
+@json_option
+@_handle_errors
+def plan_cmd(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, store_dir: Path | None,
+             no_cache: bool, as_json: bool) -> None:
+    """What `build STAGES` would do: each stage cached or to run, and why it runs.
+
+    Nothing is built or assembled. A stage runs when the store has no build of its inputs;
+    plan says what changed since it was last built on this store (a recipe key, an input, the
+    environment, mlos-repro itself), or that it needs a stage that runs first.
+
+    \b
+    Example:
+      mlos-repro plan              # the whole graph
+      mlos-repro plan iso --json   # the ISO and what it needs, as JSON
+    """
+    from mlos_repro.executor import plan_build
+
+    _, plans = plan_build(recipes_dir, profile, stages, _store(store_dir), use_cache=not no_cache)
+    if as_json:
+        ui.emit_json({"stages": [p.to_json() for p in plans]})
+    else:
+        ui.plan(plans)
+
+
+@main.command("explain")
+@click.argument("stage")
+@recipes_option
+@profile_option
+@store_option
+@json_option
+@_handle_errors
+def explain_cmd(stage: str, recipes_dir: Path, profile: str | None, store_dir: Path | None,
+                as_json: bool) -> None:
+    """Everything about one STAGE: its recipe file, inputs, outputs, cache key, whether a build
+    would run it and why, how long it took, where its last log is.
+
+    \b
+    Example:
+      mlos-repro explain kernel
+    """
+    from mlos_repro.executor import plan_build
+
+    recipes, plans = plan_build(recipes_dir, profile, (stage,), _store(store_dir))
+    mine = next(p for p in plans if p.name == stage)
+    definition = recipes.stages[stage]
+    facts = {**mine.to_json(), "recipe": str(definition.source), "environment": definition.builder,
+             "privileged": definition.privileged, "needs": sorted(definition.upstream),
+             "inputs": {i.name: i.spec for i in definition.inputs}, "outputs": list(definition.outputs),
+             "run": [list(c) for c in definition.run]}
+    if as_json:
+        ui.emit_json(facts)
+    else:
+        ui.explain(facts)
+
+
 @main.command()
 @click.argument("first", type=click.Path(exists=True, path_type=Path))
 @click.argument("second", type=click.Path(exists=True, path_type=Path))

@@ -18,20 +18,18 @@ from typing import Any
 
 from mlos_repro import run
 from mlos_repro.digest import canonical_json, sha256_bytes
-from mlos_repro.env.assemble import EnvRef, environment, local_mirror
+from mlos_repro.env.assemble import EnvRef, assembled, assembly_key, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.errors import BadInputError, EnvironmentProblem, MlosReproError, StageFailedError
 from mlos_repro.fsutil import TreeTooDeep, atomic_write, staged_directory, walk_tree
-from mlos_repro.graph import ancestors, cache_key, select
+from mlos_repro.graph import ancestors, cache_key, cache_key_parts, key_of, select
 from mlos_repro.inspect import manifest
 from mlos_repro.recipe.model import Input, InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.sandbox.disorder import shuffled
 from mlos_repro.sandbox.inputs import StageInput, lay_out
 from mlos_repro.sandbox.variant import BuildVariant, apply_variant
-from mlos_repro.sbom.cache import Sboms
 from mlos_repro.sbom.facts import SBOM_SUFFIX
-from mlos_repro.sbom.policy import load_policy
 from mlos_repro.store import SpecialFile, StageEntry, Store, digest_of_output_set
 
 log = logging.getLogger(__name__)
@@ -65,6 +63,36 @@ class BuildResult:
 
 # What a source checkout holds that is not source: tool caches, never a build's input.
 CHECKOUT_NOISE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+def plan_build(recipes_dir: Path, profile: str | None, stages: tuple[str, ...], store: Store, *,
+               use_cache: bool = True) -> tuple[RecipeSet, list[StagePlan]]:
+    """What `build STAGES` would do (nothing is built or assembled): `mlos-repro plan`. Here,
+    not in pipelines, so that the command starts in a fraction of a second."""
+    from mlos_repro.recipe import load_recipes
+    from mlos_repro.sandbox.select import sandbox
+
+    recipes = load_recipes(recipes_dir, profile)
+    return recipes, Executor(recipes, store, sandbox("bwrap"), use_cache=use_cache).plan(stages)
+
+
+CACHED, RUNS, BLOCKED = "cached", "runs", "blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """What a build would do with one stage (`mlos-repro plan`)."""
+
+    name: str
+    status: str  # CACHED, RUNS, or BLOCKED (an input it needs is missing: why says which)
+    key: str | None = None  # its cache key, when its inputs are known now
+    why: tuple[str, ...] = ()
+    estimate: float | None = None  # how long its last build here took
+    log: Path | None = None  # the log of the cached build
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.name, "status": self.status, "key": self.key, "why": list(self.why),
+                "estimate_seconds": self.estimate, "log": str(self.log) if self.log else None}
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -103,7 +131,7 @@ class Executor:
         self.cached_only = cached_only  # a stage not in the store is an error, not a build
         self._envs: dict[str, EnvRef] = {}
         self._mirrors: dict[str, str] = {}
-        self._sboms: Sboms | None = None
+        self._sboms: Any = None  # sbom.cache.Sboms, made on first use
 
     def env(self, name: str) -> EnvRef:
         if name not in self._envs:
@@ -129,10 +157,88 @@ class Executor:
         """The tree digest of environment `name`'s locked .debs as a local APT mirror (env: inputs)."""
         if name not in self._mirrors:
             spec, locked = locked_environment(self.recipes.builder, name)
-            with self.store.tempdir(f"mirror-{name}") as tmp:
-                local_mirror(spec, locked, self.store, tmp / "mirror")
-                self._mirrors[name] = self.store.put_tree(tmp / "mirror")
+            memo = "mirror " + assembly_key(spec, locked, self.recipes.builder.source_date_epoch)
+            known = (self.store.recall("mirrors", memo) or b"").decode().strip()
+            if known and self.store.has_tree(known):
+                self._mirrors[name] = known
+            else:
+                with self.store.tempdir(f"mirror-{name}") as tmp:
+                    local_mirror(spec, locked, self.store, tmp / "mirror")
+                    self._mirrors[name] = self.store.put_tree(tmp / "mirror")
+                self.store.remember("mirrors", memo, self._mirrors[name].encode())
         return self._mirrors[name]
+
+    def plan(self, wanted: Iterable[str] = ()) -> list[StagePlan]:
+        """What `build wanted` would do, without building or assembling anything: each stage
+        cached or to run, and why it runs (what changed since the stage was last built here)."""
+        done = BuildResult(profile=self.recipes.profile)
+        plans: list[StagePlan] = []
+        runs: set[str] = set()
+        sde = self.recipes.builder.source_date_epoch
+        for name in select(self.recipes.stages, wanted):
+            stage = self.recipes.stages[name]
+            estimate = self.store.last_seconds(f"running {name}")
+            spec, locked = locked_environment(self.recipes.builder, stage.builder)
+            env = assembled(spec, locked, sde, self.store)
+            upstream = sorted(set(stage.upstream) & runs)
+            if env is None or upstream:
+                runs.add(name)
+                plans.append(StagePlan(name, RUNS, estimate=estimate, why=(
+                    f"its environment {stage.builder!r} is not assembled yet" if env is None else
+                    f"it needs {', '.join(upstream)}, which run{'s' if len(upstream) == 1 else ''} first",)))
+                continue
+            try:
+                digests = self.input_digests(stage, done)
+            except BadInputError as e:
+                runs.add(name)
+                plans.append(StagePlan(name, BLOCKED, why=(e.diagnostics(),)))
+                continue
+            parts = cache_key_parts(stage, env.digest, sde, digests)
+            key = key_of(parts)
+            hit = self._cached(key) if self.use_cache else None
+            if hit is not None:
+                done.stages[name] = StageResult(name, hit, True, 0.0)
+                plans.append(StagePlan(name, CACHED, key, estimate=estimate,
+                                       log=self.store.log_path(hit.log)))
+                continue
+            runs.add(name)
+            why = ("--no-cache",) if not self.use_cache else self._changed(stage, parts)
+            plans.append(StagePlan(name, RUNS, key, why, estimate))
+        return plans
+
+    def _changed(self, stage: Stage, parts: dict[str, Any]) -> tuple[str, ...]:
+        """Why a stage's cache key is not in the store: what differs from its last build here."""
+        note = self.store.recall("keys", f"{self.recipes.root.absolute()}:{stage.name}")
+        if note is None:
+            return ("it was never built on this store",)
+        try:
+            last = json.loads(note)
+        except ValueError:
+            return ("its last build's record is unreadable",)
+        why = []
+        if last.get("toolkit") != parts["toolkit"]:
+            why.append(f"mlos-repro changed ({last.get('toolkit')} -> {parts['toolkit']})")
+        elif last.get("sandbox") != parts["sandbox"] or last.get("output_rules") != parts["output_rules"]:
+            why.append("the sandbox contract changed (a different mlos-repro)")
+        recipe, before = parts["stage"], last.get("stage") or {}
+        for field_name in sorted(set(recipe) | set(before)):
+            if recipe.get(field_name) != before.get(field_name):
+                why.append(f"recipe key {field_name!r} changed ({stage.source})")
+        if last.get("environment") != parts["environment"]:
+            why.append(f"environment {stage.builder!r} changed (builder.toml or builder.lock)")
+        if last.get("source_date_epoch") != parts["source_date_epoch"]:
+            why.append("source_date_epoch changed (builder.toml)")
+        inputs, old = parts["inputs"], last.get("inputs") or {}
+        specs = {i.name: i.spec for i in stage.inputs}
+        for name in sorted(set(inputs) | set(old)):
+            if name not in old:
+                why.append(f"input {name!r} was added ({specs.get(name, '')})")
+            elif name not in inputs:
+                why.append(f"input {name!r} was removed")
+            elif inputs[name] != old[name]:
+                why.append(f"input {name!r} changed ({specs.get(name, '')})")
+        return tuple(why) or ("it was built from the same inputs before, but the store no longer holds "
+                              "that build (store gc)",)
 
     def build(self, wanted: Iterable[str] = (),
               on_error: Callable[[str, MlosReproError], None] | None = None) -> BuildResult:
@@ -170,13 +276,17 @@ class Executor:
         """The SBOM of each output of stage `name` (entry: its outputs, from this build or a
         varied one); kernel metadata comes from the stage and its upstream in `done`."""
         if self._sboms is None:
+            from mlos_repro.sbom.cache import Sboms  # cyclonedx is slow to import: only to make SBOMs
+            from mlos_repro.sbom.policy import load_policy
+
             self._sboms = Sboms(self.store, load_policy(self.recipes.root),
                                 self.recipes.builder.source_date_epoch)
         upstream = [done.stages[n].entry for n in ancestors(self.recipes.stages, name)
                     if n in done.stages]
         kernels = self._sboms.kernel_metadata([*upstream, entry])
         stage = self.recipes.stages[name]
-        return self._sboms.for_stage(name, stage.source, entry, kernels, use_cache=use_cache)
+        made: dict[str, str] = self._sboms.for_stage(name, stage.source, entry, kernels, use_cache=use_cache)
+        return made
 
     def _check_pinned_inputs(self, order: Iterable[str]) -> None:
         """Every url:/deb: input of the build is in the store, before anything is built."""
@@ -220,7 +330,7 @@ class Executor:
                 self._check_links(stage, inp, path)
                 if path.is_dir():
                     digests[inp.name] = "tree:" + self.store.put_tree(path, normalise_modes=True,
-                                                                          skip=CHECKOUT_NOISE)
+                                                                          skip=CHECKOUT_NOISE, memo=True)
                 else:
                     digests[inp.name] = "sha256:" + self.store.put_file(path)
             elif inp.kind is InputKind.ENV:
@@ -262,7 +372,11 @@ class Executor:
     def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
         sde = self.recipes.builder.source_date_epoch
         digests = self.input_digests(stage, done)
-        key = cache_key(stage, env.digest, sde, digests)
+        parts = cache_key_parts(stage, env.digest, sde, digests)
+        key = key_of(parts)
+        if self.variant is None:
+            # For `plan`: what changed since this stage of these recipes was built here.
+            self.store.remember("keys", f"{self.recipes.root.absolute()}:{stage.name}", canonical_json(parts))
         start = time.monotonic()
         if self.use_cache and (hit := self._cached(key)) is not None:
             self.progress(Event(stage.name, "cached"))

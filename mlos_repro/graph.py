@@ -7,6 +7,7 @@ import graphlib
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mlos_repro import __version__
 from mlos_repro.digest import canonical_json, sha256_bytes
@@ -62,10 +63,10 @@ def _closure(stages: Mapping[str, Stage], start: list[str]) -> set[str]:
     return chosen
 
 
-def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
-              input_digests: Mapping[str, str]) -> str:
-    """sha256 of everything that can change the stage's outputs, as canonical JSON."""
-    return sha256_bytes(canonical_json({
+def cache_key_parts(stage: Stage, env_digest: str, source_date_epoch: int,
+                    input_digests: Mapping[str, str]) -> dict[str, Any]:
+    """Everything that can change the stage's outputs (`plan` says which part changed)."""
+    return {
         "toolkit": __version__,
         "sandbox": contract_digest(),
         "output_rules": OUTPUT_RULES,
@@ -73,4 +74,14 @@ def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
         "environment": env_digest,
         "source_date_epoch": source_date_epoch,
         "inputs": dict(input_digests),
-    }))
+    }
+
+
+def cache_key(stage: Stage, env_digest: str, source_date_epoch: int,
+              input_digests: Mapping[str, str]) -> str:
+    """sha256 of everything that can change the stage's outputs, as canonical JSON."""
+    return key_of(cache_key_parts(stage, env_digest, source_date_epoch, input_digests))
+
+
+def key_of(parts: Mapping[str, Any]) -> str:
+    return sha256_bytes(canonical_json(dict(parts)))

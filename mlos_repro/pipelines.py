@@ -23,12 +23,20 @@ from mlos_repro.digest import sha256_file
 from mlos_repro.env.fetch import fetch_all
 from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
 from mlos_repro.errors import BadInputError, VerificationFailed
-from mlos_repro.executor import BuildResult, Executor, Progress, check_out_dir, no_progress, write_out
+from mlos_repro.executor import (
+    BuildResult,
+    Executor,
+    Progress,
+    check_out_dir,
+    no_progress,
+    write_out,
+)
 from mlos_repro.fsutil import staged_directory
 from mlos_repro.graph import select
 from mlos_repro.inspect.report import DiffoscopeSettings
+from mlos_repro.rebuild import variations
 from mlos_repro.rebuild.against import PASSED, ArtifactVerdict, rebuild_against
-from mlos_repro.rebuild.variations import Host, Plan, plan
+from mlos_repro.rebuild.variations import Host, Plan
 from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
 from mlos_repro.recipe import RecipeSet, load_recipes, source
 from mlos_repro.recipe.model import InputKind
@@ -130,7 +138,7 @@ def verify_build(built: Built, enabled: frozenset[str], settings: DiffoscopeSett
 def _plan(executor: Executor, stages: Iterable[str], backend: str, enabled: frozenset[str]) -> Plan:
     """The `enabled` variations this host can apply, judged on the first stage's builder environment."""
     builders = [executor.recipes.stages[n].builder for n in stages] or ["default"]
-    return plan(enabled, Host.probe(executor.env(builders[0]).root, backend))
+    return variations.plan(enabled, Host.probe(executor.env(builders[0]).root, backend))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlos_repro.digest import canonical_json, sha256_bytes, sha256_file
-from mlos_repro.errors import BadInputError, DigestMismatchError, EnvironmentProblem, StageFailedError
+from mlos_repro.errors import (
+    BadInputError,
+    DigestMismatchError,
+    EnvironmentProblem,
+    MlosReproError,
+    StageFailedError,
+)
 from mlos_repro.fsutil import (
     NotRegularFile,
     TreeTooDeep,
@@ -93,7 +99,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         try:
-            for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks", "timings"):
+            for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks", "notes"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not os.access(self.root / "tmp", os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root / "tmp"))
@@ -109,24 +115,35 @@ class Store:
                                      "MLOS_REPRO_STORE, or run as its owner") from None
         self._sweep_tmp()
 
-    # -- how long things took -------------------------------------------------
+    # -- notes for the next run: how long things took, what a stage was last built from ----
 
-    def _timing(self, name: str) -> Path:
-        return self.root / "timings" / hashlib.sha256(name.encode()).hexdigest()[:32]
+    def _note(self, kind: str, name: str) -> Path:
+        return self.root / "notes" / kind / hashlib.sha256(name.encode()).hexdigest()[:32]
+
+    def recall(self, kind: str, name: str) -> bytes | None:
+        try:
+            return self._note(kind, name).read_bytes()
+        except OSError:
+            return None
+
+    def remember(self, kind: str, name: str, data: bytes) -> None:
+        """Keep a note for the next run (an estimate, an explanation); never fails a build."""
+        try:
+            note = self._note(kind, name)
+            note.parent.mkdir(parents=True, exist_ok=True)
+            self.write_atomic(note, data)
+        except OSError as e:
+            log.debug("cannot keep the note %s/%s: %s", kind, name, e)
 
     def last_seconds(self, name: str) -> float | None:
         """How long `name` (a stage's build, an environment's assembly) took the last time."""
         try:
-            return float(self._timing(name).read_text())
-        except (OSError, ValueError):
+            return float(self.recall("timings", name) or b"")
+        except ValueError:
             return None
 
     def record_seconds(self, name: str, seconds: float) -> None:
-        """Remember how long `name` took, for the next estimate; never fails a build."""
-        try:
-            self.write_atomic(self._timing(name), f"{seconds:.3f}\n".encode())
-        except OSError as e:
-            log.debug("cannot record the time of %s: %s", name, e)
+        self.remember("timings", name, f"{seconds:.3f}\n".encode())
 
     # -- temporary space ------------------------------------------------------
 
@@ -261,7 +278,7 @@ class Store:
     # -- trees: a directory as a blob listing its entries ---------------------------
 
     def put_tree(self, directory: Path, *, normalise_modes: bool = False,
-                 skip: frozenset[str] = frozenset(), what: str = "") -> str:
+                 skip: frozenset[str] = frozenset(), what: str = "", memo: bool = False) -> str:
         """Store a directory: every file as a blob plus a canonical listing. Returns its digest.
 
         Nothing below `directory` is followed: a symlink is stored as its target's text. Modes
@@ -270,12 +287,26 @@ class Store:
         executable bit (0755/0644), for checkouts whose modes depend on the user's umask.
         Entries named in skip (and what is below them) are left out. A FIFO, device or socket
         is refused by name (SpecialFile), and so is a tree nested deeper than MAX_TREE_DEPTH.
+
+        With memo (a source checkout hashed on every build), a tree whose every entry has the
+        same inode, size, mtime and ctime as the last time is not read again (as git's index
+        does: ctime changes with any write and cannot be set back).
         """
         entries: list[dict[str, Any]] = []
         try:
             listing = sorted(walk_tree(directory, skip=skip))
         except TreeTooDeep as e:
             raise SpecialFile(f"{what or directory}: {e}") from None
+        if memo:
+            seen = canonical_json([str(directory.absolute()), normalise_modes, sorted(skip)]
+                                  + [[rel, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                      st.st_ctime_ns] for rel, st in listing])
+            known = (self.recall("trees", sha256_bytes(seen)) or b"").decode().strip()
+            if known and self.has_tree(known):
+                return known
+            digest = self.put_tree(directory, normalise_modes=normalise_modes, skip=skip, what=what)
+            self.remember("trees", sha256_bytes(seen), digest.encode())
+            return digest
         for rel, st in listing:
             path = directory / rel
             mode = stat.S_IMODE(st.st_mode) & SAFE_MODE_BITS
@@ -292,6 +323,14 @@ class Store:
                 raise SpecialFile(f"{what or directory}: {rel} is a {file_kind(st.st_mode)}: only "
                                   "regular files, directories and symlinks can be stored")
         return self.put_bytes(canonical_json({"tree": entries}))
+
+    def has_tree(self, hexdigest: str) -> bool:
+        """The store holds the tree: its listing and every file's blob."""
+        try:
+            return self.has_blob(hexdigest) and all(
+                self.has_blob(e["sha256"]) for e in self.read_tree(hexdigest) if e["type"] == "file")
+        except (ValueError, KeyError, TypeError, MlosReproError):
+            return False
 
     def read_tree(self, hexdigest: str) -> list[dict[str, Any]]:
         data = json.loads(self.read_blob(hexdigest, "a tree listing"))

@@ -16,7 +16,7 @@ from mlos_repro.inspect.members import printable as shown
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlos_repro.executor import Event
+    from mlos_repro.executor import Event, StagePlan
     from mlos_repro.rebuild.variations import Plan
     from mlos_repro.rebuild.varied import VerifyResult
 
@@ -245,3 +245,44 @@ def verdicts(result: VerifyResult) -> None:
     _err().print(table)
     ok = result.reproducible
     _err().print("[green]reproducible[/green]" if ok else "[red]NOT reproducible[/red]")
+
+
+def plan(plans: list[StagePlan]) -> None:
+    from rich.table import Table
+
+    table = Table(title="what a build would do")
+    table.add_column("stage")
+    table.add_column("")
+    table.add_column("last time")
+    table.add_column("why it runs")
+    colour = {"cached": "dim", "runs": "yellow", "blocked": "red"}
+    for p in plans:
+        table.add_row(escape(p.name), f"[{colour[p.status]}]{p.status}[/]",
+                      _clock(p.estimate) if p.estimate is not None else "",
+                      escape(printable("\n".join(p.why), newlines=True)))
+    _err().print(table)
+    runs = [p for p in plans if p.status != "cached"]
+    guess = sum(p.estimate or 0 for p in runs)
+    _err().print(f"{count(len(runs), 'stage')} to run, {len(plans) - len(runs)} cached"
+                 + (f"; about {_clock(guess)} by the last builds' times" if guess else ""))
+
+
+def explain(facts: dict[str, Any]) -> None:
+    lines = [f"[bold]{escape(facts['stage'])}[/bold]  ({escape(facts['recipe'])})",
+             f"  environment  {escape(facts['environment'])}"
+             + ("  (privileged)" if facts["privileged"] else ""),
+             f"  needs        {escape(', '.join(facts['needs']) or 'no other stage')}",
+             "  inputs"]
+    lines += [f"    {escape(n)} = {escape(spec)}" for n, spec in facts["inputs"].items()] or ["    (none)"]
+    lines.append(f"  outputs      {escape(', '.join(facts['outputs']))}")
+    lines.append("  run")
+    lines += [f"    {escape(printable(' '.join(c)))}" for c in facts["run"]]
+    lines.append(f"  cache key    {facts['key'] or '(not known until the stages it needs are built)'}")
+    lines.append(f"  a build      {facts['status']}")
+    lines += [f"    because {escape(printable(w, newlines=True))}" for w in facts["why"]]
+    if facts["estimate_seconds"] is not None:
+        lines.append(f"  last time    {_clock(facts['estimate_seconds'])}")
+    if facts["log"]:
+        lines.append(f"  its log      {escape(facts['log'])}")
+    for line in lines:
+        _err().print(line, soft_wrap=True)

@@ -66,17 +66,26 @@ def environment(env: Environment, locked: LockedEnvironment, source_date_epoch: 
     key = assembly_key(env, locked, source_date_epoch)
     memo = store.root / "envs" / "by-lock" / key
     with store.lock(f"env-{key}"):
-        if not rebuild and memo.is_file():
-            digest = memo.read_text().strip()
-            root = store.root / "envs" / digest / "root"
-            if root.is_dir():
-                return EnvRef(env.name, digest, root)
+        if not rebuild and (ready := assembled(env, locked, source_date_epoch, store)) is not None:
+            return ready
         if on_assemble is not None:
             on_assemble()
         digest = assemble(env, locked, source_date_epoch, store)
         root = _extract(store, digest)
         store.write_atomic(memo, digest.encode() + b"\n")
         return EnvRef(env.name, digest, root)
+
+
+def assembled(env: Environment, locked: LockedEnvironment, source_date_epoch: int,
+              store: Store) -> EnvRef | None:
+    """The environment if the store holds it assembled, else None (nothing is assembled)."""
+    memo = store.root / "envs" / "by-lock" / assembly_key(env, locked, source_date_epoch)
+    try:
+        digest = memo.read_text().strip()
+    except OSError:
+        return None
+    root = store.root / "envs" / digest / "root"
+    return EnvRef(env.name, digest, root) if root.is_dir() else None
 
 
 def assemble(env: Environment, locked: LockedEnvironment, source_date_epoch: int,

@@ -7,6 +7,7 @@ assembly builds from must select exactly the package set the real archive select
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ def write_lock(path: Path, envs: Mapping[str, LockedEnvironment]) -> None:
 
 
 def read_lock(path: Path) -> dict[str, LockedEnvironment]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: lockfile not found", "run: mlos-repro lock") from None
+    # One parse per version of the file: a build asks for it once per stage.
+    return dict(_read_lock(path.absolute(), st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_lock(path: Path, mtime_ns: int, size: int, inode: int) -> dict[str, LockedEnvironment]:
     where = str(path)
     try:
         data = json.loads(path.read_text())

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MLOS, mlos
 
@@ -76,3 +77,62 @@ def test_errors_are_json_too_with_json(repo: Callable[..., Path], tmp_path: Path
     error = json.loads(result.stdout)
     assert error["exit"] == 2 and "mystery" in error["error"] and error["hint"]
     assert "mystery" in result.stderr  # and still said to the person
+
+
+def test_plan_says_what_would_run_and_why(shared_store: Path, repo: Callable[..., Path], unique: str,
+                                          tmp_path: Path) -> None:
+    stages = f"""
+        [[stage]]
+        name = "words"
+        outputs = ["words.txt"]
+        run = [["sh", "-c", "cat /in/src/words > /out/words.txt; echo {unique} >> /out/words.txt"]]
+        [stage.inputs]
+        src = "path:data"
+
+        [[stage]]
+        name = "count"
+        outputs = ["count.txt"]
+        run = [["sh", "-c", "wc -l < /in/words/words.txt > /out/count.txt"]]
+        [stage.inputs]
+        words = "stage:words"
+    """
+    recipes = repo(stages)
+    (recipes.parent / "data").mkdir()
+    (recipes.parent / "data" / "words").write_text("one\ntwo\n")
+
+    def plan(*extra: str) -> dict[str, dict[str, Any]]:
+        result = mlos("plan", "--json", "--recipes", recipes, "--store", shared_store, *extra)
+        assert result.code == 0, result.stderr
+        return {s["stage"]: s for s in json.loads(result.stdout)["stages"]}
+
+    never = plan()
+    assert never["words"]["status"] == "runs" and never["words"]["why"] == ["it was never built on this store"]
+    assert never["count"]["why"] == ["it needs words, which runs first"]
+    assert mlos("build", "--recipes", recipes, "--out", tmp_path / "out", "--store", shared_store).code == 0
+    built = plan()
+    assert {s["status"] for s in built.values()} == {"cached"} and built["words"]["estimate_seconds"] > 0
+    # An input changed: named, and what needs it runs after it.
+    (recipes.parent / "data" / "words").write_text("one\ntwo\nthree\n")
+    changed = plan()
+    assert changed["words"]["why"] == ["input 'src' changed (path:data)"], changed
+    assert changed["count"]["why"] == ["it needs words, which runs first"]
+    # A recipe key changed: named with its file (the input back as it was: words is cached).
+    (recipes.parent / "data" / "words").write_text("one\ntwo\n")
+    (recipes / "stages.toml").write_text(stages.replace("wc -l <", "wc -l  <"))
+    edited = plan()
+    assert edited["words"]["status"] == "cached"
+    (why,) = edited["count"]["why"]
+    assert why.startswith("recipe key 'run' changed (") and "stages.toml" in why, why
+    (recipes.parent / "data" / "words").write_text("one\ntwo\nthree\n")
+    # On a store without the environment: nothing is assembled to find out.
+    empty = mlos("plan", "--json", "--recipes", recipes, "--store", tmp_path / "empty")
+    assert json.loads(empty.stdout)["stages"][0]["why"] == ["its environment 'default' is not assembled yet"]
+    assert not any((tmp_path / "empty" / "envs").glob("*/root"))
+    # The table a person reads, and explain.
+    shown = mlos("plan", "--recipes", recipes, "--store", shared_store)
+    assert "input 'src' changed (path:data)" in shown.stderr and "2 stages to run, 0 cached" in shown.stderr
+    explained = mlos("explain", "count", "--recipes", recipes, "--store", shared_store)
+    assert explained.code == 0, explained.stderr
+    for line in ("count  (", "needs        words", "words = stage:words", "outputs      count.txt",
+                 "a build      runs", "because it needs words, which runs first"):
+        assert line in explained.stderr, explained.stderr
