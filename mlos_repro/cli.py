@@ -411,6 +411,29 @@ def env_cmd(name: str, recipes_dir: Path, store_dir: Path | None, rebuild: bool,
         sys.stdout.write(f"sha256:{ref.digest}\n")
 
 
+@main.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--from", "source", type=click.Path(path_type=Path), default=None, metavar="RECIPES",
+              help="Copy builder.toml and builder.lock from this recipe directory [default: the toolkit's "
+                   "own recipes].")
+@_handle_errors
+def init_cmd(directory: Path, source: Path | None) -> None:
+    """Start a repository of your own recipes in DIRECTORY (new or empty): the pinned
+    environments, one example stage (hello.toml: compile src/hello.c) and an SBOM policy to fill
+    in. It builds as it is.
+
+    \b
+    Example:
+      mlos-repro init my-distro && cd my-distro
+      mlos-repro fetch && mlos-repro build && cat out/hello/hello.txt
+    """
+    from mlos_repro.scaffold import init_repository
+
+    for path in init_repository(directory, source):
+        ui.info(f"wrote {path}")
+    ui.info(f"next: cd {directory} && mlos-repro fetch && mlos-repro build   (docs/recipes.md: every key)")
+
+
 @main.group()
 def keys() -> None:
     """Create and inspect the keys of an MLOS deployment."""

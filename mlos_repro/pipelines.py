@@ -43,6 +43,7 @@ from mlos_repro.recipe.model import InputKind
 from mlos_repro.release import Keys, Sigstore, load_signer, make_release, public
 from mlos_repro.sandbox.select import sandbox
 from mlos_repro.sbom.facts import SBOM_SUFFIX
+from mlos_repro.sbom.policy import POLICY_FILE, load_policy
 from mlos_repro.sign.gpg import GpgSigner, development_signer
 from mlos_repro.sign.repository import sign_repositories
 from mlos_repro.store import Store
@@ -119,6 +120,9 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
         return gpg
 
     signatures = sign_repositories(store, result, signer)
+    if result.sboms and load_policy(recipes.root).built_in:
+        warn(f"the SBOMs use mlos-repro's built-in default policy: there is no {POLICY_FILE} in "
+             f"{recipes.root} (it names the supplier and the SBOMs' author; `mlos-repro init` writes one)")
     manifest = write_out(store, result, options.out_dir, signatures, carried)
     return Built(options, recipes, executor, result, manifest)
 

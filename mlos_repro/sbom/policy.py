@@ -2,7 +2,8 @@
 
 Suppliers of the artifact, of each distribution's packages and of MLOS components; licences of
 MLOS components; the NTIA minimum elements each SBOM must carry; Debian licence short names
-mapped to SPDX identifiers.
+mapped to SPDX identifiers. Recipes whose repository has neither file get the built-in ones
+beside this module (default-policy.toml, licenses.toml).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from mlos_repro.errors import BadInputError
 
 POLICY_FILE = Path("sbom/policy.toml")
 LICENSES_FILE = Path("sbom/licenses.toml")
+BUILT_IN = Path(__file__).resolve().parent
+DEFAULT_POLICY = BUILT_IN / "default-policy.toml"
+DEFAULT_LICENSES = BUILT_IN / "licenses.toml"
+BUILT_IN_SOURCE = "built-in default"
 NTIA_ELEMENTS = ("supplier", "name", "version", "unique-id", "dependencies", "author", "timestamp")
 
 
@@ -48,6 +53,11 @@ class Policy:
     components: tuple[ComponentRule, ...]
     spdx: dict[str, str]
     digest: str  # of both files: part of an SBOM's cache key
+    source: str = ""  # the policy file used, or "built-in default"
+
+    @property
+    def built_in(self) -> bool:
+        return self.source == BUILT_IN_SOURCE
 
     def rule(self, name: str) -> ComponentRule | None:
         return next((r for r in self.components if r.matches(name)), None)
@@ -67,13 +77,17 @@ class Policy:
 
 
 def load_policy(root: Path) -> Policy:
-    """The policy of the repository at root (sbom/policy.toml and sbom/licenses.toml)."""
+    """The policy of the repository at root (sbom/policy.toml and sbom/licenses.toml; the
+    built-in ones where it has none)."""
     path = root / POLICY_FILE
-    data = _read(path, required=True)
-    licenses = _read(root / LICENSES_FILE, required=False)
+    if not path.exists():
+        path = DEFAULT_POLICY
+    licenses_path = root / LICENSES_FILE if (root / LICENSES_FILE).exists() else DEFAULT_LICENSES
+    data = _read(path)
+    licenses = _read(licenses_path)
     digest = hashlib.sha256()
-    for p in (path, root / LICENSES_FILE):
-        digest.update(p.read_bytes() if p.exists() else b"")
+    for p in (path, licenses_path):
+        digest.update(p.read_bytes())
 
     def where(key: str) -> str:
         return f"{POLICY_FILE}: {key}"
@@ -111,18 +125,13 @@ def load_policy(root: Path) -> Policy:
         components=tuple(rules),
         spdx={str(k): str(v) for k, v in licenses.get("spdx", {}).items()},
         digest=digest.hexdigest(),
+        source=BUILT_IN_SOURCE if path == DEFAULT_POLICY else str(path),
     )
 
 
-def _read(path: Path, required: bool) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        if not required:
-            return {}
-        raise BadInputError(
-            f"{path}: missing; it names the supplier of what these recipes build and the author "
-            "of their SBOMs", f"create it (see the project's {POLICY_FILE})") from None
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"{path}: not valid TOML: {e}") from None

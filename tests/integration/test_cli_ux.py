@@ -136,3 +136,27 @@ def test_plan_says_what_would_run_and_why(shared_store: Path, repo: Callable[...
     for line in ("count  (", "needs        words", "words = stage:words", "outputs      count.txt",
                  "a build      runs", "because it needs words, which runs first"):
         assert line in explained.stderr, explained.stderr
+
+
+def test_init_writes_recipes_that_build_as_they_are(shared_store: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "my-distro"
+    made = mlos("init", mine)
+    assert made.code == 0, made.stderr
+    assert {p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()} == {
+        "recipes/builder.toml", "recipes/builder.lock", "recipes/hello.toml", "src/hello.c", "sbom/policy.toml"}
+    # Outside the checkout, from its own directory, as a user would: no other file needed.
+    built = mlos("build", "--store", shared_store, cwd=mine)
+    assert built.code == 0, built.stderr
+    assert (mine / "out/hello/hello.txt").read_text() == "hello from a reproducible build\n"
+    assert (mine / "out/hello/hello.cdx.json").is_file()
+    assert "default policy" not in built.stderr  # init wrote one
+    # Without any sbom/policy.toml the built-in default applies, and the build says so.
+    (mine / "sbom/policy.toml").unlink()
+    again = mlos("build", "--store", shared_store, cwd=mine)
+    assert again.code == 0, again.stderr
+    assert "built-in default policy: there is no sbom/policy.toml" in again.stderr
+    sbom = json.loads((mine / "out/hello/hello.cdx.json").read_text())
+    assert "default SBOM policy" in json.dumps(sbom["metadata"])
+    # init never overwrites.
+    refused = mlos("init", mine)
+    assert refused.code == 2 and "not an empty directory" in refused.stderr
