@@ -19,7 +19,7 @@ from typing import Any
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.errors import StageFailedError
 from mlos_repro.inspect import manifest
-from mlos_repro.sbom import catalogue, document
+from mlos_repro.sbom import catalogue, document, validate
 from mlos_repro.sbom.policy import Policy
 from mlos_repro.store import OutputKind, StageEntry, Store
 
@@ -95,8 +95,6 @@ class Sboms:
             found = catalogue.catalogue(path, output, listing, work / "catalogue", memo)
         data = document.make(found, name=output, sha256=digest, tree=tree, policy=self.policy, sde=self.sde,
                          kernels=kernels)
-        from mlos_repro.sbom import validate  # its schema validators take seconds to build
-
         problems = validate.problems(data, self.policy.required)
         if problems:
             shown = "\n".join(f"  {p}" for p in problems[:20])
