@@ -153,6 +153,9 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
 @click.option("--verify", is_flag=True,
               help="Rebuild every selected stage, uncached, in a varied environment; compare every "
                    "output and write OUT/verify.json and OUT/reports/. Exit 1 if anything differs.")
+@click.option("--bisect", is_flag=True,
+              help="With --verify: build each stage whose output differs with no variation's trace in "
+                   "it again with one variation at a time, and name those under which it differs alone.")
 @click.option("--vary", "vary_spec", default=None, metavar="SPEC",
               help="Variations for --verify, reprotest style: e.g. '-time,-fileordering' turns "
                    "those off, '-all,+umask' only varies the umask. Default: all.")
@@ -169,7 +172,7 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
           store_dir: Path | None, no_cache: bool, partial: bool, sandbox_name: str, verify: bool,
-          vary_spec: str | None,
+          bisect: bool, vary_spec: str | None,
           diffoscope_timeout: float, diffoscope_max_size: int, gnupghome: Path | None,
           archive_key: str | None, as_json: bool) -> None:
     """Build STAGES (default: all) and their dependencies, offline, in the sandbox.
@@ -184,8 +187,8 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     from mlos_repro.rebuild.variations import parse_vary
 
     enabled = parse_vary(vary_spec)
-    if vary_spec is not None and not verify:
-        raise click.UsageError("--vary applies to --verify only")
+    if (vary_spec is not None or bisect) and not verify:
+        raise click.UsageError("--vary and --bisect apply to --verify only")
     if archive_key is not None and gnupghome is None:
         raise click.UsageError("--archive-key needs --gnupghome (the GnuPG home holding it)")
     options = pipelines.BuildOptions(recipes_dir=recipes_dir, stages=stages, profile=profile, out_dir=out_dir,
@@ -200,7 +203,7 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
                 f"manifest: {built.manifest}")
     if verify:
         settings = DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size)
-        checked = pipelines.verify_build(built, enabled, settings, on_plan=ui.variations)
+        checked = pipelines.verify_build(built, enabled, settings, on_plan=ui.variations, bisect=bisect)
         if not as_json:
             ui.verdicts(checked)
     if as_json:

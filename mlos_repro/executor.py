@@ -420,20 +420,23 @@ class Executor:
         return lay_out(self.store, inputs, work, self.recipes.builder.source_date_epoch)
 
     def rebuild_varied(self, control: BuildResult, variant: BuildVariant,
-                       on_error: Callable[[str, MlosReproError], None]) -> dict[str, StageEntry]:
-        """Run every stage of `control` again under `variant`, from the control build's inputs.
+                       on_error: Callable[[str, MlosReproError], None], *,
+                       only: Iterable[str] | None = None, why: str = "") -> dict[str, StageEntry]:
+        """Run every stage of `control` (or `only` those) again under `variant`, from the control
+        build's inputs (`why` labels the progress, e.g. one variation alone).
 
         Each stage gets the first build's upstream outputs, so a difference is attributed to
         the stage that produced it rather than cascading. Nothing is recorded in the cache.
         A stage that fails under the variant is passed to on_error and the rest go on.
         """
         varied: dict[str, StageEntry] = {}
-        for name in control.stages:
+        for name in control.stages if only is None else only:
             stage = self.recipes.stages[name]
             env = self.env(stage.builder)
             digests = self.input_digests(stage, control)
             key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
-            self.progress(Event(name, "varied", estimate=self.store.last_seconds(f"varied {name}")))
+            label = f"{name} ({why})" if why else name
+            self.progress(Event(label, "varied", estimate=self.store.last_seconds(f"varied {name}")))
             start = time.monotonic()
             try:
                 varied[name] = self._run_stage(stage, env, key, digests, control, variant)
@@ -442,7 +445,7 @@ class Executor:
                 continue
             seconds = time.monotonic() - start
             self.store.record_seconds(f"varied {name}", seconds)
-            self.progress(Event(name, "done", seconds))
+            self.progress(Event(label, "done", seconds))
         return varied
 
     def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],

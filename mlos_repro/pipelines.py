@@ -128,14 +128,14 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
 
 
 def verify_build(built: Built, enabled: frozenset[str], settings: DiffoscopeSettings, *,
-                 on_plan: Callable[[Plan], None] = lambda p: None) -> VerifyResult:
+                 on_plan: Callable[[Plan], None] = lambda p: None, bisect: bool = False) -> VerifyResult:
     """Rebuild every stage of `built` in an environment varied by the `enabled` variations
     this host can apply, judge each output bit for bit, and write OUT/verify.json and
     OUT/reports/."""
     the_plan = _plan(built.executor, built.result.stages, built.options.sandbox, enabled)
     on_plan(the_plan)
     built.verified = varied_rebuild(built.executor, built.executor.store, built.result, the_plan,
-                                    built.options.out_dir, settings)
+                                    built.options.out_dir, settings, bisect=bisect)
     return built.verified
 
 

@@ -230,19 +230,36 @@ def verdicts(result: VerifyResult) -> None:
     table.add_column("stage")
     table.add_column("output")
     table.add_column("verdict")
-    table.add_column("first difference / report")
+    table.add_column("first difference, likely cause, report")
     colour = {"identical": "green", "differs": "red", "failed": "red"}
+    failed: dict[str, str] = {}
     for o in result.outputs:
         detail = ""
         if o.differences:
             d = o.differences[0]
             more = f" (+{len(o.differences) - 1} more)" if len(o.differences) > 1 else ""
-            detail = f"{d.where}: {d.aspect}{more}\n{o.report_txt}"
+            names = sorted({s.variation for likely in o.likely for s in likely})
+            detail = f"{d.where}: {d.aspect}{more}"
+            if names:
+                detail += f"\nlikely: {', '.join(names)}"
+            elif o.alone is not None:
+                detail += f"\ndiffers under {', '.join(o.alone) or 'no variation'} alone (--bisect)"
+            else:
+                detail += "\nno variation's trace in it (--bisect tries them one at a time)"
+            detail += f"\n{o.report_txt}"
         elif o.error:
-            detail = o.error.splitlines()[0]
+            failed.setdefault(o.stage, o.error)
+            detail = "the varied build of the stage failed (below)"
         table.add_row(escape(o.stage), escape(o.output), f"[{colour[o.verdict]}]{o.verdict}[/]",
-                      escape(detail))
+                      escape(printable(detail, newlines=True)))
     _err().print(table)
+    for stage, error in failed.items():
+        varied = ", ".join(result.plan.applied) or "none"
+        _err().print(f"[red]{escape(stage)}[/red] failed only in the second build, which varied: "
+                     f"{escape(varied)}", soft_wrap=True)
+        if "locales" in result.plan.applied:
+            _err().print("  (its messages are in et_EE.UTF-8: the locales variation)")
+        _err().print(escape(printable(error, newlines=True)), soft_wrap=True)
     ok = result.reproducible
     _err().print("[green]reproducible[/green]" if ok else "[red]NOT reproducible[/red]")
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,14 @@ def shown(aspect: str, value: str) -> str:
     return value
 
 
-def summary(label: str, diffs: list[Difference]) -> str:
+def summary(label: str, diffs: list[Difference], likely: Sequence[str] = ()) -> str:
+    """Every difference on a line (and, under it, its likely cause when one is known)."""
     lines = [f"{label}: {len(diffs)} difference(s) found by the layered comparison"]
-    for d in diffs:
+    for i, d in enumerate(diffs):
         change = f"{shown(d.aspect, d.first)} -> {shown(d.aspect, d.second)}" if d.second else d.first
         lines.append(printable(f"  {d.where}: {d.aspect}: {change}"))
+        if i < len(likely) and likely[i]:
+            lines.append(printable(f"    likely: {likely[i]}"))
         if d.opaque:
             lines.append("    (not a format the layered comparison understands: "
                          "diffoscope compares the whole file)")
@@ -49,13 +53,14 @@ def summary(label: str, diffs: list[Difference]) -> str:
 
 
 def write(label: str, diffs: list[Difference], dest: Path, work: Path,
-          settings: DiffoscopeSettings) -> tuple[Path, Path]:
+          settings: DiffoscopeSettings, likely: Sequence[str] = (),
+          fixes: Sequence[str] = ()) -> tuple[Path, Path]:
     """Write dest.txt and dest.html; returns both paths. Both open with our summary (every
     difference: member, aspect, both values), then diffoscope on the differing members, its
     temporary paths replaced by the members' paths."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     text_path, html_path = dest.with_name(dest.name + ".txt"), dest.with_name(dest.name + ".html")
-    ours = summary(label, diffs)
+    ours = summary(label, diffs, likely)
     notes, leaves = _leaves(diffs, work, settings)
     d_text, d_html = "", ""
     if leaves is not None:
@@ -64,37 +69,50 @@ def write(label: str, diffs: list[Difference], dest: Path, work: Path,
             notes.append(note)
         d_text, d_html = leaves.named(d_text, escape=False), leaves.named(d_html, escape=True)
     text = ours + "".join(f"note: {n}\n" for n in notes)
+    if fixes:
+        text += "what to do:\n" + "".join(printable(f"  {f}") + "\n" for f in fixes)
     if d_text:
         text += "\n# diffoscope on the differing members\n" + d_text
     atomic_write(text_path, text)
-    atomic_write(html_path, _page(label, diffs, notes, d_html))
+    atomic_write(html_path, _page(label, diffs, notes, d_html, likely, fixes))
     return text_path, html_path
 
 
 _STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}
 td,th{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#eee}code{font-family:monospace}.v code{word-break:break-all}.differs{color:#a00}
+th{background:#eee}code{font-family:monospace}td code{white-space:nowrap}
+.v code{white-space:normal;word-break:break-all}.differs{color:#a00}
 .identical{color:#070}.failed{color:#a50}"""
 
 
-def _page(label: str, diffs: list[Difference], notes: list[str], d_html: str) -> str:
+def _page(label: str, diffs: list[Difference], notes: list[str], d_html: str, likely: Sequence[str],
+          fixes: Sequence[str]) -> str:
     esc = html.escape
+    causes = [*likely, *([""] * (len(diffs) - len(likely)))]
     rows = "".join(
         f"<tr><td><code>{esc(printable(d.where))}</code></td><td>{esc(d.aspect)}</td>"
-        f"<td class='v'><code>{esc(printable(shown(d.aspect, d.first)))}</code></td>"
-        f"<td class='v'><code>{esc(printable(shown(d.aspect, d.second)))}</code></td></tr>" for d in diffs)
+        f"<td{_digest(d.first)}><code>{esc(printable(shown(d.aspect, d.first)))}</code></td>"
+        f"<td{_digest(d.second)}><code>{esc(printable(shown(d.aspect, d.second)))}</code></td>"
+        f"<td>{esc(printable(cause))}</td></tr>" for d, cause in zip(diffs, causes, strict=False))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(label)}</title>",
              f"<style>{_STYLE}</style>"]
     styles, body = _diffoscope_parts(d_html)
     parts += [*styles, f"</head><body><h1>{esc(label)}</h1>",
               f"<p>{len(diffs)} difference(s) found by the layered comparison:</p>",
               "<table><tr><th>member</th><th>what differs</th><th>first build</th>"
-              f"<th>second build</th></tr>{rows}</table>",
+              f"<th>second build</th><th>likely cause</th></tr>{rows}</table>",
               *(f"<p>note: {esc(n)}</p>" for n in notes)]
+    if fixes:
+        parts += ["<h2>what to do</h2><ul>", *(f"<li>{esc(printable(f))}</li>" for f in fixes), "</ul>"]
     if body:
         parts += ["<h2>diffoscope on the differing members</h2>", f"<div class='diffoscope'>{body}</div>"]
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _digest(value: str) -> str:
+    """A digest may break anywhere (it has no spaces); other values break between words."""
+    return " class='v'" if value.startswith("sha256:") else ""
 
 
 def _diffoscope_parts(page: str) -> tuple[list[str], str]:

@@ -126,6 +126,11 @@ VARIATIONS: tuple[Variation, ...] = (
 NAMES = tuple(v.name for v in VARIATIONS)
 
 
+def alone(name: str) -> BuildVariant:
+    """The contract's build with the one variation `name` (for --bisect)."""
+    return next(v for v in VARIATIONS if v.name == name).apply(CONTROL)
+
+
 def parse_vary(spec: str | None) -> frozenset[str]:
     """reprotest's syntax: comma-separated, '-name' turns off, '+name' or 'name' on, 'all'."""
     enabled = set(NAMES)

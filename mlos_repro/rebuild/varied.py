@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,7 +13,8 @@ from mlos_repro.executor import BuildResult, Executor
 from mlos_repro.fsutil import atomic_write
 from mlos_repro.inspect import report
 from mlos_repro.inspect.layers import Difference, compare, compare_paths, manifest_side
-from mlos_repro.rebuild.variations import Plan, describe
+from mlos_repro.rebuild.suspects import Suspect, suspects
+from mlos_repro.rebuild.variations import Plan, alone, describe
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.store import Store
 
@@ -34,6 +36,8 @@ class OutputVerdict:
     report_txt: Path | None = None
     report_html: Path | None = None
     error: str = ""
+    likely: list[list[Suspect]] = field(default_factory=list)  # per difference: the variations it shows
+    alone: list[str] | None = None  # --bisect: the variations under which it differs by itself
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,8 +45,22 @@ class OutputVerdict:
             "verdict": self.verdict, "error": self.error or None,
             "report": None if self.report_txt is None else
             {"txt": str(self.report_txt), "html": str(self.report_html)},
-            "differences": [d.to_json() for d in self.differences],
+            "differences": [{**d.to_json(), "likely": [s.to_json() for s in likely]}
+                            for d, likely in zip(self.differences, self._likely(), strict=True)],
+            "bisect": self.alone,
         }
+
+    def _likely(self) -> list[list[Suspect]]:
+        return [*self.likely, *([[]] * (len(self.differences) - len(self.likely)))]
+
+    def causes(self) -> list[str]:
+        """The variations each difference shows, as a line a person reads."""
+        return ["; ".join(f"{s.variation} ({s.evidence})" for s in likely) for likely in self._likely()]
+
+    def fixes(self) -> list[str]:
+        """What to do about each variation the differences show, once each."""
+        hints = {s.variation: s.hint for likely in self._likely() for s in likely}
+        return [f"{name}: {hint}" for name, hint in hints.items()]
 
 
 @dataclass
@@ -69,8 +87,9 @@ class VerifyResult:
 
 
 def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan: Plan, out_dir: Path,
-           settings: report.DiffoscopeSettings) -> VerifyResult:
+                   settings: report.DiffoscopeSettings, *, bisect: bool = False) -> VerifyResult:
     errors: dict[str, MlosReproError] = {}
+    judged = _Judged(plan.applied, executor.recipes.builder.source_date_epoch)
     varied = executor.rebuild_varied(control, plan.variant, lambda name, e: errors.__setitem__(name, e))
     verdicts: list[OutputVerdict] = []
     for name, res in control.stages.items():
@@ -83,7 +102,7 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
             verdicts.append(_judge(store, name, output, (first, res.entry.kinds[output],
                                    res.entry.members.get(output)),
                                    (entry.outputs[output], entry.kinds[output], entry.members.get(output)),
-                                   out_dir, settings))
+                                   out_dir, settings, judged))
         if name in errors:
             continue
         # Each SBOM again, from the varied build's bytes, uncached: the same bytes or not. The
@@ -108,7 +127,10 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
                                               error=error))
                 continue
             verdicts.append(_judge(store, name, label, (f"sha256:{first_sbom}", "file", None),
-                                   (f"sha256:{second_sboms[output]}", "file", None), out_dir, settings))
+                                   (f"sha256:{second_sboms[output]}", "file", None), out_dir, settings,
+                                   judged))
+    if bisect:
+        _bisect(executor, control, plan, verdicts)
     result = VerifyResult(plan, verdicts)
     out_dir.mkdir(parents=True, exist_ok=True)
     report.index(out_dir / "reports", [(f"{v.stage}/{v.output}", v.verdict, v.report_html,
@@ -121,8 +143,41 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
 Side = tuple[str, str, str | None]  # digest, kind, member manifest
 
 
+def _bisect(executor: Executor, control: BuildResult, plan: Plan, verdicts: list[OutputVerdict]) -> None:
+    """For each output that differs with no variation's trace in it, build its stage again with
+    one variation at a time: name those under which it differs by itself."""
+    unexplained: dict[str, list[OutputVerdict]] = {}
+    for v in verdicts:
+        if v.verdict == Verdict.DIFFERS and not any(v.likely) and not v.output.endswith(SBOM_SUFFIX):
+            unexplained.setdefault(v.stage, []).append(v)
+    for stage, outputs in unexplained.items():
+        for v in outputs:
+            v.alone = []
+        first = control.stages[stage].entry.outputs
+        for name in plan.applied:
+            failed: list[str] = []
+            entries = executor.rebuild_varied(control, alone(name), functools.partial(_failed, failed),
+                                              only=(stage,), why=f"{name} alone")
+            for v in outputs:
+                if failed or entries[stage].outputs[v.output] != first[v.output]:
+                    assert v.alone is not None
+                    v.alone.append(name)
+
+
+def _failed(into: list[str], stage: str, error: MlosReproError) -> None:
+    into.append(stage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """What the second build varied: to name the variation a difference shows."""
+
+    applied: tuple[str, ...]
+    source_date_epoch: int
+
+
 def _judge(store: Store, name: str, output: str, first: Side, second: Side, out_dir: Path,
-           settings: report.DiffoscopeSettings) -> OutputVerdict:
+           settings: report.DiffoscopeSettings, judged: _Judged) -> OutputVerdict:
     if first[0] == second[0]:
         return OutputVerdict(name, output, first[0], second[0], Verdict.IDENTICAL)
     verdict = OutputVerdict(name, output, first[0], second[0], Verdict.DIFFERS)
@@ -137,9 +192,10 @@ def _judge(store: Store, name: str, output: str, first: Side, second: Side, out_
             verdict.differences = compare(sa, sb, (label,))
         else:
             verdict.differences = compare_paths(a, b, label, work / "layers")
+        verdict.likely = [suspects(d, judged.applied, judged.source_date_epoch) for d in verdict.differences]
         dest = out_dir / "reports" / name / output
         verdict.report_txt, verdict.report_html = report.write(label, verdict.differences, dest, work,
-                                                               settings)
+                                                               settings, verdict.causes(), verdict.fixes())
     return verdict
 
 

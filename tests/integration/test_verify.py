@@ -87,6 +87,9 @@ def test_a_reproducible_stage_passes_every_variation(shared_store: Path, repo: C
         "sorted.txt.cdx.json": "identical", "pkg.tar.gz.cdx.json": "identical", "hello.cdx.json": "identical"}
     assert "reproducible" in err
 
+# The variations whose values show in what these leaks write (the others leave no string of theirs).
+TRACED = {"environment", "exec_path", "home", "time", "build_path", "hostname", "domain_host", "kernel"}
+
 
 @pytest.mark.parametrize("variation", sorted(LEAKS))
 def test_each_variation_catches_its_leak(variation: str, shared_store: Path,
@@ -113,6 +116,11 @@ def test_each_variation_catches_its_leak(variation: str, shared_store: Path,
     (leak,) = outputs
     assert leak["verdict"] == "differs"
     assert leak["differences"][0]["path"] == "leak/leak.txt"
+    # Where the variation leaves a trace of its own values, the difference names it.
+    likely = [s["variation"] for s in leak["differences"][0]["likely"]]
+    if variation in TRACED:
+        assert likely == [variation], leak["differences"]
+        assert f"likely: {variation} (" in Path(leak["report"]["txt"]).read_text()
     text = Path(leak["report"]["txt"]).read_text()
     assert "leak/leak.txt" in text
     expected = shown.format(next_year=time.gmtime().tm_year + 1)
@@ -196,6 +204,10 @@ def test_a_stage_failing_only_when_varied_is_a_failed_verdict(shared_store: Path
     outputs = report["outputs"]
     assert isinstance(outputs, list)
     assert outputs[0]["verdict"] == "failed" and "exited with status 1" in outputs[0]["error"]
+    # The table stays one line; the cause follows it, with what the second build varied.
+    assert "the varied build of the stage failed (below)" in err
+    assert "rootonly failed only in the second build, which varied: user_group" in err
+    assert "test $(id -u) = 0" in err.split("failed only in the second build")[1]
 
 
 def chromium(page: Path, work: Path) -> tuple[str, Path]:
@@ -251,6 +263,13 @@ def test_reports_read_as_a_person_sees_them(shared_store: Path, repo: Callable[.
                 ("etc/umasked", "mode", "rw-r--r-- (0644)", "rw-rw-r-- (0664)"),
                 ("etc/built-on", "content", "sha256:")):
         assert re.search(r"bundle/bundle\.tar → " + r"\s+".join(map(re.escape, row)), flat), (row, flat)
+    # (pdftotext drops a hyphen where a line broke at it: compared without hyphens.)
+    unbroken = flat.replace("-", "").replace(" ", "")
+    for cause in ("umask (mode 0644 -> 0664: only the group write bit differs)",
+                  "hostname ('mlos-varied-host' in the second build only)",
+                  "hostname: the build records the host's name"):
+        assert cause.replace("-", "").replace(" ", "") in unbroken, (cause, flat)
+    assert "likely cause" in flat and "what to do" in flat
     assert "diffoscope on the differing members" in flat
     assert "mlos-varied-host" in flat  # diffoscope's own diff of the member, set in our page
     assert "diffoscope/first" not in text and "/tmp" not in text and "000-" not in text, text
@@ -260,3 +279,24 @@ def test_reports_read_as_a_person_sees_them(shared_store: Path, repo: Callable[.
     for picture in (index_png, png):
         assert picture.stat().st_size > 10_000
         shutil.copyfile(picture, kept / picture.name)
+
+
+def test_bisect_names_the_variation_no_trace_points_to(shared_store: Path, repo: Callable[..., Path],
+                                                      unique: str) -> None:
+    """The personality flag leaves no varied string behind: --bisect builds the stage again with
+    one variation at a time and names the one under which it differs alone."""
+    recipes = repo(f"""
+        [[stage]]
+        name = "quiet-leak"
+        outputs = ["p.txt"]
+        run = [["sh", "-c", "cat /proc/self/personality > /out/p.txt; echo {unique} >> /out/p.txt"]]
+    """)
+    code, report, err = _verify(recipes, shared_store, "--vary=-all,+aslr,+hostname,+umask", "--bisect")
+    assert code == 1, err
+    outputs = report["outputs"]
+    assert isinstance(outputs, list)
+    (leak,) = [o for o in outputs if o["output"] == "p.txt"]
+    assert leak["differences"][0]["likely"] == []
+    assert leak["bisect"] == ["aslr"]
+    assert "differs under aslr alone (--bisect)" in err
+    assert "quiet-leak (aslr alone)" in err and "quiet-leak (umask alone)" in err
