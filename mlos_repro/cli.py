@@ -97,9 +97,26 @@ store_option = click.option(
 mirror_option = click.option(
     "--mirror", default=None,
     help="Debian mirror to use instead of the one in builder.toml (e.g. a snapshot.debian.org URL).")
+class _ProfileOption(click.Option):
+    """--profile, whose help lists the profiles of ./recipes/builder.toml when there is one."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        import tomllib
+
+        try:
+            with open("recipes/builder.toml", "rb") as f:
+                profiles = [str(p) for p in tomllib.load(f).get("profiles", [])]
+        except (OSError, ValueError):
+            profiles = []
+        if profiles:
+            self.help = (f"Recipe profile: {profiles[0]} (the default)"
+                         + "".join(f", {p}" for p in profiles[1:]) + " (from recipes/builder.toml).")
+        return super().get_help_record(ctx)
+
+
 profile_option = click.option(
-    "--profile", default=None, metavar="NAME",
-    help="Recipe profile: small (the default) or release (recipes/builder.toml lists them).")
+    "--profile", cls=_ProfileOption, default=None, metavar="NAME",
+    help="Recipe profile: one of those builder.toml lists (the first is the default).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print a machine-readable result on stdout.")
 
@@ -181,6 +198,12 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
     Writes OUT/<stage>/<output> and OUT/manifest.json. APT repositories are signed outside
     the sandbox (InRelease, Release.gpg, the exported keyring). With --verify, every stage is
     built a second time with the variations listed by --vary and judged bit for bit.
+
+    \b
+    Example:
+      mlos-repro build                 # every stage of the default profile into ./out
+      mlos-repro build --verify -v     # and judge each output against a varied second build
+      mlos-repro build iso --partial   # the ISO and what it needs, keeping out/'s other stages
     """
     from mlos_repro import pipelines
     from mlos_repro.inspect.report import DiffoscopeSettings
@@ -288,6 +311,10 @@ def diff(first: Path, second: Path, report_dir: Path | None, diffoscope_timeout:
     Recurses through .deb (ar), tar (gzip/xz/zstd/bzip2), cpio and compressed files, down to
     the innermost differing member and what differs (content, mode, owner, mtime, order).
     Exit 0 when identical, 1 when they differ.
+
+    \b
+    Example:
+      mlos-repro diff out/iso/mlos.iso old/iso/mlos.iso --report reports/
     """
     import tempfile
 
@@ -327,6 +354,11 @@ def fetch(recipes_dir: Path, profile: str | None, store_dir: Path | None, mirror
     """Download every locked .deb and pinned url:/deb: input into the store.
 
     Each download is checked against its pinned sha256; a mismatch is refused and not stored.
+
+    \b
+    Example:
+      mlos-repro fetch
+      mlos-repro fetch --profile release --mirror https://snapshot.debian.org/archive/debian/20251201T000000Z/
     """
     from mlos_repro.env.fetch import fetch_all
     from mlos_repro.recipe import load_recipes
@@ -354,6 +386,10 @@ def pin_cmd(url: str, recipes_dir: Path, store_dir: Path | None) -> None:
 
     Write the input first as NAME = "url:URL#sha256=unpinned"; re-pinning replaces an older
     digest (and says so). The recipes are checked again afterwards.
+
+    \b
+    Example:
+      mlos-repro pin https://example.org/axon-1.2.tar.gz
     """
     from mlos_repro.env.pin import pin
     from mlos_repro.recipe import load_recipes
@@ -379,6 +415,11 @@ def lock(environments: tuple[str, ...], recipes_dir: Path, store_dir: Path | Non
     """Resolve builder.toml's ENVIRONMENTS (default: all) against the mirror into builder.lock.
 
     Needs the network; the resolved .debs are kept in the store.
+
+    \b
+    Example:
+      mlos-repro lock           # every environment of recipes/builder.toml
+      mlos-repro lock kernel    # only this one
     """
     from mlos_repro.env.lock import lock_environments
     from mlos_repro.recipe import load_recipes
@@ -396,7 +437,12 @@ def lock(environments: tuple[str, ...], recipes_dir: Path, store_dir: Path | Non
 @_handle_errors
 def env_cmd(name: str, recipes_dir: Path, store_dir: Path | None, rebuild: bool,
             as_json: bool) -> None:
-    """Assemble builder environment NAME offline from the store and print its digest."""
+    """Assemble builder environment NAME offline from the store and print its digest.
+
+    \b
+    Example:
+      mlos-repro env default --json
+    """
     from mlos_repro.env.assemble import environment
     from mlos_repro.env.lockfile import locked_environment
     from mlos_repro.errors import BadInputError
@@ -450,7 +496,12 @@ def keys() -> None:
 @_handle_errors
 def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
     """Create the archive OpenPGP key and the attestation keys in DIRECTORY (new or empty,
-    outside any source checkout) and print their fingerprints."""
+    outside any source checkout) and print their fingerprints.
+
+    \b
+    Example:
+      mlos-repro keys init ~/.config/mlos-repro/keys
+    """
     from mlos_repro.sign.keys import DEFAULT_UID, init_keys
 
     summary = init_keys(directory, uid or DEFAULT_UID)
@@ -482,7 +533,12 @@ def store_check(store_dir: Path | None, repair: bool, as_json: bool) -> None:
     """Re-hash every blob of the store and check every stage entry.
 
     Exit 0 when everything matches; 1 when a blob's bytes no longer match its name or an entry
-    needs a missing or corrupted blob (also with --repair, after removing them)."""
+    needs a missing or corrupted blob (also with --repair, after removing them).
+
+    \b
+    Example:
+      mlos-repro store check --repair
+    """
     from mlos_repro.store_admin import check_store
 
     store = _store(store_dir)
@@ -522,7 +578,12 @@ def store_gc(store_dir: Path | None, keep_days: float, recipes_dir: Path | None,
     Stage entries and memos not used within --keep-days go, then every blob that nothing kept
     needs, that no recipe pins and that was not stored or used within --keep-days (never one
     stored in the last hour: a running build may still need it). A later build makes again
-    what it lacks."""
+    what it lacks.
+
+    \b
+    Example:
+      mlos-repro store gc --keep-days 7 --dry-run
+    """
     from mlos_repro.pipelines import pinned_digests
     from mlos_repro.store_admin import collect_garbage
 
@@ -575,6 +636,10 @@ def sbom_show(artifact: Path, as_json: bool) -> None:
     The summary gives the component count, a licence histogram and the files no package owns,
     and checks the SBOM (CycloneDX 1.6 schema, package URLs, NTIA minimum elements) and, when
     the artifact is at hand, that it describes those exact bytes. Exit 1 if a check fails.
+
+    \b
+    Example:
+      mlos-repro sbom out/iso/mlos.iso
     """
     from mlos_repro.sbom import summary as sboms
 
@@ -614,7 +679,12 @@ def sbom_show(artifact: Path, as_json: bool) -> None:
 @json_option
 @_handle_errors
 def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
-    """Components added, removed and changed from SBOM FIRST to SECOND. Exit 1 if any."""
+    """Components added, removed and changed from SBOM FIRST to SECOND. Exit 1 if any.
+
+    \b
+    Example:
+      mlos-repro sbom diff old/iso/mlos.iso.cdx.json out/iso/mlos.iso.cdx.json
+    """
     from mlos_repro.sbom import summary as sboms
 
     (a, pa), (b, pb) = sboms.load(first), sboms.load(second)
@@ -685,6 +755,10 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, stages: tuple[
     recipes, signed by the owner key, with its public keys), inputs.lock and release.json
     (what the release is, its version and expiry, and the digest of every file above but the
     artifacts, signed by the release key: release.json.gpg).
+
+    \b
+    Example:
+      mlos-repro release --keys ~/.config/mlos-repro/keys --out release --from out --with-inputs
     """
     from mlos_repro import pipelines
     from mlos_repro.release import Sigstore
@@ -778,6 +852,11 @@ def rebuild_cmd(release_dir: Path, keys_dir: Path, out_dir: Path, root_key: Path
     by your builder key: an SLSA verification summary per artifact (vsa/STAGE/OUTPUT.intoto.json,
     PASSED or FAILED), an in-toto link per stage (links/), reports/ for what differs,
     rebuild.json and rebuilder.pub.json. Exit 0 when every artifact matched, 1 otherwise.
+
+    \b
+    Example:
+      mlos-repro rebuild release --keys my-keys --out attestations \\
+          --root-key owner.pub.json --keyring archive-keyring.gpg
     """
     from mlos_repro import pipelines
     from mlos_repro.errors import BadInputError
@@ -862,6 +941,11 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
     digests), the SBOMs, the images' bindings and the APT repository signatures. A check whose
     anchor was not given is skipped, never ok. Exit 0 when all hold, 1 when one fails, 2 when
     a file is malformed.
+
+    \b
+    Example:
+      mlos-repro verify release --root-key KEYS/attestation/owner.pub.json \\
+          --keyring KEYS/archive-keyring.gpg [--rebuild DIR --rebuilder-key KEY]
     """
     from mlos_repro.audit.release import ReleaseVerifier
     from mlos_repro.audit.trust import anchor_warnings
@@ -913,6 +997,10 @@ def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, i
     Only signed facts are shown: the version and build date from release.json and the kernel
     and package count from the SBOM it lists, when both are beside SHA256SUMS and signed. A
     release older than one verified before on this machine is refused (a rollback).
+
+    \b
+    Example:
+      mlos-repro verify-iso mlos.iso --keyring archive-keyring.gpg
     """
     from mlos_repro.audit.iso import verify_iso
     from mlos_repro.audit.trust import Failed, Malformed, anchor_warnings

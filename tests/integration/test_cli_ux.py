@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,29 @@ def test_init_writes_recipes_that_build_as_they_are(shared_store: Path, tmp_path
     # init never overwrites.
     refused = mlos("init", mine)
     assert refused.code == 2 and "not an empty directory" in refused.stderr
+
+
+def test_every_command_shows_an_example_and_completion_works() -> None:
+    import click
+
+    from mlos_repro.cli import main
+
+    def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found: list[tuple[str, ...]] = []
+        for name, command in group.commands.items():
+            found += commands(command, (*path, name)) if isinstance(command, click.Group) else [(*path, name)]
+        return found
+
+    every = commands(main)
+    assert len(every) >= 18
+    for path in every:
+        shown = mlos(*path, "--help")
+        assert shown.code == 0 and "Example:" in shown.stdout and "mlos-repro" in shown.stdout, path
+    # click's own completion, as docs/cli.md tells a user to enable it (for the installed command).
+    installed = [str(Path(sys.executable).parent / "mlos-repro")]
+    script = subprocess.run(installed, env={**os.environ, "_MLOS_REPRO_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, check=True).stdout
+    assert "complete -o nosort -F _mlos_repro_completion mlos-repro" in script
+    offered = subprocess.run(installed, capture_output=True, text=True, check=True, env={
+        **os.environ, "_MLOS_REPRO_COMPLETE": "bash_complete", "COMP_WORDS": "mlos-repro ver", "COMP_CWORD": "1"})
+    assert {"plain,verify", "plain,verify-iso"} <= set(offered.stdout.split()), offered.stdout
