@@ -707,7 +707,7 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
 
 @main.command()
 @click.option("--keys", "keys_dir", type=click.Path(path_type=Path), required=True,
-              help="Key directory made by `mlos-repro keys init` (release key, builder and owner keys).")
+              help="Key directory made by `mlos-repro keys init` (archive key, builder and owner keys).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="The release directory to write (new or empty).")
 @click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
@@ -729,7 +729,7 @@ def sbom_diff(first: Path, second: Path, as_json: bool) -> None:
 @click.option("--links", "link_format", type=click.Choice(["dsse", "openpgp"]), default="dsse",
               show_default=True,
               help="Sign the in-toto links as DSSE envelopes with the builder key, or as classic links "
-                   "with the release OpenPGP key (statements stay DSSE, builder key).")
+                   "with the archive key (statements stay DSSE, builder key).")
 @click.option("--with-inputs", is_flag=True,
               help="Carry every pinned input (.debs, url:/deb: archives) in RELEASE/inputs/, so a rebuild "
                    "needs nothing else.")
@@ -749,12 +749,12 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, stages: tuple[
     """Assemble and sign the release directory of a finished build.
 
     Every stage must be in the store already (run `mlos-repro build` first); nothing is built.
-    Writes artifacts/, SHA256SUMS (+ .gpg detached, .asc clearsigned, by the release key),
+    Writes artifacts/, SHA256SUMS (+ .gpg detached, .asc clearsigned, by the archive key),
     sbom/, attestations/ (an in-toto link per stage, SLSA provenance and SBOM statements per
     output, in DSSE envelopes signed by the builder key), layout/ (the layout made from the
     recipes, signed by the owner key, with its public keys), inputs.lock and release.json
     (what the release is, its version and expiry, and the digest of every file above but the
-    artifacts, signed by the release key: release.json.gpg).
+    artifacts, signed by the archive key: release.json.gpg).
 
     \b
     Example:
@@ -778,7 +778,7 @@ def release(keys_dir: Path, out_dir: Path, from_dir: Path | None, stages: tuple[
 
 def _trust(keyring: Path | None, trusted_root: Path | None, identity: str | None, issuer: str | None,
            *others: Path) -> Any:
-    """The trust anchors given to verify or verify-iso: the release key, or a sigstore trusted
+    """The trust anchors given to verify or verify-iso: the archive key, or a sigstore trusted
     root with the identity and issuer that must have signed (all three, as sigstore's own CLI
     wants), or both. Every file named must exist."""
     from mlos_repro.audit.trust import Trust
@@ -799,7 +799,8 @@ def _trust(keyring: Path | None, trusted_root: Path | None, identity: str | None
 
 trust_options = [
     click.option("--keyring", type=click.Path(path_type=Path), default=None,
-                 help="The release OpenPGP public key you trust (armored or binary)."),
+                 help="The archive key (OpenPGP public key) you trust; it signs the release (armored or "
+                      "binary)."),
     click.option("--trusted-root", type=click.Path(path_type=Path), default=None,
                  help="Instead of (or as well as) --keyring: the sigstore trusted root you trust ..."),
     click.option("--identity", default=None, help="... the identity that must have signed ..."),
@@ -934,7 +935,7 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
                    rebuilder_keys: tuple[Path, ...], threshold: int | None, as_json: bool) -> None:
     """Check a release's whole supply chain offline, step by numbered step.
 
-    release.json (signed by the release key: what the release is, the digest of every file
+    release.json (signed by the archive key: what the release is, the digest of every file
     outside artifacts/, its expiry), the layout (signature by --root-key, expiry), each step's
     links (present, signed by its functionaries, threshold, artifact rules), SHA256SUMS (its
     signature; the files), the provenance and SBOM statements (signed, bound to the listed
@@ -992,7 +993,7 @@ def verify_iso_cmd(iso: Path, keyring: Path | None, trusted_root: Path | None, i
                    issuer: str | None, release_dir: Path | None, min_version: str | None, accept_older: bool,
                    rebuild_dirs: tuple[str, ...], rebuilder_keys: tuple[Path, ...], threshold: int | None,
                    as_json: bool) -> None:
-    """Is this ISO the one the release key signed for? One verdict, and what the ISO is.
+    """Is this ISO the one the archive key signed for? One verdict, and what the ISO is.
 
     Only signed facts are shown: the version and build date from release.json and the kernel
     and package count from the SBOM it lists, when both are beside SHA256SUMS and signed. A

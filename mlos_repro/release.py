@@ -2,7 +2,7 @@
 
     RELEASE/artifacts/STAGE/OUTPUT[/…]   every stage output (plus the repository signatures)
     RELEASE/SHA256SUMS                   every file under artifacts/, sha256sum format
-    RELEASE/SHA256SUMS.gpg               detached OpenPGP signature (the release key)
+    RELEASE/SHA256SUMS.gpg               detached OpenPGP signature (the archive key)
     RELEASE/SHA256SUMS.asc               the same, clearsigned
     RELEASE/sbom/STAGE/OUTPUT.cdx.json   the CycloneDX SBOM of each output
     RELEASE/attestations/links/STAGE.KEYID8.link           in-toto link per stage (DSSE)
@@ -16,7 +16,7 @@
                                          inputs carried)
     RELEASE/release.json                 what this release is, and the sha256 of every file
                                          above but the artifacts (attest/release_meta.py)
-    RELEASE/release.json.gpg             its detached signature by the release key
+    RELEASE/release.json.gpg             its detached signature by the archive key
 
 Nothing is built here: every stage must already be in the store (`mlos-repro build`). The
 directory appears complete or not at all.
@@ -222,7 +222,7 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
         lock["inputs"] = {"path": release_meta.INPUTS, "sha256": _carry_inputs(executor, root)}
     (root / "inputs.lock").write_bytes(canonical_json(lock) + b"\n")
     info = _release_info(root, result, sde, keys, version)
-    # Files made after the build by the release key (APT repository signatures): in
+    # Files made after the build by the archive key (APT repository signatures): in
     # SHA256SUMS, but no stage's products.
     info["signed_after_build"] = sorted(signatures)
     info.update(released=released, expires=expires, format=release_meta.FORMAT,

@@ -2,10 +2,10 @@
 `verify-iso` with one meaning:
 
     SHA256SUMS        every file under artifacts/ ("SHA256  NAME", strict: see parse_sums)
-    release.json      what the release is, signed by the release key (release.json.gpg) and,
+    release.json      what the release is, signed by the archive key (release.json.gpg) and,
                       when released with --sigstore, keylessly (release.json.sigstore.json):
                       name, version, build date, when it was released and when it expires,
-                      the release key, each stage's outputs, the files signed after the build,
+                      the archive key, each stage's outputs, the files signed after the build,
                       and `files`: the sha256 of every other file of the release outside
                       artifacts/ (SHA256SUMS and its signatures, the layout, links, statements,
                       SBOMs, inputs.lock). So nothing in a release is unsigned: an artifact

@@ -6,7 +6,7 @@ OpenPGP key, or a sigstore identity); hashes the ISO once, at sha256sum's speed;
 its digest to be listed for this very file name.
 
 What the ISO is (name, version, build date, kernel, package count) is said only when signed:
-release.json must carry the release key's signature and name this SHA256SUMS, and the SBOM
+release.json must carry the archive key's signature and name this SHA256SUMS, and the SBOM
 must be the one release.json lists. Otherwise the facts are left out and a note says why.
 A release older than the newest one verified before on this machine (recorded per release
 key and name under $XDG_STATE_HOME/mlos-repro/) or than --min-version is refused: an honest

@@ -1,11 +1,11 @@
 """`mlos-repro verify RELEASE`: every step of a release's supply chain, checked offline.
 
-Trust anchors: the layout's root key (--root-key) and the release key (--keyring) or a
+Trust anchors: the layout's root key (--root-key) and the archive key (--keyring) or a
 sigstore identity (--trusted-root, --identity, --issuer); at least one of the latter two,
 since they are what sign the files outside the in-toto graph. Numbered checks, each with its
 own error naming the file, step or artifact at fault:
 
-  1 release.json         signed by the release key (and/or keylessly), not expired: what the
+  1 release.json         signed by the archive key (and/or keylessly), not expired: what the
                          release is, and the sha256 of every file outside artifacts/
   2 release contents     every file outside artifacts/ is one release.json lists, with its
                          digest; nothing else; no FIFO, device or stray symlink anywhere
@@ -27,7 +27,7 @@ own error naming the file, step or artifact at fault:
                          other steps' products it names, unchanged; only images whose digest
                          check 8 confirmed are opened
  13 repository signatures  each APT repository's InRelease signs its attested Release (plus
-                         Valid-Until = the release's expiry) with the release key, and its
+                         Valid-Until = the release's expiry) with the archive key, and its
                          keyring is that key
  14 rebuilders           with --rebuild: each artifact reproduced by at least K distinct listed
                          rebuilder keys, by summaries of exactly this release and these digests
@@ -168,7 +168,7 @@ class ReleaseVerifier:
     def __init__(self, release: Path, root_key: Path, trust: Trust,
                  rebuilders: Rebuilders | None = None) -> None:
         if trust.keyring is None and trust.sigstore is None:
-            raise ValueError("a release is verified against the release key or a sigstore identity")
+            raise ValueError("a release is verified against the archive key or a sigstore identity")
         self.release = release
         self.root_key = root_key
         self.trust = trust
@@ -257,7 +257,7 @@ class ReleaseVerifier:
                 raise Malformed(str(e)) from None
         return self.sums
 
-    # -- what the release key signed --------------------------------------------------
+    # -- what the archive key signed --------------------------------------------------
 
     def release_info(self, c: Check) -> None:
         path = self.release / release_meta.RELEASE_INFO
@@ -624,12 +624,12 @@ class ReleaseVerifier:
         primaries = [line.split(":")[9] for prev, line in zip(["", *lines], lines, strict=False)
                      if line.startswith("fpr:") and prev.startswith("pub:")]
         if primaries != [fingerprint]:
-            raise Failed(f"{keyring}: holds {', '.join(primaries) or 'no key'}, but the release key is "
+            raise Failed(f"{keyring}: holds {', '.join(primaries) or 'no key'}, but the archive key is "
                          f"{fingerprint}: apt would trust another key")
         signing = parse_json(read(stage_dir / "signing.json"), stage_dir / "signing.json")
         named = signing.get("fingerprint") if isinstance(signing, dict) else None
         if named != fingerprint:
-            raise Failed(f"{stage_dir / 'signing.json'}: names {named}, but the release key is {fingerprint}")
+            raise Failed(f"{stage_dir / 'signing.json'}: names {named}, but the archive key is {fingerprint}")
 
 
 def _distinct_keys(layout: Any) -> None:

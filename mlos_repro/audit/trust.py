@@ -1,7 +1,7 @@
 """What a verdict may rest on: the trust anchors a user names, and the signatures checked with
 them over exactly the bytes that are then parsed.
 
-A trust anchor is the release OpenPGP key (--keyring) or a sigstore trusted root with the
+A trust anchor is the archive key (--keyring) or a sigstore trusted root with the
 identity and issuer that must have signed (--trusted-root, --identity, --issuer); `verify`
 also takes the layout's root key. Nothing read from a release counts before a signature made
 by one of them covers it, and each file is read once, within a size limit, never through a
@@ -108,7 +108,7 @@ def authenticate(data: bytes, path: Path, trust: Trust, ring: Path | None) -> li
         assert ring is not None
         signature = path.with_name(path.name + GPG_SUFFIX)
         if not signature.exists() and not signature.is_symlink():
-            raise Failed(f"{signature}: missing: {path.name} is not signed by the release key")
+            raise Failed(f"{signature}: missing: {path.name} is not signed by the archive key")
         gpgv(ring, signature, data)
         said.append(f"signed by a key of {trust.keyring}")
     if trust.sigstore is not None:

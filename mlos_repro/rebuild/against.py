@@ -4,7 +4,7 @@ The rebuild is one build of every stage, uncached and under the rebuilder's vari
 (rebuild/variations.py); each stage takes its upstream outputs from this rebuild, as a
 stranger's build would. An artifact is a stage output: a file, or a tree whose files
 SHA256SUMS lists one by one. It matches when the rebuilt files are exactly the released
-ones (the files the release key made after the build, its APT signatures, are not a
+ones (the files the archive key made after the build, its APT signatures, are not a
 build's and are left out). A differing artifact gets the layered report.
 """
 
@@ -102,7 +102,7 @@ def _explain(store: Store, verdict: ArtifactVerdict, release: Path, digest: str,
     with store.tempdir("rebuild-diff") as work:
         theirs = release / "artifacts" / verdict.name
         if theirs.is_dir():
-            # The released tree without what the release key added after the build.
+            # The released tree without what the archive key added after the build.
             copy = work / "released" / verdict.output
             shutil.copytree(theirs, copy, symlinks=True,
                             ignore=lambda d, names: [n for n in names

@@ -101,7 +101,7 @@ def test_an_honest_release_verifies(built: tuple[Path, Path], keys: Path, shared
     listed = sorted(line.split("  ", 1)[1] for line in (rel / "SHA256SUMS").read_text().splitlines())
     on_disk = sorted(p.relative_to(rel / "artifacts").as_posix() for p in (rel / "artifacts").rglob("*") if p.is_file())
     assert listed == on_disk and "debs/debs/mlos-demo-b.deb" in listed
-    # The release key's signatures, checked by gpgv against the exported public key.
+    # The archive key's signatures, checked by gpgv against the exported public key.
     keyring = tmp_path / "release.gpg"
     subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(rel / "layout/keys/release.asc")],
                    check=True)
@@ -259,7 +259,7 @@ def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     assert report["verdict"] == "release verified, 2 checks skipped"
     assert next(c for c in report["checks"] if c["number"] == 12)["note"] == "1 bindings hold"
     assert "1 repositories signed by" in next(c for c in report["checks"] if c["number"] == 13)["note"]
-    # The release key taken from the release itself: allowed when named, but said.
+    # The archive key taken from the release itself: allowed when named, but said.
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
     assert text.code == 0 and "10. ok   SBOMs" in text.stdout
@@ -353,7 +353,7 @@ def provenance_wrong_subject(rel: Path, keys: Path, tmp: Path) -> None:
 
 
 def swap_bundle_member(rel: Path, keys: Path, tmp: Path) -> None:
-    """The bundle carries mlos-demo-b under mlos-demo-a's name, and the release key (stolen, say)
+    """The bundle carries mlos-demo-b under mlos-demo-a's name, and the archive key (stolen, say)
     lists the new bundle: only the owner-signed binding can tell."""
     import tarfile
 
@@ -364,7 +364,7 @@ def swap_bundle_member(rel: Path, keys: Path, tmp: Path) -> None:
 
 def signed_by_release_key(rel: Path, keys: Path, sums: bytes | None = None,
                           edit: Callable[[dict[str, Any]], object] | None = None) -> None:
-    """What someone holding the release key (but not the owner's or the builder's) can make:
+    """What someone holding the archive key (but not the owner's or the builder's) can make:
     SHA256SUMS of the artifacts as they now are (or `sums`), and release.json (edited) over
     the files as they now are, both signed."""
     from mlos_repro.attest import release_meta
@@ -501,7 +501,7 @@ def symlink_zero(path: Path) -> None:
 
 
 def sign_raw(rel: Path, keys: Path, name: str, data: bytes) -> None:
-    """Bytes signed by the release key as `name` (e.g. a release.json that is no JSON)."""
+    """Bytes signed by the archive key as `name` (e.g. a release.json that is no JSON)."""
     from mlos_repro.sign.gpg import GpgSigner
 
     (rel / name).write_bytes(data)
@@ -593,12 +593,12 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
         lambda r, k, t: symlink_out(r, t), 8, "artifacts/debs/debs/mlos-demo-a.deb: sha256", 1),
     "injected file claimed as signed after the build": (
         lambda r, k, t: inject_after_build(r, k, t, with_key=False), 1, "release.json.gpg: bad or unknown", 1),
-    "injected file claimed as signed after the build, with the release key": (
+    "injected file claimed as signed after the build, with the archive key": (
         lambda r, k, t: inject_after_build(r, k, t, with_key=True), 13,
         "signed_after_build names debs/evil.sh, which is no repository signature", 1),
     "APT keyring swapped, InRelease re-signed, SHA256SUMS edited": (
         lambda r, k, t: swap_apt_keyring(r, k, t, with_key=False), 7, "SHA256SUMS.gpg: bad or unknown", 1),
-    "APT keyring swapped, InRelease re-signed, with the release key": (
+    "APT keyring swapped, InRelease re-signed, with the archive key": (
         lambda r, k, t: swap_apt_keyring(r, k, t, with_key=True), 13, "InRelease: bad or unknown signature", 1),
     "InRelease valid for longer than the release (signed)": (extend_in_release, 13,
                                                              "with Valid-Until", 1),
@@ -659,7 +659,7 @@ def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Pat
     assert ok.code == 0, ok.stderr
     info = json.loads(ok.stdout)
     assert info["listed_as"] == "rootfs/rootfs.tar" and info["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
-    # Signed facts only: release.json by the release key, the SBOM as release.json lists it.
+    # Signed facts only: release.json by the archive key, the SBOM as release.json lists it.
     facts = info["facts"]
     assert facts["version"] == json.loads((honest / "release.json").read_text())["version"]
     assert facts["packages"] > 50 and facts["released"] and facts["expires"] > facts["released"]
@@ -921,7 +921,7 @@ def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path,
 
 def test_classic_links_signed_with_openpgp(built: tuple[Path, Path], keys: Path, shared_store: Path,
                                            tmp_path: Path) -> None:
-    """--links openpgp: in-toto Metablocks signed by the release OpenPGP key; the statements
+    """--links openpgp: in-toto Metablocks signed by the archive key; the statements
     stay DSSE, signed by the builder key the layout lists outside any step."""
     recipes, out = built
     rel = tmp_path / "rel"
