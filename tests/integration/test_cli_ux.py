@@ -179,6 +179,11 @@ def test_every_command_shows_an_example_and_completion_works() -> None:
     for path in every:
         shown = mlos(*path, "--help")
         assert shown.code == 0 and "Example:" in shown.stdout and "mlos-repro" in shown.stdout, path
+        # scripts/install-deps installed its man page, made from this help.
+        page = subprocess.run(["man", "-w", "-".join(("mlos-repro", *path))], capture_output=True, text=True,
+                              env={**os.environ, "MANPATH": f"{Path(sys.executable).parent.parent / 'share/man'}:"})
+        assert page.returncode == 0, (path, page.stderr)
+        assert "Example:" in Path(page.stdout.strip()).read_text(), path
     # click's own completion, as docs/cli.md tells a user to enable it (for the installed command).
     installed = [str(Path(sys.executable).parent / "mlos-repro")]
     script = subprocess.run(installed, env={**os.environ, "_MLOS_REPRO_COMPLETE": "bash_source"},
