@@ -90,6 +90,12 @@ class MissingToolError(MlosReproError):
         self.package = package
 
 
+class HostFeatureMissing(MlosReproError):
+    """The host lacks a kernel feature the sandbox needs (user namespaces): the user's to fix."""
+
+    exit_code = ExitCode.MISSING_TOOL
+
+
 class DigestMismatchError(MlosReproError):
     """A pinned digest does not match the bytes: the expected 'no'."""
 

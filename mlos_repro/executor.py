@@ -20,7 +20,13 @@ from mlos_repro import run
 from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.env.assemble import EnvRef, assembled, assembly_key, environment, local_mirror
 from mlos_repro.env.lockfile import locked_environment
-from mlos_repro.errors import BadInputError, EnvironmentProblem, MlosReproError, StageFailedError
+from mlos_repro.errors import (
+    BadInputError,
+    EnvironmentProblem,
+    HostFeatureMissing,
+    MlosReproError,
+    StageFailedError,
+)
 from mlos_repro.fsutil import TreeTooDeep, atomic_write, staged_directory, walk_tree
 from mlos_repro.graph import ancestors, cache_key, cache_key_parts, key_of, select
 from mlos_repro.inspect import manifest
@@ -28,6 +34,7 @@ from mlos_repro.recipe.model import Input, InputKind, RecipeSet, Stage
 from mlos_repro.sandbox import Sandbox, SandboxSpec, stage_environment
 from mlos_repro.sandbox.disorder import shuffled
 from mlos_repro.sandbox.inputs import StageInput, lay_out
+from mlos_repro.sandbox.select import preflight
 from mlos_repro.sandbox.variant import BuildVariant, apply_variant
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.store import SpecialFile, StageEntry, Store, digest_of_output_set
@@ -263,6 +270,8 @@ class Executor:
                 result.environments[env.name] = f"sha256:{env.digest}"
                 result.stages[name] = self._build_stage(stage, env, result)
                 result.sboms[name] = self.sboms(name, result, result.stages[name].entry)
+            except HostFeatureMissing:
+                raise  # the host's to fix, not a verdict on the stage
             except MlosReproError as e:
                 if on_error is None:
                     raise
@@ -440,6 +449,8 @@ class Executor:
             start = time.monotonic()
             try:
                 varied[name] = self._run_stage(stage, env, key, digests, control, variant)
+            except HostFeatureMissing:
+                raise  # the host's to fix, not a verdict on the stage
             except MlosReproError as e:
                 on_error(name, e)
                 continue
@@ -450,6 +461,7 @@ class Executor:
 
     def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],
                    done: BuildResult, variant: BuildVariant | None = None) -> StageEntry:
+        preflight(self.sandbox.name)
         sde = self.recipes.builder.source_date_epoch
         with self.store.tempdir(f"stage-{stage.name}") as work, contextlib.ExitStack() as mounts:
             out, build = work / "out", work / "build"

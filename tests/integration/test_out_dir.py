@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from mlos_repro.errors import EnvironmentProblem
 from mlos_repro.store import Store
-from tests.conftest import mlos
+from tests.conftest import MLOS, PROJECT, mlos
 
 TWO = """
 [[stage]]
@@ -162,3 +163,21 @@ def test_only_the_hosts_refusals_are_the_users_problem() -> None:
     # Any other OSError stays what it is (a bug is reported as one).
     assert EnvironmentProblem.from_os_error(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None
     assert EnvironmentProblem.from_os_error(OSError(errno.ENOSPC, "No space left")) is None
+
+
+@pytest.mark.root
+def test_a_host_without_user_namespaces_is_named_exit_3(shared_store: Path, repo: Callable[..., Path],
+                                                        tmp_path: Path, unique: str) -> None:
+    """Run where no user namespace may be made (a user namespace whose max_user_namespaces is
+    0, as a locked-down kernel or container would have it): the real bubblewrap refuses, and
+    the build says so as the host's problem, before any stage is judged."""
+    recipes = repo(f'[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["sh", "-c", "echo {unique} > /out/x"]]\n')
+    argv = " ".join(shlex.quote(str(a)) for a in (*MLOS, "build", "--recipes", recipes, "--out", tmp_path / "out",
+                                                  "--store", shared_store))
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                             f"echo 0 > /proc/sys/user/max_user_namespaces && exec {argv}"],
+                            capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 3, result.stderr
+    assert "bubblewrap cannot create the user namespace every stage runs in" in result.stderr
+    assert "max_user_namespaces" in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "out").exists()
