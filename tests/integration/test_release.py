@@ -1031,6 +1031,40 @@ def test_a_root_key_that_is_no_key_is_named(honest: Path, keys: Path, tmp_path: 
         assert str(bad) in failed(json.loads(result.stdout))[3]
 
 
+def agents_of(home: Path) -> list[int]:
+    """The gpg-agent processes serving the GnuPG home `home`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_keys_init_and_release_stop_the_agents_they_start(built: tuple[Path, Path], shared_store: Path,
+                                                          tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    made = mlos("keys", "init", keys)
+    assert made.code == 0, made.stderr
+    assert agents_of(keys / "gnupg") == []
+    release(built, keys, shared_store, tmp_path / "rel")
+    assert (tmp_path / "rel" / "SHA256SUMS.gpg").exists()
+    assert agents_of(keys / "gnupg") == []
+    # An agent the user runs there already is theirs: left running.
+    subprocess.run(["gpg-connect-agent", "--homedir", str(keys / "gnupg"), "/bye"], check=True,
+                   capture_output=True)
+    try:
+        theirs = agents_of(keys / "gnupg")
+        assert len(theirs) == 1
+        release(built, keys, shared_store, tmp_path / "rel2")
+        assert agents_of(keys / "gnupg") == theirs
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
+
+
 def test_a_blob_changed_in_the_store_is_never_signed(keys: Path, shared_store: Path, tmp_path: Path,
                                                      unique: str) -> None:
     """A store is user-writable: release re-hashes what it writes out, refuses a changed blob by
@@ -1073,36 +1107,3 @@ def test_a_blob_changed_in_the_store_is_never_signed(keys: Path, shared_store: P
     again = mlos("store", "check", "--store", shared_store, "--json")
     assert again.code == 0, again.stdout
 
-
-def agents_of(home: Path) -> list[int]:
-    """The gpg-agent processes serving the GnuPG home `home`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv:
-            pids.append(int(proc.name))
-    return pids
-
-
-def test_keys_init_and_release_stop_the_agents_they_start(built: tuple[Path, Path], shared_store: Path,
-                                                          tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    made = mlos("keys", "init", keys)
-    assert made.code == 0, made.stderr
-    assert agents_of(keys / "gnupg") == []
-    release(built, keys, shared_store, tmp_path / "rel")
-    assert (tmp_path / "rel" / "SHA256SUMS.gpg").exists()
-    assert agents_of(keys / "gnupg") == []
-    # An agent the user runs there already is theirs: left running.
-    subprocess.run(["gpg-connect-agent", "--homedir", str(keys / "gnupg"), "/bye"], check=True,
-                   capture_output=True)
-    try:
-        theirs = agents_of(keys / "gnupg")
-        assert len(theirs) == 1
-        release(built, keys, shared_store, tmp_path / "rel2")
-        assert agents_of(keys / "gnupg") == theirs
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
