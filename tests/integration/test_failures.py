@@ -232,17 +232,14 @@ def test_twenty_random_kills_leave_the_store_consistent(shared_store: Path, repo
     want = {n: s["outputs"] for n, s in json.loads(stdout)["stages"].items()}
 
     rng = random.Random(unique)
-    killed = []
+    leftovers: list[Path] = []
     for i in range(20):
         proc = start(tmp_path / f"k{i}", "--no-cache")  # every run copies its outputs again
         time.sleep(rng.uniform(0.3, 6.0))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        killed.append(proc.pid)
-
-    # What the killed builds left: swept by the next build, since no lock holds it.
-    leftovers = [p for p in (shared_store / "tmp").iterdir()
-                 if any(f"-{pid}-" in p.name for pid in killed)]
+        # What this killed build left (the next build, killed or not, sweeps it).
+        leftovers += [p for p in (shared_store / "tmp").iterdir() if f"-{proc.pid}-" in p.name]
     assert leftovers, "no kill landed while a build was working"
     final = start(tmp_path / "final")
     stdout, stderr = final.communicate()
