@@ -190,7 +190,7 @@ def release(options: ReleaseOptions, store: Store) -> Released:
     keys = Keys.load(options.keys_dir, options.archive_key)
     if options.openpgp_links:
         keys = replace(keys, openpgp_links=True)
-    result = executor.build(tuple(built_stages) or tuple(wanted))
+    result = executor.build(wanted)
     differing = [n for n, s in built_stages.items()
                  if n not in result.stages or result.stages[n].entry.key != s.get("key")]
     if differing:

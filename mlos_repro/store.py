@@ -95,14 +95,16 @@ class StageEntry:
                 "log": self.log, "members": dict(self.members), "readers": self.readers}
 
 
+STORE_HINT = "name a store you can write with --store or MLOS_REPRO_STORE, or run as its owner"
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         try:
             for sub in ("blobs/sha256", "stages", "envs/by-lock", "tmp", "locks", "notes"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            if not os.access(self.root / "tmp", os.W_OK):
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root / "tmp"))
+            writable = os.access(self.root / "tmp", os.W_OK)
         except (NotADirectoryError, FileExistsError):
             raise BadInputError(f"the store {self.root} is not a directory (or holds a file where a "
                                 "directory belongs)", "name a store directory with --store or "
@@ -111,8 +113,9 @@ class Store:
             problem = EnvironmentProblem.from_os_error(e, f"the store {self.root}")
             if problem is None:
                 raise
-            raise EnvironmentProblem(problem.message, "name a store you can write with --store or "
-                                     "MLOS_REPRO_STORE, or run as its owner") from None
+            raise EnvironmentProblem(problem.message, STORE_HINT) from None
+        if not writable:
+            raise EnvironmentProblem(f"cannot write the store {self.root}: permission denied", STORE_HINT)
         self._sweep_tmp()
 
     # -- notes for the next run: how long things took, what a stage was last built from ----

@@ -19,7 +19,7 @@ from mlos_repro.errors import MlosReproError, StageFailedError
 from mlos_repro.executor import BuildResult, Executor
 from mlos_repro.inspect import report
 from mlos_repro.inspect.layers import Difference, compare_paths
-from mlos_repro.rebuild.varied import materialized
+from mlos_repro.rebuild.varied import headline, materialized
 from mlos_repro.store import Store, artifact_files, output_files
 
 PASSED, FAILED = "PASSED", "FAILED"
@@ -44,9 +44,7 @@ class ArtifactVerdict:
     @property
     def member(self) -> str:
         """The innermost differing member, or why there is no rebuilt artifact."""
-        if self.differences:
-            return self.differences[0].where
-        return self.error.splitlines()[0] if self.error else ""
+        return headline(self.differences, self.error)
 
     def to_json(self, base: Path | None = None) -> dict[str, Any]:
         """Report paths relative to `base` when given (rebuild.json names them inside its directory)."""

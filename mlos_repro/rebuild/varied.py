@@ -25,6 +25,13 @@ class Verdict:
     FAILED = "failed"  # the varied build of the stage failed
 
 
+def headline(differences: list[Difference], error: str) -> str:
+    """A verdict in a few words: the innermost differing member, or why nothing was compared."""
+    if differences:
+        return differences[0].where
+    return error.splitlines()[0] if error else ""
+
+
 @dataclass
 class OutputVerdict:
     stage: str
@@ -49,6 +56,10 @@ class OutputVerdict:
                             for d, likely in zip(self.differences, self._likely(), strict=True)],
             "bisect": self.alone,
         }
+
+    @property
+    def member(self) -> str:
+        return headline(self.differences, self.error)
 
     def _likely(self) -> list[list[Suspect]]:
         return [*self.likely, *([[]] * (len(self.differences) - len(self.likely)))]
@@ -133,9 +144,8 @@ def varied_rebuild(executor: Executor, store: Store, control: BuildResult, plan:
         _bisect(executor, control, plan, verdicts)
     result = VerifyResult(plan, verdicts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.index(out_dir / "reports", [(f"{v.stage}/{v.output}", v.verdict, v.report_html,
-                                        v.differences[0].where if v.differences else
-                                        v.error.splitlines()[0] if v.error else "") for v in verdicts])
+    report.index(out_dir / "reports", [(f"{v.stage}/{v.output}", v.verdict, v.report_html, v.member)
+                                       for v in verdicts])
     atomic_write(out_dir / "verify.json", json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     return result
 
