@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlos_repro import run
@@ -481,6 +481,8 @@ class Executor:
                 if variant.fileordering:
                     spec = replace(spec, inputs=mounts.enter_context(shuffled(inputs, work / "disorder")))
                 spec = apply_variant(spec, variant)
+                # The whole of /build stays writable; the working directory is made below it.
+                (build / PurePosixPath(spec.workdir).relative_to("/build")).mkdir(parents=True, exist_ok=True)
             self.sandbox.prepare(spec)
             log_file = work / "stage.log"
             with log_file.open("wb") as logf:

@@ -23,7 +23,7 @@ class SandboxSpec:
     build: Path  # host dir, writable at /build (the working directory)
     env: Mapping[str, str]
     hostname: str = HOSTNAME
-    workdir: str = "/build"
+    workdir: str = "/build"  # /build or a directory below it, made by the caller in `build`
     uid: int = 0  # inside the sandbox's user namespace
     gid: int = 0
     umask: int = 0o022

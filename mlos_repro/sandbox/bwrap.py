@@ -86,7 +86,8 @@ def bwrap_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         args += ["--ro-bind", str(spec.inputs[name]), f"/in/{name}"]
     for target in sorted(spec.extra_ro):
         args += ["--ro-bind", str(spec.extra_ro[target]), target]
-    args += ["--bind", str(spec.out), "/out", "--bind", str(spec.build), spec.workdir,
+    # /build is writable whatever the working directory below it (a varied build's differs).
+    args += ["--bind", str(spec.out), "/out", "--bind", str(spec.build), "/build",
              "--chdir", spec.workdir]
     for key in sorted(spec.env):
         args += ["--setenv", key, spec.env[key]]

@@ -84,7 +84,7 @@ def podman_argv(spec: SandboxSpec, command: Sequence[str]) -> list[str]:
         args += ["--volume", f"{spec.inputs[name]}:/in/{name}:ro"]
     for target in sorted(spec.extra_ro):
         args += ["--volume", f"{spec.extra_ro[target]}:{target}:ro"]
-    args += ["--volume", f"{spec.out}:/out", "--volume", f"{spec.build}:{spec.workdir}",
+    args += ["--volume", f"{spec.out}:/out", "--volume", f"{spec.build}:/build",
              "--workdir", spec.workdir, image_name(spec),
              "/usr/bin/env", "-i", "--", *[f"{k}={spec.env[k]}" for k in sorted(spec.env)],
              *spec.wrapper, *command]

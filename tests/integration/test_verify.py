@@ -133,6 +133,24 @@ def test_each_variation_catches_its_leak(variation: str, shared_store: Path,
         "<html" in Path(leak["report"]["html"]).read_text()
 
 
+def test_build_stays_writable_when_the_working_directory_moves(shared_store: Path,
+                                                              repo: Callable[..., Path]) -> None:
+    """The varied working directory is below /build, and /build is as writable as in the first build."""
+    recipes = repo("""
+        [[stage]]
+        name = "scratch"
+        outputs = ["scratch.txt"]
+        run = [["sh", "-c", "mkdir -p /build/cache && echo kept > /build/cache/x && cat /build/cache/x > /out/scratch.txt"]]
+        [stage.inputs]
+        src = "path:data"
+    """)
+    _data(recipes)
+    code, report, err = _verify(recipes, shared_store, "--vary=-all,+build_path")
+    assert [v["name"] for v in report["variations"]["applied"]] == ["build_path"]  # type: ignore[index]
+    assert code == 0, err
+    assert report["reproducible"] is True, report
+
+
 def test_a_deb_whose_data_tar_differs_in_one_mtime(shared_store: Path, repo: Callable[..., Path]) -> None:
     recipes = repo(r"""
         [[stage]]
