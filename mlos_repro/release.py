@@ -4,6 +4,7 @@
     RELEASE/SHA256SUMS                   every file under artifacts/, sha256sum format
     RELEASE/SHA256SUMS.gpg               detached OpenPGP signature (the archive key)
     RELEASE/SHA256SUMS.asc               the same, clearsigned
+    RELEASE/artifacts/STAGE/SHA256SUMS(.gpg)  STAGE's lines of SHA256SUMS named from there, signed
     RELEASE/sbom/STAGE/OUTPUT.cdx.json   the CycloneDX SBOM of each output
     RELEASE/attestations/links/STAGE.KEYID8.link           in-toto link per stage (DSSE)
     RELEASE/attestations/provenance/STAGE/OUTPUT.intoto.json  SLSA v1 provenance (DSSE)
@@ -153,11 +154,23 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     listed = release_meta.walk(root)
     if listed.refused:
         raise BadInputError(f"{root}: " + "; ".join(listed.refused))
-    data = release_meta.sums_text({name: release_meta.entry_digest(root / "artifacts" / name)
-                                   for name in listed.artifacts})
+    taken = [n for n in listed.artifacts + listed.metadata if release_meta.is_stage_sums(f"artifacts/{n}")
+             or release_meta.is_stage_sums(n)]
+    if taken:
+        raise BadInputError(f"{taken[0]}: a stage output may not be named {release_meta.SUMS} at the top of "
+                            "its stage's directory: the release writes its own there",
+                            "rename that output in the stage's recipe")
+    sums = {name: release_meta.entry_digest(root / "artifacts" / name) for name in listed.artifacts}
+    data = release_meta.sums_text(sums)
     (root / "SHA256SUMS").write_bytes(data)
     (root / "SHA256SUMS.gpg").write_bytes(keys.gpg.detach(data))
     (root / "SHA256SUMS.asc").write_bytes(keys.gpg.clearsign(data))
+    # The same lines in each stage's directory, named from there: `sha256sum -c` beside a
+    # downloaded ISO finds its line.
+    for directory, text in release_meta.stage_sums(sums).items():
+        (root / "artifacts" / directory / release_meta.SUMS).write_bytes(text)
+        (root / "artifacts" / directory / (release_meta.SUMS + release_meta.GPG_SUFFIX)).write_bytes(
+            keys.gpg.detach(text))
 
     links = root / "attestations/links"
     links.mkdir(parents=True)

@@ -2,6 +2,10 @@
 `verify-iso` with one meaning:
 
     SHA256SUMS        every file under artifacts/ ("SHA256  NAME", strict: see parse_sums)
+    artifacts/STAGE/SHA256SUMS (+ .gpg)
+                      the same lines for STAGE's files, named from that directory, so that plain
+                      `sha256sum -c --ignore-missing SHA256SUMS` works beside a file downloaded
+                      from it (stage_sums); metadata, listed in release.json's files
     release.json      what the release is, signed by the archive key (release.json.gpg) and,
                       when released with --sigstore, keylessly (release.json.sigstore.json):
                       name, version, build date, when it was released and when it expires,
@@ -42,7 +46,8 @@ TRUSTED_ROOT = "trusted_root.json"
 ARTIFACTS = "artifacts"
 INPUTS = "inputs/sha256"  # release --with-inputs: every pinned input, named by its sha256
 METADATA_LIMIT = 64 << 20  # no metadata file of a release comes near this
-FORMAT = 2  # release.json's format: 2 adds files, released, expires and its signatures
+FORMAT = 3  # release.json's format: 2 adds files, released, expires and its signatures; 3 the
+#            per-directory SHA256SUMS
 
 _NAME_CHARS = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 _SUM_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
@@ -108,6 +113,22 @@ def parse_sums(data: bytes, where: str) -> dict[str, str]:
     return sums
 
 
+def stage_sums(sums: dict[str, str]) -> dict[str, bytes]:
+    """Each artifacts/STAGE/SHA256SUMS: the lines of SHA256SUMS for STAGE's files, named from
+    STAGE/ (written by `release`, required byte for byte by `verify`)."""
+    grouped: dict[str, dict[str, str]] = {}
+    for name, digest in sums.items():
+        stage, _, rest = name.partition("/")
+        grouped.setdefault(stage, {})[rest] = digest
+    return {stage: sums_text(files) for stage, files in sorted(grouped.items())}
+
+
+def is_stage_sums(rel: str) -> bool:
+    """Whether `rel` (relative to the release) is an artifacts/STAGE/SHA256SUMS or its signature."""
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[0] == ARTIFACTS and parts[2] in (SUMS, SUMS + GPG_SUFFIX)
+
+
 def entry_digest(path: Path) -> str:
     """A file's sha256, or a symlink's: the sha256 of its target text (never followed)."""
     if path.is_symlink():
@@ -146,7 +167,7 @@ def walk(root: Path) -> Walk:
                 else:
                     found.refused.append(f"{rel}: not a regular file {INPUTS}/SHA256")
             elif stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and in_artifacts):
-                if in_artifacts:
+                if in_artifacts and not (stat.S_ISREG(mode) and is_stage_sums(rel)):
                     found.artifacts.append(rel.removeprefix(ARTIFACTS + "/"))
                 elif path.lstat().st_size > METADATA_LIMIT:
                     found.refused.append(f"{rel}: larger than {METADATA_LIMIT >> 20} MiB")
@@ -195,8 +216,8 @@ class ReleaseInfo:
         if not isinstance(raw, dict):
             raise MetaError(f"{where}: not a JSON object")
         if raw.get("format") != FORMAT:
-            raise MetaError(f"{where}: format {raw.get('format')!r}, expected {FORMAT} (a release made by an "
-                            "older mlos-repro carries no signed inventory: release it again)")
+            raise MetaError(f"{where}: format {raw.get('format')!r}, expected {FORMAT} (made by another "
+                            "version of mlos-repro: release it again, or verify it with that version)")
 
         def text(key: str, pattern: re.Pattern[str] | None = None) -> str:
             value = raw.get(key)

@@ -50,9 +50,12 @@ class IsoVerdict:
 
 
 def find_release(iso: Path) -> Path:
-    for parent in list(iso.absolute().parents)[:SEARCH_UP + 1]:
-        if os.path.lexists(parent / release_meta.SUMS):  # whatever it is, it is judged when read
-            return parent
+    """The nearest folder with a SHA256SUMS (whatever it is, it is judged when read), preferring
+    one with release.json: a release's own, over the copy in the ISO's stage directory."""
+    found = [parent for parent in list(iso.absolute().parents)[:SEARCH_UP + 1]
+             if os.path.lexists(parent / release_meta.SUMS)]
+    if found:
+        return next((p for p in found if os.path.lexists(p / release_meta.RELEASE_INFO)), found[0])
     raise BadInputError(f"{iso}: no SHA256SUMS next to it or in the {SEARCH_UP} folders above",
                         "download SHA256SUMS and SHA256SUMS.gpg with the ISO, or give --release DIR")
 
@@ -74,10 +77,16 @@ def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_vers
         except MetaError as e:
             raise Malformed(str(e)) from None
         digest = sha256_file(iso)
-        listed = _listed(iso, root, sums, digest)
-        verdict = IsoVerdict(iso, digest, root, listed, said)
-        info, info_digest = _release_info(root, data, trust, ring, verdict.notes)
+        notes: list[str] = []
+        info, info_digest, prefix = _release_info(root, data, trust, ring, notes)
+        sums = {prefix + name: value for name, value in sums.items()}  # named as the release's SHA256SUMS
+        listed = _listed(iso, root, sums, digest, prefix)
+        verdict = IsoVerdict(iso, digest, root, listed, said, notes=notes)
     if rebuilders is not None:
+        if prefix:
+            raise BadInputError(f"--rebuild: {root / release_meta.SUMS} lists one directory of the release; "
+                                "rebuilders are counted against the release's own SHA256SUMS",
+                                "give --release DIR (the release directory)")
         verdict.reproduced = _reproduced(root, data, sums, listed, info, info_digest, rebuilders)
     if info is not None:
         verdict.facts.update(name=info.name, version=info.version, profile=info.profile,
@@ -94,12 +103,12 @@ def _open_iso(iso: Path) -> int:
         raise BadInputError(str(e), "name the downloaded ISO file") from None
 
 
-def _listed(iso: Path, root: Path, sums: dict[str, str], digest: str) -> str:
+def _listed(iso: Path, root: Path, sums: dict[str, str], digest: str, prefix: str) -> str:
     """The ISO's name in SHA256SUMS: as the release lays it out, or by its file name alone."""
     candidates = []
-    artifacts = root / release_meta.ARTIFACTS
-    if iso.absolute().is_relative_to(artifacts.absolute()):
-        candidates.append(iso.absolute().relative_to(artifacts.absolute()).as_posix())
+    base = root if prefix else root / release_meta.ARTIFACTS  # a stage directory's copy, or the release's
+    if iso.absolute().is_relative_to(base.absolute()):
+        candidates.append(prefix + iso.absolute().relative_to(base.absolute()).as_posix())
     candidates += sorted(n for n in sums if Path(n).name == iso.name and n not in candidates)
     if not candidates:
         raise Failed(f"{iso.name}: not listed in {root / release_meta.SUMS}: this SHA256SUMS is for another "
@@ -113,31 +122,37 @@ def _listed(iso: Path, root: Path, sums: dict[str, str], digest: str) -> str:
 
 
 def _release_info(root: Path, sums: bytes, trust: Trust, ring: Path | None,
-                  notes: list[str]) -> tuple[ReleaseInfo | None, str]:
-    """release.json when it is there and signed, and the sha256 of exactly the bytes whose
-    signature was checked."""
+                  notes: list[str]) -> tuple[ReleaseInfo | None, str, str]:
+    """release.json when it is there and signed, the sha256 of exactly the bytes whose
+    signature was checked, and where the SHA256SUMS beside it sits in that release: "" for
+    the release's own, "STAGE/" for the copy in artifacts/STAGE/ (its names start there)."""
     path = root / release_meta.RELEASE_INFO
     if not path.exists() and not path.is_symlink():
         notes.append(f"version, build date, kernel and packages not shown: no {path.name} beside SHA256SUMS")
-        return None, ""
+        return None, "", ""
     data = read(path)
     signatures = [path.with_name(path.name + suffix)
                   for suffix in (release_meta.GPG_SUFFIX, release_meta.SIGSTORE_SUFFIX)]
     if not any(s.exists() for s in signatures):
         notes.append(f"version, build date, kernel and packages not shown: {path} is not signed")
-        return None, ""
+        return None, "", ""
     authenticate(data, path, trust, ring)
     try:
         info = ReleaseInfo.parse(data, str(path))
     except MetaError as e:
         raise Malformed(str(e)) from None
-    if info.files.get(release_meta.SUMS) != sha256_bytes(sums):
+    digest = sha256_bytes(sums)
+    prefix = "" if info.files.get(release_meta.SUMS) == digest else next(
+        (name.split("/")[1] + "/" for name, value in sorted(info.files.items())
+         if release_meta.is_stage_sums(name) and name.endswith("/" + release_meta.SUMS) and value == digest),
+        None)
+    if prefix is None:
         raise Failed(f"{path}: signed for another SHA256SUMS than {root / release_meta.SUMS}: the two files "
                      "come from different releases")
     if info.expired:
         raise Failed(f"{path}: {info.name} {info.version} expired on {info.expires}: its owner no longer "
                      "vouches for it")
-    return info, sha256_bytes(data)
+    return info, sha256_bytes(data), prefix
 
 
 def _reproduced(root: Path, sums_bytes: bytes, sums: dict[str, str], listed: str, info: ReleaseInfo | None,

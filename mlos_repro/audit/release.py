@@ -389,7 +389,17 @@ class ReleaseVerifier:
             text = gpgv(self.ring, clear)
             if text.replace(b"\r\n", b"\n") != data:
                 raise Failed(f"{clear}: signed text differs from {sums}")
-        c.note = f"signed by a key of {self.trust.keyring}"
+        # Each stage directory's SHA256SUMS, as plain gpgv checks it beside a download.
+        stages = [self.release / m.removesuffix("/" + release_meta.SUMS)
+                  for m in release_meta.walk(self.release).metadata
+                  if release_meta.is_stage_sums(m) and m.endswith("/" + release_meta.SUMS)]
+        for stage in stages:
+            try:
+                gpgv(self.ring, stage / (release_meta.SUMS + release_meta.GPG_SUFFIX),
+                     read(stage / release_meta.SUMS))
+            except Failed as e:
+                c.problems.append(str(e))
+        c.note = f"signed by a key of {self.trust.keyring} (and {len(stages)} per-directory copies)"
 
     def sums_files(self, c: Check) -> None:
         sums = self._sums()
@@ -405,6 +415,21 @@ class ReleaseVerifier:
                 c.problems.append(f"artifacts/{name}: sha256 {actual}, SHA256SUMS says {sums[name]}")
             else:
                 self.verified.add(name)
+        # Each artifacts/STAGE/SHA256SUMS holds exactly SHA256SUMS' lines for STAGE, and no
+        # other directory has one.
+        expected = release_meta.stage_sums(sums)
+        found = {m.split("/")[1] for m in walk.metadata if release_meta.is_stage_sums(m)}
+        for stage in sorted(found - set(expected)):
+            c.problems.append(f"artifacts/{stage}/{release_meta.SUMS}: SHA256SUMS lists no artifact "
+                              f"in {stage}/")
+        for stage, text in expected.items():
+            path = self.release / release_meta.ARTIFACTS / stage / release_meta.SUMS
+            if not path.exists() and not path.is_symlink():
+                c.problems.append(f"artifacts/{stage}/{release_meta.SUMS}: missing (a download from "
+                                  f"{stage}/ is checked with it)")
+            elif read(path) != text:
+                c.problems.append(f"artifacts/{stage}/{release_meta.SUMS}: differs from the lines SHA256SUMS "
+                                  f"lists for {stage}/")
         c.note = f"{len(sums)} files"
 
     # -- statements -------------------------------------------------------------------

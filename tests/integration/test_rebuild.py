@@ -358,6 +358,19 @@ def test_verify_iso_counts_the_rebuilders_of_its_image(world: dict[str, Path], r
     result = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring, "--rebuild", rebuilds["a"],
                   "--rebuilder-key", pub(world, "a"))
     assert result.code == 1 and "signed release.json" in result.stderr
+    # Downloaded with its folder's SHA256SUMS and the signed release.json: the ISO verifies, but
+    # rebuilders are counted against the release's own SHA256SUMS, which the user is asked for.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("SHA256SUMS", "SHA256SUMS.gpg"):
+        shutil.copy(world["rel"] / "artifacts/rootfs" / name, folder / name)
+    for name in ("release.json", "release.json.gpg"):
+        shutil.copy(world["rel"] / name, folder / name)
+    shutil.copy(image, folder / "rootfs.tar")
+    assert mlos("verify-iso", folder / "rootfs.tar", "--keyring", keyring).code == 0
+    result = mlos("verify-iso", folder / "rootfs.tar", "--keyring", keyring, "--rebuild", rebuilds["a"],
+                  "--rebuilder-key", pub(world, "a"))
+    assert result.code == 2 and "--release DIR" in result.stderr, result.stderr
 
 
 class Endless(http.server.BaseHTTPRequestHandler):

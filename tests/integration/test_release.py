@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -99,14 +100,28 @@ def test_an_honest_release_verifies(built: tuple[Path, Path], keys: Path, shared
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     listed = sorted(line.split("  ", 1)[1] for line in (rel / "SHA256SUMS").read_text().splitlines())
-    on_disk = sorted(p.relative_to(rel / "artifacts").as_posix() for p in (rel / "artifacts").rglob("*") if p.is_file())
+    on_disk = sorted(p.relative_to(rel / "artifacts").as_posix() for p in (rel / "artifacts").rglob("*")
+                     if p.is_file() and not (p.parent.parent == rel / "artifacts" and p.name.startswith("SHA256SUMS")))
     assert listed == on_disk and "debs/debs/mlos-demo-b.deb" in listed
+    # Each stage directory holds its own lines of SHA256SUMS, named from there, for sha256sum
+    # run beside a download; together they are SHA256SUMS.
+    stages = sorted({name.split("/")[0] for name in listed})
+    lines = []
+    for stage in stages:
+        check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=rel / "artifacts" / stage,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        lines += [f"{stage}/{line.split('  ', 1)[1]}"
+                  for line in (rel / "artifacts" / stage / "SHA256SUMS").read_text().splitlines()]
+    assert sorted(lines) == listed
     # The archive key's signatures, checked by gpgv against the exported public key.
     keyring = tmp_path / "release.gpg"
     subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(rel / "layout/keys/release.asc")],
                    check=True)
     for argv in (["gpgv", "--keyring", str(keyring), str(rel / "SHA256SUMS.gpg"), str(rel / "SHA256SUMS")],
-                 ["gpgv", "--keyring", str(keyring), str(rel / "SHA256SUMS.asc")]):
+                 ["gpgv", "--keyring", str(keyring), str(rel / "SHA256SUMS.asc")],
+                 *(["gpgv", "--keyring", str(keyring), str(rel / "artifacts" / s / "SHA256SUMS.gpg"),
+                    str(rel / "artifacts" / s / "SHA256SUMS")] for s in stages)):
         assert subprocess.run(argv, capture_output=True).returncode == 0, argv
     # SBOMs beside, one per output; the layout, links and provenance as in-toto reads them.
     assert (rel / "sbom/rootfs/rootfs.tar.cdx.json").is_file()
@@ -373,7 +388,11 @@ def signed_by_release_key(rel: Path, keys: Path, sums: bytes | None = None,
     signer = GpgSigner(keys / "gnupg")
     if sums is None:
         walk = release_meta.walk(rel)
-        sums = release_meta.sums_text({n: release_meta.entry_digest(rel / "artifacts" / n) for n in walk.artifacts})
+        listing = {n: release_meta.entry_digest(rel / "artifacts" / n) for n in walk.artifacts}
+        sums = release_meta.sums_text(listing)
+        for directory, text in release_meta.stage_sums(listing).items():
+            (rel / "artifacts" / directory / "SHA256SUMS").write_bytes(text)
+            (rel / "artifacts" / directory / "SHA256SUMS.gpg").write_bytes(signer.detach(text))
     (rel / "SHA256SUMS").write_bytes(sums)
     (rel / "SHA256SUMS.gpg").write_bytes(signer.detach(sums))
     (rel / "SHA256SUMS.asc").write_bytes(signer.clearsign(sums))
@@ -508,6 +527,25 @@ def sign_raw(rel: Path, keys: Path, name: str, data: bytes) -> None:
     (rel / f"{name}.gpg").write_bytes(GpgSigner(keys / "gnupg").detach(data))
 
 
+def stage_sums_edited(rel: Path, keys: Path, tmp: Path, *, signer_home: Path | None = None,
+                      remove: bool = False) -> None:
+    """artifacts/rootfs/SHA256SUMS, what a downloader of the rootfs checks with plain tools:
+    edited to another digest (signed by the archive key or `signer_home`'s), or removed; the
+    release's own SHA256SUMS untouched and release.json signed again over the files as they are."""
+    from mlos_repro.sign.gpg import GpgSigner
+
+    path = rel / "artifacts/rootfs/SHA256SUMS"
+    if remove:
+        path.unlink()
+        (rel / "artifacts/rootfs/SHA256SUMS.gpg").unlink()
+    else:
+        text = re.sub(rb"^[0-9a-f]{64}  rootfs.tar$", b"0" * 64 + b"  rootfs.tar", path.read_bytes(), flags=re.M)
+        assert text != path.read_bytes()
+        path.write_bytes(text)
+        (rel / "artifacts/rootfs/SHA256SUMS.gpg").write_bytes(GpgSigner(signer_home or keys / "gnupg").detach(text))
+    signed_by_release_key(rel, keys, (rel / "SHA256SUMS").read_bytes())
+
+
 def owner_signed_bindings(rel: Path, keys: Path, payload: object) -> None:
     from securesystemslib.dsse import Envelope as Dsse
 
@@ -625,6 +663,13 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     "a link of the wrong field types, builder-signed": (link_of_wrong_types, 5, "a link cannot be read", 2),
     "malformed bindings": (lambda r, k, t: (r / "layout/bindings.json").write_text("{}"), 12,
                            "bindings.json: not a DSSE envelope", 2),
+    "a stage directory's SHA256SUMS lists another digest (signed)": (
+        stage_sums_edited, 8, "artifacts/rootfs/SHA256SUMS: differs from the lines SHA256SUMS lists for rootfs/", 1),
+    "a stage directory's SHA256SUMS signed by another key": (
+        lambda r, k, t: stage_sums_edited(r, k, t, signer_home=other_key(t)), 7,
+        "rootfs/SHA256SUMS.gpg: bad or unknown signature", 1),
+    "a stage directory's SHA256SUMS removed (release.json signed again)": (
+        lambda r, k, t: stage_sums_edited(r, k, t, remove=True), 8, "artifacts/rootfs/SHA256SUMS: missing", 1),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
@@ -673,6 +718,28 @@ def test_verify_iso_gives_one_verdict(honest: Path, keys: Path, built: tuple[Pat
     bare = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring, "--json")
     assert bare.code == 0 and json.loads(bare.stdout)["facts"] == {}
     assert "not shown: no release.json" in bare.stderr + bare.stdout
+    # Downloaded with its directory's SHA256SUMS: plain gpgv and sha256sum verify it, and so
+    # does verify-iso, which also says what release.json (downloaded too) signs.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("rootfs.tar", "SHA256SUMS", "SHA256SUMS.gpg"):
+        shutil.copy(honest / "artifacts/rootfs" / name, plain / name)
+    gpgv = subprocess.run(["gpgv", "--keyring", keyring, "SHA256SUMS.gpg", "SHA256SUMS"], cwd=plain,
+                          capture_output=True, text=True)
+    assert gpgv.returncode == 0 and "Good signature" in gpgv.stderr, gpgv.stderr
+    check = subprocess.run(["sha256sum", "-c", "--ignore-missing", "SHA256SUMS"], cwd=plain,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout == "rootfs.tar: OK\n", check
+    for name in ("release.json", "release.json.gpg"):
+        shutil.copy(honest / name, plain / name)
+    with_info = mlos("verify-iso", plain / "rootfs.tar", "--keyring", keyring, "--json")
+    assert with_info.code == 0, with_info.stderr
+    found = json.loads(with_info.stdout)
+    assert found["listed_as"] == "rootfs/rootfs.tar" and found["facts"]["version"] == facts["version"]
+    flip_byte(plain / "rootfs.tar")
+    check = subprocess.run(["sha256sum", "-c", "--ignore-missing", "SHA256SUMS"], cwd=plain,
+                           capture_output=True, text=True)
+    assert check.returncode == 1 and "rootfs.tar: FAILED" in check.stdout
     # One flipped byte.
     flip_byte(alone / "rootfs.tar")
     bad = mlos("verify-iso", alone / "rootfs.tar", "--keyring", keyring)
@@ -1002,6 +1069,23 @@ def test_a_symlink_in_a_tree_output_verifies_as_its_target_text(keys: Path, shar
     link.symlink_to("/etc/passwd")
     code, report, _ = verify(rel, keys)
     assert code == 1 and "artifacts/links/tree/b: sha256" in failed(report)[8]
+
+
+def test_an_output_named_like_the_folder_sums_is_refused(keys: Path, shared_store: Path, tmp_path: Path) -> None:
+    """The release writes artifacts/STAGE/SHA256SUMS itself; a stage output of that name is
+    refused before anything is signed, never overwritten."""
+    recipes = write_repo(tmp_path / "repo", """
+[[stage]]
+name = "sums"
+outputs = ["SHA256SUMS"]
+run = [["sh", "-euc", "echo 0000 forged > /out/SHA256SUMS"]]
+""")
+    out = tmp_path / "out"
+    assert mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store).code == 0
+    result = mlos("release", "--keys", keys, "--out", tmp_path / "rel", "--from", out, "--recipes", recipes,
+                  "--store", shared_store)
+    assert result.code == 2 and "sums/SHA256SUMS: a stage output may not be named SHA256SUMS" in result.stderr
+    assert not (tmp_path / "rel").exists()
 
 
 def test_two_honest_releases_do_not_mix(honest: Path, built: tuple[Path, Path], keys: Path, shared_store: Path,

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlos_repro.attest.release_meta import MetaError, ReleaseInfo, parse_sums
+from mlos_repro.attest.release_meta import FORMAT, MetaError, ReleaseInfo, parse_sums
 from mlos_repro.audit.trust import Malformed, parse_json
 from mlos_repro.inspect.ar import ArReader
 from mlos_repro.inspect.compressed import CompressedReader
@@ -57,7 +57,8 @@ def test_sha256sums_parser(data: bytes) -> None:
 
 
 release_like = st.fixed_dictionaries(
-    {"format": st.sampled_from([2, 1, "2"]), "name": st.text(max_size=8), "version": json_values,
+    {"format": st.sampled_from([FORMAT, FORMAT - 1, str(FORMAT)]), "name": st.text(max_size=8),
+     "version": json_values,
      "profile": st.text(max_size=8), "build_date": st.sampled_from(["2025-12-01T00:00:00Z", "yesterday", 5]),
      "released": st.sampled_from(["2026-01-01T00:00:00Z", None]), "expires": st.text(max_size=21),
      "release_key": st.sampled_from(["A" * 40, "a" * 40, "x"]), "stages": json_values,
