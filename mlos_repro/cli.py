@@ -117,6 +117,20 @@ class _ProfileOption(click.Option):
 profile_option = click.option(
     "--profile", cls=_ProfileOption, default=None, metavar="NAME",
     help="Recipe profile: one of those builder.toml lists (the first is the default).")
+
+
+def executor_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--executor local|dask and --scheduler: where the stages run (mlos_repro/cluster.py)."""
+    f = click.option("--scheduler", default=None, envvar="MLOS_REPRO_SCHEDULER", metavar="tcp://HOST:PORT",
+                     help="With --executor dask: the Dask scheduler whose workers run the stages "
+                          "[default: $MLOS_REPRO_SCHEDULER, or a cluster on this machine, one worker "
+                          "per core].")(f)
+    return click.option("--executor", "executor_kind", type=click.Choice(["local", "dask"]), default="local",
+                        show_default=True,
+                        help="Run the stages here one after another, or on a Dask cluster (the same "
+                             "outputs; independent stages run at once).")(f)
+
+
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print a machine-readable result on stdout.")
 
@@ -167,6 +181,7 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
                    "(without it, such a build is refused).")
 @click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
               show_default=True, help="Sandbox backend; both give identical outputs.")
+@executor_options
 @click.option("--verify", is_flag=True,
               help="Rebuild every selected stage, uncached, in a varied environment; compare every "
                    "output and write OUT/verify.json and OUT/reports/. Exit 1 if anything differs.")
@@ -188,7 +203,8 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
 @json_option
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
-          store_dir: Path | None, no_cache: bool, partial: bool, sandbox_name: str, verify: bool,
+          store_dir: Path | None, no_cache: bool, partial: bool, sandbox_name: str, executor_kind: str,
+          scheduler: str | None, verify: bool,
           bisect: bool, vary_spec: str | None,
           diffoscope_timeout: float, diffoscope_max_size: int, gnupghome: Path | None,
           archive_key: str | None, as_json: bool) -> None:
@@ -204,6 +220,7 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
       mlos-repro build                 # every stage of the default profile into ./out
       mlos-repro build --verify -v     # and judge each output against a varied second build
       mlos-repro build iso --partial   # the ISO and what it needs, keeping out/'s other stages
+      mlos-repro build --executor dask # independent stages at once, one Dask worker per core
     """
     from mlos_repro import pipelines
     from mlos_repro.inspect.report import DiffoscopeSettings
@@ -216,7 +233,8 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
         raise click.UsageError("--archive-key needs --gnupghome (the GnuPG home holding it)")
     options = pipelines.BuildOptions(recipes_dir=recipes_dir, stages=stages, profile=profile, out_dir=out_dir,
                                      sandbox=sandbox_name, use_cache=not no_cache, gnupghome=gnupghome,
-                                     archive_key=archive_key, partial=partial)
+                                     archive_key=archive_key, partial=partial, executor=executor_kind,
+                                     scheduler=scheduler)
     built = pipelines.build(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
     if not as_json:
         stages_built = built.result.stages.values()
@@ -833,6 +851,7 @@ root_key_option = click.option(
 @mirror_option
 @click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
               show_default=True, help="Sandbox backend.")
+@executor_options
 @click.option("--vary", "vary_spec", default=None, metavar="SPEC",
               help="Variations of your build, as for build --verify [default: all this host can apply].")
 @click.option("--id", "rebuilder_id", default=None, metavar="ID",
@@ -843,7 +862,8 @@ root_key_option = click.option(
 @_handle_errors
 def rebuild_cmd(release_dir: Path, keys_dir: Path, out_dir: Path, root_key: Path, keyring: Path | None,
                 trusted_root: Path | None, identity: str | None, issuer: str | None, store_dir: Path | None,
-                mirror: str | None, sandbox_name: str, vary_spec: str | None, rebuilder_id: str | None,
+                mirror: str | None, sandbox_name: str, executor_kind: str, scheduler: str | None,
+                vary_spec: str | None, rebuilder_id: str | None,
                 diffoscope_timeout: float, diffoscope_max_size: int, as_json: bool) -> None:
     """Rebuild a published release from its source archive and sign what you found.
 
@@ -871,7 +891,8 @@ def rebuild_cmd(release_dir: Path, keys_dir: Path, out_dir: Path, root_key: Path
     options = pipelines.RebuildOptions(
         release_dir=release_dir, keys_dir=keys_dir, out_dir=out_dir, root_key=root_key, trust=trust,
         enabled=parse_vary(vary_spec), settings=DiffoscopeSettings(diffoscope_timeout, diffoscope_max_size),
-        sandbox=sandbox_name, identity=rebuilder_id, mirror=mirror)
+        sandbox=sandbox_name, identity=rebuilder_id, mirror=mirror, executor=executor_kind,
+        scheduler=scheduler)
     rebuilt = pipelines.rebuild(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
     passed = sum(1 for v in rebuilt.verdicts if v.result == "PASSED")
     if as_json:

@@ -30,6 +30,18 @@ class MlosReproError(Exception):
     def diagnostics(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised on a Dask worker, re-raised by the client: every subclass, whatever its
+        # constructor's arguments, travels as its class, message and attributes.
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[MlosReproError], args: tuple[object, ...], state: dict[str, object]) -> MlosReproError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class BadInputError(MlosReproError):
     exit_code = ExitCode.BAD_INPUT

@@ -378,36 +378,51 @@ class Executor:
                     raise BadInputError(f"{where}: the symlink {link} leads outside the "
                                         f"repository, to {target}", hint)
 
-    def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
-        sde = self.recipes.builder.source_date_epoch
+    def stage_key(self, stage: Stage, env: EnvRef, done: BuildResult) -> tuple[str, dict[str, str]]:
+        """The stage's cache key and input digests, its upstream stages being in `done`."""
         digests = self.input_digests(stage, done)
-        parts = cache_key_parts(stage, env.digest, sde, digests)
-        key = key_of(parts)
+        parts = cache_key_parts(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
         if self.variant is None:
             # For `plan`: what changed since this stage of these recipes was built here.
             self.store.remember("keys", f"{self.recipes.root.absolute()}:{stage.name}", canonical_json(parts))
+        return key_of(parts), digests
+
+    def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
+        key, digests = self.stage_key(stage, env, done)
         start = time.monotonic()
         if self.use_cache and (hit := self._cached(key)) is not None:
             self.progress(Event(stage.name, "cached"))
             return StageResult(stage.name, hit, True, 0.0)
         if self.cached_only:
-            raise BadInputError(f"stage {stage.name!r} ({stage.source}) is not built: the store has no "
-                                "entry for its inputs",
-                                "run: mlos-repro build (same recipes and profile) first")
-        with self.store.lock(f"stage-{key}"):
-            # Another build sharing the store may have finished it while we waited.
-            if self.use_cache and (hit := self._cached(key)) is not None:
-                self.progress(Event(stage.name, "cached"))
-                return StageResult(stage.name, hit, True, 0.0)
-            state = "running" if self.variant is None else "varied"
-            self.progress(Event(stage.name, state, estimate=self.store.last_seconds(f"{state} {stage.name}")))
-            entry = self._run_stage(stage, env, key, digests, done, self.variant)
-            if self.variant is None:
-                self.store.put_stage(entry)
+            raise self.not_built(stage)
+        state = "running" if self.variant is None else "varied"
+        entry, ran = self.execute(stage, env, key, digests, done, on_start=lambda: self.progress(
+            Event(stage.name, state, estimate=self.store.last_seconds(f"{state} {stage.name}"))))
+        if not ran:  # another build sharing the store finished it while we waited
+            self.progress(Event(stage.name, "cached"))
+            return StageResult(stage.name, entry, True, 0.0)
         seconds = time.monotonic() - start
         self.store.record_seconds(f"{state} {stage.name}", seconds)
         self.progress(Event(stage.name, "done", seconds))
         return StageResult(stage.name, entry, False, seconds)
+
+    def not_built(self, stage: Stage) -> BadInputError:
+        return BadInputError(f"stage {stage.name!r} ({stage.source}) is not built: the store has no "
+                             "entry for its inputs", "run: mlos-repro build (same recipes and profile) first")
+
+    def execute(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str], done: BuildResult,
+                on_start: Callable[[], None] = lambda: None) -> tuple[StageEntry, bool]:
+        """Run one stage whose cache key is `key`, under the store's lock for that key, and
+        record it (unless varied); whether it ran, or another build sharing the store had
+        finished it meanwhile. The one path for a stage, here and on a Dask worker."""
+        with self.store.lock(f"stage-{key}"):
+            if self.use_cache and (hit := self._cached(key)) is not None:
+                return hit, False
+            on_start()
+            entry = self._run_stage(stage, env, key, digests, done, self.variant)
+            if self.variant is None:
+                self.store.put_stage(entry)
+        return entry, True
 
     def _cached(self, key: str) -> StageEntry | None:
         hit = self.store.get_stage(key)
@@ -440,12 +455,7 @@ class Executor:
         """
         varied: dict[str, StageEntry] = {}
         for name in control.stages if only is None else only:
-            stage = self.recipes.stages[name]
-            env = self.env(stage.builder)
-            digests = self.input_digests(stage, control)
-            key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
-            label = f"{name} ({why})" if why else name
-            self.progress(Event(label, "varied", estimate=self.store.last_seconds(f"varied {name}")))
+            stage, env, key, digests, label = self.varied_stage(name, control, why)
             start = time.monotonic()
             try:
                 varied[name] = self._run_stage(stage, env, key, digests, control, variant)
@@ -458,6 +468,18 @@ class Executor:
             self.store.record_seconds(f"varied {name}", seconds)
             self.progress(Event(label, "done", seconds))
         return varied
+
+    def varied_stage(self, name: str, control: BuildResult,
+                     why: str) -> tuple[Stage, EnvRef, str, dict[str, str], str]:
+        """A stage of a varied rebuild, announced: its environment, cache key and input digests
+        (from the control build's outputs), and its progress label."""
+        stage = self.recipes.stages[name]
+        env = self.env(stage.builder)
+        digests = self.input_digests(stage, control)
+        key = cache_key(stage, env.digest, self.recipes.builder.source_date_epoch, digests)
+        label = f"{name} ({why})" if why else name
+        self.progress(Event(label, "varied", estimate=self.store.last_seconds(f"varied {name}")))
+        return stage, env, key, digests, label
 
     def _run_stage(self, stage: Stage, env: EnvRef, key: str, digests: dict[str, str],
                    done: BuildResult, variant: BuildVariant | None = None) -> StageEntry:

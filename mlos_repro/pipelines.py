@@ -19,6 +19,7 @@ from mlos_repro.attest import intoto, release_meta, vsa
 from mlos_repro.attest.release_meta import ReleaseInfo
 from mlos_repro.audit.release import ReleaseVerifier
 from mlos_repro.audit.trust import Trust
+from mlos_repro.cluster import executor_for
 from mlos_repro.digest import sha256_file
 from mlos_repro.env.fetch import fetch_all
 from mlos_repro.env.lockfile import LOCK_FILE, locked_environment, read_lock
@@ -68,6 +69,8 @@ class BuildOptions:
     gnupghome: Path | None = None  # None: the development archive key
     archive_key: str | None = None
     partial: bool = False  # keep the earlier build's other stages in OUT
+    executor: str = "local"  # or "dask" (cluster.py)
+    scheduler: str | None = None  # with dask: tcp://HOST:PORT; None: MLOS_REPRO_SCHEDULER or a LocalCluster
 
 
 @dataclass
@@ -107,8 +110,8 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
     recipes = load_recipes(options.recipes_dir, options.profile)
     carried = check_out_dir(options.out_dir, select(recipes.stages, options.stages), recipes.profile,
                             partial=options.partial)
-    executor = Executor(recipes, store, sandbox(options.sandbox), use_cache=options.use_cache,
-                        progress=progress)
+    executor = executor_for(options.executor, options.scheduler, recipes, store, sandbox(options.sandbox),
+                            use_cache=options.use_cache, progress=progress)
     result = executor.build(options.stages)
 
     def signer() -> GpgSigner:
@@ -245,6 +248,8 @@ class RebuildOptions:
     sandbox: str = "bwrap"
     identity: str | None = None  # default: the rebuilder key's id
     mirror: str | None = None
+    executor: str = "local"  # as BuildOptions
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +308,8 @@ def rebuild(options: RebuildOptions, store: Store, *, progress: Progress = no_pr
         fetch_all(recipes, store, options.mirror, all_locked=False)
         the_plan = _plan(Executor(recipes, store, sandbox(options.sandbox)), recipes.stages, options.sandbox,
                          options.enabled)
-        executor = Executor(recipes, store, sandbox(options.sandbox), variant=the_plan.variant,
-                            progress=progress)
+        executor = executor_for(options.executor, options.scheduler, recipes, store, sandbox(options.sandbox),
+                                variant=the_plan.variant, progress=progress)
         result, verdicts = rebuild_against(executor, release_dir, sums, info.stages,
                                            frozenset(info.signed_after_build), staging, options.settings)
         _write_rebuild(executor, result, verdicts, the_plan, info, verifier, signer, staging,

@@ -94,6 +94,11 @@ class StageEntry:
         return {"key": self.key, "outputs": dict(self.outputs), "kinds": dict(self.kinds),
                 "log": self.log, "members": dict(self.members), "readers": self.readers}
 
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> StageEntry:
+        return StageEntry(key=data["key"], outputs=data["outputs"], kinds=data["kinds"], log=data["log"],
+                          members=data.get("members", {}), readers=data.get("readers", ""))
+
 
 STORE_HINT = "name a store you can write with --store or MLOS_REPRO_STORE, or run as its owner"
 
@@ -437,9 +442,7 @@ class Store:
             data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        entry = StageEntry(key=data["key"], outputs=data["outputs"], kinds=data["kinds"],
-                           log=data["log"], members=data.get("members", {}),
-                           readers=data.get("readers", ""))
+        entry = StageEntry.from_json(data)
         # A cache entry is only as good as its blobs: a missing blob means a miss.
         for digest in entry.outputs.values():
             if not self.has_blob(digest.removeprefix("sha256:")):
