@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -93,7 +94,8 @@ recipes_option = click.option(
     show_default=True, help="Directory holding builder.toml, builder.lock and *.toml stage recipes.")
 store_option = click.option(
     "--store", "store_dir", type=click.Path(path_type=Path), default=None,
-    help="Content-addressed store [default: $MLOS_REPRO_STORE or $XDG_CACHE_HOME/mlos-repro].")
+    help="Content-addressed store [default: $MLOS_REPRO_STORE or $XDG_CACHE_HOME/mlos-repro]; for `build`, "
+         "also oci://HOST/REPO: an OCI registry shared by several machines (docs/cluster.md).")
 mirror_option = click.option(
     "--mirror", default=None,
     help="Debian mirror to use instead of the one in builder.toml (e.g. a snapshot.debian.org URL).")
@@ -136,9 +138,30 @@ json_option = click.option("--json", "as_json", is_flag=True,
 
 
 def _store(store_dir: Path | None) -> Store:
+    from mlos_repro.errors import BadInputError
+
+    store, shared = _stores(store_dir)
+    if shared is not None:
+        raise BadInputError(f"--store {shared}: only `build` uses a shared OCI store",
+                            "name the local store (the shared store's copy is the default one)")
+    return store
+
+
+def _stores(store_dir: Path | None) -> tuple[Store, str | None]:
+    """The local store, and the shared OCI store's URL when --store (or MLOS_REPRO_STORE) names
+    one (oci://HOST/REPO): then the local store is the default one, the shared store's copy."""
     from mlos_repro.store import Store, default_root
 
-    return Store(store_dir or default_root())
+    given = str(store_dir) if store_dir is not None else os.environ.get("MLOS_REPRO_STORE", "")
+    if not given.startswith("oci:/"):
+        return Store(store_dir or default_root()), None
+    shared = "oci://" + given.removeprefix("oci:").lstrip("/")  # a click Path folds the '//'
+    local = os.environ.get("MLOS_REPRO_STORE", "")
+    return Store(Path(local) if local and not local.startswith("oci:") else _xdg_store()), shared
+
+
+def _xdg_store() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlos-repro"
 
 
 @click.group(cls=_Tool, context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,6 +205,16 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
 @click.option("--sandbox", "sandbox_name", type=click.Choice(["bwrap", "podman"]), default="bwrap",
               show_default=True, help="Sandbox backend; both give identical outputs.")
 @executor_options
+@click.option("--cache-key", "cache_keys", type=click.Path(path_type=Path), multiple=True, metavar="FILE",
+              help="With --store oci://: a public key (a builder.pub.json) whose signed stage entries "
+                   "in the shared store are used; repeat for several.")
+@click.option("--cache-threshold", default=1, show_default=True, metavar="K",
+              help="With --store oci://: use a shared entry only when K distinct trusted keys signed "
+                   "the same outputs for it; otherwise build the stage.")
+@click.option("--sign-cache", "sign_cache", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              envvar="MLOS_REPRO_SIGN_CACHE",
+              help="With --store oci://: a `keys init` directory whose builder key signs the stage "
+                   "entries this build writes to the shared store [default: write none].")
 @click.option("--verify", is_flag=True,
               help="Rebuild every selected stage, uncached, in a varied environment; compare every "
                    "output and write OUT/verify.json and OUT/reports/. Exit 1 if anything differs.")
@@ -204,7 +237,8 @@ def main(verbose: int, quiet: bool, color: bool | None) -> None:
 @_handle_errors
 def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_dir: Path,
           store_dir: Path | None, no_cache: bool, partial: bool, sandbox_name: str, executor_kind: str,
-          scheduler: str | None, verify: bool,
+          scheduler: str | None, cache_keys: tuple[Path, ...], cache_threshold: int, sign_cache: Path | None,
+          verify: bool,
           bisect: bool, vary_spec: str | None,
           diffoscope_timeout: float, diffoscope_max_size: int, gnupghome: Path | None,
           archive_key: str | None, as_json: bool) -> None:
@@ -235,7 +269,14 @@ def build(stages: tuple[str, ...], recipes_dir: Path, profile: str | None, out_d
                                      sandbox=sandbox_name, use_cache=not no_cache, gnupghome=gnupghome,
                                      archive_key=archive_key, partial=partial, executor=executor_kind,
                                      scheduler=scheduler)
-    built = pipelines.build(options, _store(store_dir), progress=ui.progress, warn=ui.warn)
+    store, shared_url = _stores(store_dir)
+    if shared_url is not None:
+        from mlos_repro.oci import SharedConfig
+
+        options = replace(options, shared=SharedConfig(shared_url, cache_keys, cache_threshold, sign_cache))
+    elif cache_keys or sign_cache or cache_threshold != 1:
+        raise click.UsageError("--cache-key, --cache-threshold and --sign-cache apply to --store oci:// only")
+    built = pipelines.build(options, store, progress=ui.progress, warn=ui.warn)
     if not as_json:
         stages_built = built.result.stages.values()
         fresh = sum(1 for r in stages_built if not r.cached)

@@ -11,8 +11,9 @@ mid-stage: the scheduler gives the task to another worker (the sandbox dies with
 the store sweeps the work directory); a stage that fails raises the same error as locally,
 re-raised by the client (exit 4, the same log excerpt).
 
-Workers need the recipes at the path the client names, the same store (today a directory
-they share) and what scripts/install-deps installs (docs/cluster.md).
+Workers need the recipes at the path the client names, their environments and fetched
+inputs, and a store: the client's directory shared, or their own behind a shared OCI store
+(oci.py); docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mlos_repro.digest import canonical_json, sha256_bytes
 from mlos_repro.errors import BadInputError, HostFeatureMissing, MlosReproError, StageFailedError
 from mlos_repro.executor import BuildResult, Event, Executor, StageResult
 from mlos_repro.graph import cache_key, select
+from mlos_repro.oci import SharedConfig, SharedStore
 from mlos_repro.recipe import RecipeSet, load_recipes
 from mlos_repro.recipe.model import InputKind
 from mlos_repro.sandbox import Sandbox
@@ -56,6 +58,7 @@ class StageJob:
     digests: dict[str, str]
     upstream: dict[str, dict[str, Any]]  # each upstream stage input's entry (StageEntry.to_json)
     variant: BuildVariant | None = None
+    shared: SharedConfig | None = None  # the OCI store behind the store, with its trust
 
 
 @dataclass(frozen=True)
@@ -70,17 +73,26 @@ def run_job(job: StageJob) -> StageOutcome:
     """On a worker: run one stage as the local executor would."""
     start = time.monotonic()
     recipes, store = _worker_state(job.recipes_dir, job.profile, job.store)
-    executor = Executor(recipes, store, make_sandbox(job.sandbox), variant=job.variant)
+    shared = _shared(job.shared, job.store) if job.shared is not None else None
+    executor = Executor(recipes, store, make_sandbox(job.sandbox), variant=job.variant, shared=shared)
     stage = recipes.stages[job.stage]
     env = executor.env(stage.builder)
-    mine = cache_key(stage, env.digest, recipes.builder.source_date_epoch, job.digests)
-    if mine != job.key:
-        raise BadInputError(f"stage {job.stage!r}: this worker's cache key is {mine}, the client's "
-                            f"{job.key}: its recipes or builder environment differ from the client's",
-                            "run the workers from the same checkout and builder.lock as the client")
     done = BuildResult(profile=recipes.profile)
     for name, upstream in job.upstream.items():
         done.stages[name] = StageResult(name, StageEntry.from_json(upstream), True, 0.0)
+    # The worker's own view of the inputs (its checkout, its mirrors, its store), which must
+    # be the client's: the same key, or the stage is refused here.
+    digests = executor.input_digests(stage, done)
+    mine = cache_key(stage, env.digest, recipes.builder.source_date_epoch, digests)
+    if mine != job.key:
+        differ = sorted(n for n in digests.keys() | job.digests.keys()
+                        if digests.get(n) != job.digests.get(n))
+        raise BadInputError(f"stage {job.stage!r}: this worker's cache key is {mine}, the client's "
+                            f"{job.key}: "
+                            + (f"its inputs {', '.join(differ)} differ" if differ else
+                               "its recipes or builder environment differ"),
+                            "run the workers from the same checkout, builder.lock and fetched inputs as "
+                            "the client")
     if job.variant is not None:
         entry, ran = executor._run_stage(stage, env, job.key, job.digests, done, job.variant), True
     else:
@@ -103,8 +115,18 @@ def _log_event(event: dict[str, Any]) -> None:
 
 
 @functools.lru_cache(maxsize=8)
+def _shared(config: SharedConfig, store: str) -> SharedStore:
+    return config.open(_worker_state_store(store))
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_state_store(store: str) -> Store:
+    return Store(Path(store))
+
+
+@functools.lru_cache(maxsize=8)
 def _worker_state(recipes_dir: str, profile: str, store: str) -> tuple[RecipeSet, Store]:
-    return load_recipes(Path(recipes_dir), profile), Store(Path(store))
+    return load_recipes(Path(recipes_dir), profile), _worker_state_store(store)
 
 
 def _worker_name() -> str:
@@ -196,7 +218,8 @@ class DaskExecutor(Executor):
         upstream = {i.target: done.stages[i.target].entry.to_json()
                     for i in stage.inputs if i.kind is InputKind.STAGE}
         return StageJob(str(self.recipes.recipes_dir.absolute()), self.recipes.profile, str(self.store.root),
-                        self.sandbox.name, name, key, digests, upstream, variant)
+                        self.sandbox.name, name, key, digests, upstream, variant,
+                        self.shared.config if self.shared is not None else None)
 
     def build(self, wanted: Iterable[str] = (),
               on_error: Callable[[str, MlosReproError], None] | None = None) -> BuildResult:
@@ -246,6 +269,8 @@ class DaskExecutor(Executor):
             try:
                 outcome: StageOutcome = task.result()
                 entry = StageEntry.from_json(outcome.entry)
+                if self.shared is not None:
+                    self.shared.ensure(entry)  # run on another machine: its blobs, for OUT and SBOMs
                 seconds = time.monotonic() - started
                 if outcome.ran:
                     self.store.record_seconds(f"running {name}", outcome.seconds)

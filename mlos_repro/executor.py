@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlos_repro import run
 from mlos_repro.digest import canonical_json, sha256_bytes
@@ -38,6 +38,9 @@ from mlos_repro.sandbox.select import preflight
 from mlos_repro.sandbox.variant import BuildVariant, apply_variant
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.store import SpecialFile, StageEntry, Store, digest_of_output_set
+
+if TYPE_CHECKING:
+    from mlos_repro.oci import SharedStore  # the registry client is imported only when one is named
 
 log = logging.getLogger(__name__)
 LOG_TAIL = 25
@@ -126,9 +129,11 @@ def no_progress(event: Event) -> None:
 class Executor:
     def __init__(self, recipes: RecipeSet, store: Store, sandbox: Sandbox, *,
                  use_cache: bool = True, progress: Progress = no_progress,
-                 cached_only: bool = False, variant: BuildVariant | None = None) -> None:
+                 cached_only: bool = False, variant: BuildVariant | None = None,
+                 shared: SharedStore | None = None) -> None:
         self.recipes = recipes
         self.store = store
+        self.shared = shared  # an OCI registry behind the store: entries found and written there
         self.sandbox = sandbox
         # Under a variant every stage runs (no cache hit) and nothing is recorded in the cache:
         # a varied build is judged, never reused.
@@ -422,10 +427,14 @@ class Executor:
             entry = self._run_stage(stage, env, key, digests, done, self.variant)
             if self.variant is None:
                 self.store.put_stage(entry)
+                if self.shared is not None:
+                    self.shared.publish(entry)  # signed by our key, when one is given
         return entry, True
 
     def _cached(self, key: str) -> StageEntry | None:
         hit = self.store.get_stage(key)
+        if hit is None and self.shared is not None:
+            hit = self.shared.lookup(key)  # trusted, agreed, its blobs pulled and re-hashed
         if hit is not None and hit.readers != manifest.readers_digest():
             # Member manifests made by other readers would not compare with today's.
             hit = replace(hit, members={})
@@ -437,6 +446,8 @@ class Executor:
         for inp in stage.inputs:
             if inp.kind is InputKind.STAGE:
                 upstream = done.stages[inp.target].entry
+                if self.shared is not None:
+                    self.shared.ensure(upstream)  # built on another machine: its blobs pulled
                 outputs = {o: (d, upstream.kinds[o]) for o, d in upstream.outputs.items()}
                 inputs.append(StageInput(inp.name, digests[inp.name], outputs, is_stage=True))
             else:

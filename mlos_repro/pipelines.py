@@ -35,13 +35,15 @@ from mlos_repro.executor import (
 from mlos_repro.fsutil import staged_directory
 from mlos_repro.graph import select
 from mlos_repro.inspect.report import DiffoscopeSettings
+from mlos_repro.keyfile import load_signer, public
+from mlos_repro.oci import SharedConfig
 from mlos_repro.rebuild import variations
 from mlos_repro.rebuild.against import PASSED, ArtifactVerdict, rebuild_against
 from mlos_repro.rebuild.variations import Host, Plan
 from mlos_repro.rebuild.varied import VerifyResult, varied_rebuild
 from mlos_repro.recipe import RecipeSet, load_recipes, source
 from mlos_repro.recipe.model import InputKind
-from mlos_repro.release import Keys, Sigstore, load_signer, make_release, public
+from mlos_repro.release import Keys, Sigstore, make_release
 from mlos_repro.sandbox.select import sandbox
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sbom.policy import POLICY_FILE, load_policy
@@ -71,6 +73,7 @@ class BuildOptions:
     partial: bool = False  # keep the earlier build's other stages in OUT
     executor: str = "local"  # or "dask" (cluster.py)
     scheduler: str | None = None  # with dask: tcp://HOST:PORT; None: MLOS_REPRO_SCHEDULER or a LocalCluster
+    shared: SharedConfig | None = None  # an OCI registry shared with other machines (oci.py)
 
 
 @dataclass
@@ -110,8 +113,9 @@ def build(options: BuildOptions, store: Store, *, progress: Progress = no_progre
     recipes = load_recipes(options.recipes_dir, options.profile)
     carried = check_out_dir(options.out_dir, select(recipes.stages, options.stages), recipes.profile,
                             partial=options.partial)
+    shared = options.shared.open(store) if options.shared is not None else None
     executor = executor_for(options.executor, options.scheduler, recipes, store, sandbox(options.sandbox),
-                            use_cache=options.use_cache, progress=progress)
+                            use_cache=options.use_cache, progress=progress, shared=shared)
     result = executor.build(options.stages)
 
     def signer() -> GpgSigner:

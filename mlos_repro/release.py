@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.dsse import Envelope as DsseEnvelope
 from securesystemslib.signer import CryptoSigner
 
@@ -45,6 +44,7 @@ from mlos_repro.env.fetch import pinned_inputs
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult, Executor, write_out
 from mlos_repro.fsutil import staged_directory
+from mlos_repro.keyfile import load_signer, public
 from mlos_repro.recipe import source
 from mlos_repro.sbom.facts import SBOM_SUFFIX
 from mlos_repro.sign.gpg import GpgSigner
@@ -75,24 +75,6 @@ class Keys:
                                "create a key directory with: mlos-repro keys init DIR")
         return Keys(load_signer(directory, "builder"), load_signer(directory, "owner"),
                     GpgSigner(directory / "gnupg", archive_key))
-
-
-def load_signer(directory: Path, name: str) -> CryptoSigner:
-    """DIR/attestation/NAME.key of a `keys init` directory: builder (stage attestations and a
-    rebuilder's summaries) or owner (the layout)."""
-    path = directory / "attestation" / f"{name}.key"
-    try:
-        return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
-    except FileNotFoundError:
-        raise SigningError(f"{path}: missing; the {name} key signs "
-                           + ("stage attestations" if name == "builder" else "the layout"),
-                           "create a key directory with: mlos-repro keys init DIR") from None
-    except (ValueError, TypeError) as e:
-        raise SigningError(f"{path}: not an unencrypted PKCS#8 PEM private key ({e})") from None
-
-
-def public(signer: CryptoSigner) -> dict[str, Any]:
-    return {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
 
 
 def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:

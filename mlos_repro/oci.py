@@ -1,0 +1,335 @@
+"""`--store oci://HOST[:PORT]/REPO`: an OCI registry as the shared store, with a signed action cache.
+
+The local store stays the working copy (the sandbox reads and writes files); the registry is
+what several machines share:
+
+    blobs           every blob as an OCI blob: its digest is its sha256 already. A blob read
+                    from the registry is re-hashed before it is stored; a mismatch is refused
+                    with the digest named and nothing of it is kept.
+    stage entries   cache key -> outputs, as an OCI artifact manifest tagged KEY-SIGNER (the
+                    first 16 hex digits of the signing key's id): its config is a DSSE envelope
+                    of the entry signed by the builder key of whoever ran the stage, its layers
+                    every blob the entry needs (outputs, tree members, member manifests, log).
+
+A shared entry is used only when it is signed by keys the user trusts (--cache-key), and with
+--cache-threshold K only when K distinct trusted keys signed entries with the same outputs for
+that key; otherwise the stage is built. An entry is written only when a signing key is given.
+
+Plain HTTP is used only for a registry on a loopback address; any other is spoken to over
+TLS, with the credentials of the usual docker configuration (~/.docker/config.json, or
+$DOCKER_CONFIG) when it asks for them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from securesystemslib.dsse import Envelope
+from securesystemslib.exceptions import VerificationError
+from securesystemslib.signer import CryptoSigner, Key, SSlibKey
+
+from mlos_repro.digest import canonical_json, is_sha256
+from mlos_repro.errors import BadInputError, DigestMismatchError, EnvironmentProblem
+from mlos_repro.keyfile import load_signer
+from mlos_repro.store import OutputKind, StageEntry, Store
+
+log = logging.getLogger(__name__)
+
+SCHEME = "oci://"
+ENTRY_TYPE = "application/vnd.mlos-repro.stage-entry+json"  # the DSSE payload
+CONFIG_TYPE = "application/vnd.mlos-repro.stage-entry.dsse+json"
+ARTIFACT_TYPE = "application/vnd.mlos-repro.stage.v1"
+BLOB_TYPE = "application/octet-stream"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+ENVELOPE_LIMIT = 1 << 20
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_HOST = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+@dataclass(frozen=True)
+class Location:
+    host: str  # HOST[:PORT]
+    repository: str
+    insecure: bool  # plain HTTP: loopback only
+
+    @property
+    def url(self) -> str:
+        return f"{SCHEME}{self.host}/{self.repository}"
+
+
+def is_oci(value: str | Path | None) -> bool:
+    return isinstance(value, str) and value.startswith(SCHEME)
+
+
+def parse_location(url: str) -> Location:
+    """oci://HOST[:PORT]/REPO, plain HTTP for a loopback HOST only."""
+    rest = url.removeprefix(SCHEME)
+    host, _, repository = rest.partition("/")
+    if not url.startswith(SCHEME) or not _HOST.fullmatch(host) or not _REPO.fullmatch(repository):
+        raise BadInputError(f"--store {url}: expected oci://HOST[:PORT]/REPOSITORY (a lowercase OCI "
+                            "repository name, e.g. oci://registry.example:5000/mlos/store)")
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.index("]")]
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    return Location(host, repository, insecure=loopback)
+
+
+@dataclass
+class CacheTrust:
+    """Whose shared stage entries count, how many must agree, and who signs the ones we write."""
+
+    keys: dict[str, Key] = field(default_factory=dict)  # keyid -> public key
+    threshold: int = 1
+    signer: CryptoSigner | None = None
+
+    @staticmethod
+    def load(key_files: Iterable[Path], threshold: int, signer: CryptoSigner | None) -> CacheTrust:
+        keys: dict[str, Key] = {}
+        for path in key_files:
+            try:
+                data = json.loads(path.read_bytes())
+                keyid = data.pop("keyid")
+                keys[keyid] = SSlibKey.from_dict(keyid, data)
+            except FileNotFoundError:
+                raise BadInputError(f"--cache-key {path}: no such file") from None
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise BadInputError(f"--cache-key {path}: not a public key file as `keys init` writes "
+                                    f"(attestation/builder.pub.json): {e}") from None
+        if signer is not None:  # what we wrote ourselves we trust
+            keys.setdefault(signer.public_key.keyid, signer.public_key)
+        if threshold < 1:
+            raise BadInputError(f"--cache-threshold {threshold}: must be at least 1")
+        if threshold > len(keys):
+            raise BadInputError(f"--cache-threshold {threshold}: only {len(keys)} trusted keys "
+                                "(--cache-key) could ever agree", "trust more keys or lower the threshold")
+        return CacheTrust(keys, threshold, signer)
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    """--store oci://HOST/REPO: whose entries are trusted, how many must agree, who signs ours
+    (plain values: a Dask worker gets them and opens its own SharedStore)."""
+
+    url: str
+    trusted: tuple[Path, ...] = ()
+    threshold: int = 1
+    sign_with: Path | None = None  # a `keys init` directory: its builder key
+
+    def open(self, store: Store) -> SharedStore:
+        parse_location(self.url)  # a wrong URL is named first
+        signer = load_signer(self.sign_with, "builder") if self.sign_with is not None else None
+        shared = SharedStore(self.url, store, CacheTrust.load(self.trusted, self.threshold, signer))
+        shared.config = self
+        return shared
+
+
+class Registry:
+    """One repository of an OCI registry, through the oras SDK."""
+
+    def __init__(self, location: Location) -> None:
+        import oras.provider
+
+        self.location = location
+        self.client = oras.provider.Registry(location.host, insecure=location.insecure, auth_backend="token")
+        self.container = self.client.get_container(f"{location.host}/{location.repository}")
+
+    def ping(self) -> None:
+        """Reach the registry once, without the SDK's retries: one that is not there is named now."""
+        url = f"{self.client.prefix}://{self.location.host}/v2/"
+        try:
+            response = requests.get(url, timeout=10)
+        except requests.RequestException as e:
+            why = "no connection (refused, or no route to it)" if isinstance(e, requests.ConnectionError) \
+                else str(e)[:160]
+            raise EnvironmentProblem(f"cannot reach the registry {self.location.url}: {why}",
+                                     "start it, or name another with --store oci://HOST/REPO") from None
+        if response.status_code not in (200, 401):  # 401: it asks for the credentials we will give
+            raise EnvironmentProblem(f"{url}: HTTP {response.status_code}: not an OCI registry")
+
+    def _request(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except requests.exceptions.ConnectionError as e:
+            raise EnvironmentProblem(f"cannot reach the registry {self.location.url} ({what}): "
+                                     f"{str(e)[:160]}",
+                                     "start it, or name another with --store oci://HOST/REPO") from None
+
+    def has_blob(self, hexdigest: str) -> bool:
+        response = self._request("HEAD blob", self.client.get_blob, self.container, f"sha256:{hexdigest}",
+                                 head=True)
+        return bool(response.status_code == 200)
+
+    def push_blob(self, path: Path, hexdigest: str) -> None:
+        layer = {"mediaType": BLOB_TYPE, "digest": f"sha256:{hexdigest}", "size": path.stat().st_size}
+        response = self._request("upload", self.client.upload_blob, str(path), self.container, layer)
+        if response.status_code not in (200, 201, 202):
+            raise EnvironmentProblem(f"{self.location.url}: uploading blob sha256:{hexdigest} was refused "
+                                     f"(HTTP {response.status_code})", "check the registry's permissions")
+
+    def pull_blob(self, hexdigest: str, dest: Path) -> None:
+        self._request("download", self.client.download_blob, self.container, f"sha256:{hexdigest}", str(dest))
+
+    def tags(self) -> list[str]:
+        """Every tag of the repository (none when nothing was pushed to it yet), page by page."""
+        base = f"{self.client.prefix}://{self.location.host}"
+        url: str | None = f"{base}/v2/{self.location.repository}/tags/list?n=1000"
+        tags: list[str] = []
+        while url is not None:
+            response = self._request("tags", self.client.do_request, url, "GET",
+                                     headers=dict(self.client.headers))
+            if response.status_code == 404:
+                return tags
+            if response.status_code != 200:
+                raise EnvironmentProblem(f"{self.location.url}: listing tags was refused "
+                                         f"(HTTP {response.status_code})", "check the registry's permissions")
+            tags += response.json().get("tags") or []
+            following = response.links.get("next", {}).get("url")
+            url = None if not following else following if following.startswith("http") else base + following
+        return tags
+
+    def manifest(self, tag: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("manifest", self.client.get_manifest,
+                                             f"{self.container.registry}/{self.location.repository}:{tag}")
+        return data
+
+    def put_manifest(self, manifest: dict[str, Any], tag: str) -> None:
+        target = self.client.get_container(f"{self.location.host}/{self.location.repository}:{tag}")
+        response = self._request("manifest upload", self.client.upload_manifest, manifest, target)
+        if response.status_code not in (200, 201):
+            raise EnvironmentProblem(f"{self.location.url}: the manifest {tag} was refused "
+                                     f"(HTTP {response.status_code}: {response.text[:200]})")
+
+
+class SharedStore:
+    """The registry behind a local store: entries found there, blobs pulled and re-hashed."""
+
+    def __init__(self, url: str, store: Store, trust: CacheTrust) -> None:
+        self.location = parse_location(url)
+        self.store = store
+        self.trust = trust
+        self.registry = Registry(self.location)
+        self.registry.ping()
+        self.config: SharedConfig | None = None  # what opened it, for Dask workers to open theirs
+
+    # -- blobs ----------------------------------------------------------------------
+
+    def pull(self, hexdigest: str, what: str) -> None:
+        """The blob into the local store, re-hashed; refused by digest if the bytes differ."""
+        if self.store.has_blob(hexdigest):
+            return
+        with self.store.temp_file("pull") as (tmp, _):
+            self.registry.pull_blob(hexdigest, tmp)
+            try:
+                self.store.adopt_file(tmp, hexdigest, what)
+            except DigestMismatchError:
+                raise DigestMismatchError(
+                    f"{self.location.url}: blob sha256:{hexdigest} ({what}) has other bytes: refused, "
+                    "nothing of it was stored",
+                    "the registry's copy is damaged or was changed; remove it there") from None
+
+    def ensure(self, entry: StageEntry) -> None:
+        """Every blob of `entry` in the local store (pulled where missing)."""
+        for hexdigest, what in self._blobs(entry, pull=True):
+            self.pull(hexdigest, what)
+
+    def _blobs(self, entry: StageEntry, *, pull: bool = False) -> list[tuple[str, str]]:
+        blobs: list[tuple[str, str]] = [(entry.log, "the stage log")]
+        blobs += [(d.removeprefix("sha256:"), f"member manifest of {o}")
+                  for o, d in sorted(entry.members.items())]
+        for output, digest in sorted(entry.outputs.items()):
+            hexdigest = digest.removeprefix("sha256:")
+            blobs.append((hexdigest, f"output {output}"))
+            if entry.kinds[output] == OutputKind.TREE:
+                if pull:
+                    self.pull(hexdigest, f"output {output}")
+                blobs += [(e["sha256"], f"{output}/{e['path']}") for e in self.store.read_tree(hexdigest)
+                          if e["type"] == "file"]
+        return list(dict.fromkeys(blobs))
+
+    # -- stage entries --------------------------------------------------------------
+
+    def publish(self, entry: StageEntry) -> bool:
+        """Push the entry's blobs and the entry signed by our key; False without a key."""
+        signer = self.trust.signer
+        if signer is None:
+            return False
+        layers = []
+        for hexdigest, _ in self._blobs(entry):
+            path = self.store.blob_path(hexdigest)
+            if not self.registry.has_blob(hexdigest):
+                self.registry.push_blob(path, hexdigest)
+            layers.append({"mediaType": BLOB_TYPE, "digest": f"sha256:{hexdigest}",
+                           "size": path.stat().st_size})
+        envelope = Envelope(payload=canonical_json(entry.to_json()), payload_type=ENTRY_TYPE, signatures={})
+        envelope.sign(signer)
+        config = canonical_json(envelope.to_dict())
+        config_digest = self.store.put_bytes(config)
+        self.registry.push_blob(self.store.blob_path(config_digest), config_digest)
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": ARTIFACT_TYPE,
+                    "config": {"mediaType": CONFIG_TYPE, "digest": f"sha256:{config_digest}",
+                               "size": len(config)},
+                    "layers": layers,
+                    "annotations": {"org.opencontainers.image.title": f"stage entry {entry.key}"}}
+        self.registry.put_manifest(manifest, _tag(entry.key, signer.public_key.keyid))
+        return True
+
+    def lookup(self, key: str) -> StageEntry | None:
+        """A stage entry for `key` that enough trusted keys signed alike, with its blobs now in
+        the local store (and the entry recorded there); None when there is none."""
+        prefix = f"{key}-"
+        agreeing: dict[bytes, tuple[StageEntry, set[str]]] = {}
+        for tag in sorted(t for t in self.registry.tags() if t.startswith(prefix)):
+            signed = self._verified(tag, key)
+            if signed is None:
+                continue
+            entry, keyid = signed
+            same = canonical_json({"outputs": dict(entry.outputs), "kinds": dict(entry.kinds)})
+            agreeing.setdefault(same, (entry, set()))[1].add(keyid)
+        for entry, keyids in agreeing.values():
+            if len(keyids) >= self.trust.threshold:
+                self.ensure(entry)
+                self.store.put_stage(entry)
+                return entry
+        if agreeing:
+            log.info("stage %s: shared entries by %s trusted keys, %d needed: built here", key,
+                     max(len(k) for _, k in agreeing.values()), self.trust.threshold)
+        return None
+
+    def _verified(self, tag: str, key: str) -> tuple[StageEntry, str] | None:
+        """The entry of `tag` if a trusted key signed it and it is for `key`; None otherwise
+        (an untrusted or broken entry is ignored, and said at -v)."""
+        try:
+            manifest = self.registry.manifest(tag)
+            config = manifest["config"]["digest"].removeprefix("sha256:")
+            if not is_sha256(config) or int(manifest["config"]["size"]) > ENVELOPE_LIMIT:
+                raise ValueError("config is no small sha256 blob")
+            self.pull(config, f"the signed entry {tag}")
+            envelope = Envelope.from_dict(json.loads(self.store.read_blob(config, f"the signed entry {tag}")))
+            signers = envelope.verify(list(self.trust.keys.values()), 1)
+            if envelope.payload_type != ENTRY_TYPE:
+                raise ValueError(f"payload type {envelope.payload_type}")
+            entry = StageEntry.from_json(json.loads(envelope.payload))
+        except (ValueError, KeyError, TypeError, AttributeError, VerificationError,
+                requests.RequestException) as e:  # an entry we cannot read or trust is not used
+            log.info("%s:%s ignored: %s", self.location.url, tag, str(e)[:200])
+            return None
+        keyid = next((k for k in signers if tag == _tag(key, k)), None)
+        if entry.key != key or keyid is None:
+            log.info("%s:%s ignored: signed for another key, or by another signer than its tag says",
+                     self.location.url, tag)
+            return None
+        return entry, keyid
+
+
+def _tag(key: str, keyid: str) -> str:
+    return f"{key}-{keyid[:16]}"
