@@ -142,6 +142,9 @@ class Registry:
         self.location = location
         self.client = oras.provider.Registry(location.host, insecure=location.insecure, auth_backend="token")
         self.container = self.client.get_container(f"{location.host}/{location.repository}")
+        # Credentials as `docker login` keeps them ($DOCKER_CONFIG or ~/.docker/config.json),
+        # given when the registry asks (its token flow).
+        self.client.auth.load_configs(self.container)
 
     def ping(self) -> None:
         """Reach the registry once, without the SDK's retries: one that is not there is named now."""
