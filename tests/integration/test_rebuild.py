@@ -461,3 +461,16 @@ def test_a_stage_that_fails_in_the_rebuild_fails_only_what_needs_it(world: dict[
     assert statement(tmp_path / "att/vsa/picky/out.txt.intoto.json")["predicate"]["verificationResult"] == "FAILED"
     assert statement(tmp_path / "att/vsa/free/out.txt.intoto.json")["predicate"]["verificationResult"] == "PASSED"
     assert sorted(p.name.split(".")[0] for p in (tmp_path / "att/links").iterdir()) == ["free"]
+
+
+def test_a_rebuild_on_dask_finds_what_the_local_one_found(world: dict[str, Path], rebuilds: dict[str, Path],
+                                                           shared_store: Path) -> None:
+    """Rebuilder c again, its varied build on a LocalCluster: the same verdict per artifact as
+    its local rebuild (the leak it varies is caught either way)."""
+    store = own_store(shared_store, world["root"] / "store-dask")
+    result = rebuild(world, "c", LEAKY, store, world["root"] / "att-dask", "--executor", "dask")
+    assert result.code == 1, result.stderr
+    on_dask = {a["artifact"]: a["result"] for a in json.loads(result.stdout)["artifacts"]}
+    local = {a["artifact"]: a["result"]
+             for a in json.loads((rebuilds["c"] / "rebuild.json").read_text())["artifacts"]}
+    assert on_dask == local and "FAILED" in on_dask.values() and "PASSED" in on_dask.values(), (on_dask, local)
