@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlos_repro.attest.release_meta import FORMAT
+
 ROOT = Path(__file__).resolve().parent.parent
 MLOS = str(ROOT / ".venv/bin/mlos-repro")
 
@@ -60,7 +62,7 @@ def release_of(work: Path, size_mib: int, gpg: list[str]) -> Path:
     listing = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True,
                              text=True).stdout
     fingerprint = listing.split("fpr:::::::::")[1].split(":")[0]
-    info = {"format": 2, "name": "MLOS Linux", "version": "1.0", "profile": "small",
+    info = {"format": FORMAT, "name": "MLOS Linux", "version": "1.0", "profile": "small",
             "build_date": "2025-12-01T00:00:00Z", "released": "2026-01-01T00:00:00Z",
             "expires": "2099-01-01T00:00:00Z", "release_key": fingerprint, "stages": {},
             "signed_after_build": [],
