@@ -59,6 +59,7 @@ class StageJob:
     upstream: dict[str, dict[str, Any]]  # each upstream stage input's entry (StageEntry.to_json)
     variant: BuildVariant | None = None
     shared: SharedConfig | None = None  # the OCI store behind the store, with its trust
+    use_cache: bool = True  # False: --no-cache, the stage runs even if a store holds it
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def run_job(job: StageJob) -> StageOutcome:
     start = time.monotonic()
     recipes, store = _worker_state(job.recipes_dir, job.profile, job.store)
     shared = _shared(job.shared, job.store) if job.shared is not None else None
-    executor = Executor(recipes, store, make_sandbox(job.sandbox), variant=job.variant, shared=shared)
+    executor = Executor(recipes, store, make_sandbox(job.sandbox), variant=job.variant, shared=shared,
+                        use_cache=job.use_cache)
     stage = recipes.stages[job.stage]
     env = executor.env(stage.builder)
     done = BuildResult(profile=recipes.profile)
@@ -219,7 +221,7 @@ class DaskExecutor(Executor):
                     for i in stage.inputs if i.kind is InputKind.STAGE}
         return StageJob(str(self.recipes.recipes_dir.absolute()), self.recipes.profile, str(self.store.root),
                         self.sandbox.name, name, key, digests, upstream, variant,
-                        self.shared.config if self.shared is not None else None)
+                        self.shared.config if self.shared is not None else None, self.use_cache)
 
     def build(self, wanted: Iterable[str] = (),
               on_error: Callable[[str, MlosReproError], None] | None = None) -> BuildResult:

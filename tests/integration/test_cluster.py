@@ -68,6 +68,10 @@ def test_a_graph_on_dask_gives_the_local_digests(repo: Callable[..., Path], uniq
     again = mlos("build", "--recipes", recipes, "--out", tmp_path / "again", "--executor", "dask",
                  "--store", shared_store)
     assert again.code == 0 and "10 stages (0 built, 10 cached)" in again.stderr
+    # --no-cache reaches the workers: every stage runs again.
+    fresh = mlos("build", "--recipes", recipes, "--out", tmp_path / "fresh", "--executor", "dask", "--no-cache",
+                 "--store", shared_store)
+    assert fresh.code == 0 and "10 stages (10 built, 0 cached)" in fresh.stderr, fresh.stderr
 
 
 def test_a_failing_stage_fails_as_it_does_locally(repo: Callable[..., Path], unique: str, tmp_path: Path,
