@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +96,9 @@ def run_job(job: StageJob) -> StageOutcome:
                             "run the workers from the same checkout, builder.lock and fetched inputs as "
                             "the client")
     if job.variant is not None:
-        entry, ran = executor._run_stage(stage, env, job.key, job.digests, done, job.variant), True
+        entry, ran = executor._run_stage(stage, env, job.key, digests, done, job.variant), True
     else:
-        entry, ran = executor.execute(stage, env, job.key, job.digests, done)
+        entry, ran = executor.execute(stage, env, job.key, digests, done)
     outcome = StageOutcome(entry.to_json(), ran, time.monotonic() - start, _worker_name())
     _log_event({"stage": job.stage, "key": job.key, "ran": ran, "varied": job.variant is not None,
                 "seconds": round(outcome.seconds, 3), "worker": outcome.worker})
@@ -148,8 +148,6 @@ class Connection:
     scheduler: str | None  # None: a LocalCluster of this process
     client: Any
     cluster: Any = None
-    workers: int = 0
-    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         self.client.close()
@@ -177,7 +175,7 @@ def connect(scheduler: str | None, workers: int | None = None) -> Connection:
         # memory is its stage's; no dashboard (nothing listens beyond the scheduler).
         cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
                                dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL)
-        connection = Connection(None, Client(cluster), cluster, count)
+        connection = Connection(None, Client(cluster), cluster)
     else:
         try:
             client = Client(scheduler, timeout="20s")
@@ -185,7 +183,7 @@ def connect(scheduler: str | None, workers: int | None = None) -> Connection:
             raise BadInputError(f"cannot reach the Dask scheduler {scheduler}: {e}",
                                 f"start one (dask scheduler) and its workers, or unset {SCHEDULER_ENV} and "
                                 "leave out --scheduler for a cluster on this machine") from None
-        connection = Connection(scheduler, client, None, len(client.scheduler_info()["workers"]))
+        connection = Connection(scheduler, client)
     _connections[scheduler] = connection
     if len(_connections) == 1:
         atexit.register(close_all)
@@ -295,13 +293,10 @@ class DaskExecutor(Executor):
         stage = self.recipes.stages[name]
         env = self.env(stage.builder)
         result.environments[env.name] = f"sha256:{env.digest}"
-        key, digests = self.stage_key(stage, env, result)
-        if self.use_cache and (hit := self._cached(key)) is not None:
-            self.progress(Event(name, "cached"))
+        key, digests, hit = self.looked_up(stage, env, result)
+        if hit is not None:
             finish(name, StageResult(name, hit, True, 0.0))
             return
-        if self.cached_only:
-            raise self.not_built(stage)
         state = "running" if self.variant is None else "varied"
         self.progress(Event(name, state, estimate=self.store.last_seconds(f"{state} {name}")))
         task_key = key if self.variant is None else f"{key}-varied-{_variant_digest(self.variant)}"
@@ -313,13 +308,12 @@ class DaskExecutor(Executor):
         """As the local executor's, every stage at once: each takes the control build's inputs."""
         varied: dict[str, StageEntry] = {}
         tasks = _Tasks(self)
-        names = list(control.stages if only is None else only)
-        for name in names:
-            _, _, key, digests, _ = self.varied_stage(name, control, why)
+        labels: dict[str, str] = {}
+        for name in control.stages if only is None else only:
+            _, _, key, digests, labels[name] = self.varied_stage(name, control, why)
             tasks.send(name, self._job(name, key, digests, control, variant),
                        f"{key}-varied-{_variant_digest(variant)}")
         for name, started, task in tasks:
-            label = f"{name} ({why})" if why else name
             try:
                 outcome: StageOutcome = task.result()
             except HostFeatureMissing:
@@ -329,8 +323,8 @@ class DaskExecutor(Executor):
                 continue
             varied[name] = StageEntry.from_json(outcome.entry)
             self.store.record_seconds(f"varied {name}", outcome.seconds)
-            self.progress(Event(label, "done", time.monotonic() - started))
-        return {n: varied[n] for n in names if n in varied}
+            self.progress(Event(labels[name], "done", time.monotonic() - started))
+        return {n: varied[n] for n in labels if n in varied}
 
 
 class _Tasks:

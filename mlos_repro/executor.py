@@ -392,14 +392,23 @@ class Executor:
             self.store.remember("keys", f"{self.recipes.root.absolute()}:{stage.name}", canonical_json(parts))
         return key_of(parts), digests
 
-    def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
+    def looked_up(self, stage: Stage, env: EnvRef,
+                  done: BuildResult) -> tuple[str, dict[str, str], StageEntry | None]:
+        """The stage's cache key, its input digests, and the store's entry for it (announced as
+        cached) or None when it must run; with cached_only, a stage not in the store is an error."""
         key, digests = self.stage_key(stage, env, done)
-        start = time.monotonic()
         if self.use_cache and (hit := self._cached(key)) is not None:
             self.progress(Event(stage.name, "cached"))
-            return StageResult(stage.name, hit, True, 0.0)
+            return key, digests, hit
         if self.cached_only:
             raise self.not_built(stage)
+        return key, digests, None
+
+    def _build_stage(self, stage: Stage, env: EnvRef, done: BuildResult) -> StageResult:
+        start = time.monotonic()
+        key, digests, hit = self.looked_up(stage, env, done)
+        if hit is not None:
+            return StageResult(stage.name, hit, True, 0.0)
         state = "running" if self.variant is None else "varied"
         entry, ran = self.execute(stage, env, key, digests, done, on_start=lambda: self.progress(
             Event(stage.name, state, estimate=self.store.last_seconds(f"{state} {stage.name}"))))

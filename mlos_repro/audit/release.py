@@ -178,6 +178,7 @@ class ReleaseVerifier:
         self.layout: Any = None
         self.links: dict[str, Any] = {}
         self._sums_bytes: bytes | None = None
+        self._walk: release_meta.Walk | None = None
         self.sums: dict[str, str] = {}
         self.verified: set[str] = set()  # artifacts whose bytes match SHA256SUMS
         self.rebuilders = rebuilders
@@ -243,6 +244,12 @@ class ReleaseVerifier:
             raise Failed(f"not checked: {check} failed")
         return what
 
+    def walk(self) -> release_meta.Walk:
+        """The release's entries, walked once per verification."""
+        if self._walk is None:
+            self._walk = release_meta.walk(self.release)
+        return self._walk
+
     def sums_bytes(self) -> bytes:
         """SHA256SUMS, read once: the bytes whose signature is checked are the bytes parsed."""
         if self._sums_bytes is None:
@@ -272,7 +279,7 @@ class ReleaseVerifier:
             ", ".join(said)
 
     def contents(self, c: Check) -> None:
-        walk = release_meta.walk(self.release)
+        walk = self.walk()
         c.problems.extend(walk.refused)
         self.contents_ok = not walk.refused  # what the other checks may open
         info = self._need(self.info, "release.json")
@@ -391,7 +398,7 @@ class ReleaseVerifier:
                 raise Failed(f"{clear}: signed text differs from {sums}")
         # Each stage directory's SHA256SUMS, as plain gpgv checks it beside a download.
         stages = [self.release / m.removesuffix("/" + release_meta.SUMS)
-                  for m in release_meta.walk(self.release).metadata
+                  for m in self.walk().metadata
                   if release_meta.is_stage_sums(m) and m.endswith("/" + release_meta.SUMS)]
         for stage in stages:
             try:
@@ -403,7 +410,7 @@ class ReleaseVerifier:
 
     def sums_files(self, c: Check) -> None:
         sums = self._sums()
-        walk = release_meta.walk(self.release)
+        walk = self.walk()
         present = set(walk.artifacts)
         for name in sorted(set(sums) - present):
             c.problems.append(f"artifacts/{name}: listed in SHA256SUMS but missing")
