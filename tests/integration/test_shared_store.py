@@ -3,50 +3,29 @@ machines share; stage entries used only when signed by trusted keys, K of them a
 
 from __future__ import annotations
 
-import shutil
-import socket
+import os
 import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import registry as oci_registry
 from tests.conftest import mlos
 from tests.integration.test_cluster import hidden_graph
 
 
 @pytest.fixture(scope="session")
 def registry() -> Iterator[tuple[str, Path]]:
-    """docker-registry serving 127.0.0.1:PORT from a temporary directory; stopped at the end."""
-    if shutil.which("docker-registry") is None:
-        pytest.fail("the shared-store tests need Debian's docker-registry: run scripts/install-deps")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="mlos-registry-") as tmp:
-        data = Path(tmp) / "data"
-        config = Path(tmp) / "config.yml"
-        config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
-                          f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
-        server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-            yield f"127.0.0.1:{port}", data
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    """The registry scripts/run-tests started ($MLOS_REPRO_TEST_REGISTRY), or one of this session's."""
+    given = os.environ.get(oci_registry.ENV)
+    if given:
+        server = oci_registry.started(Path(given))
+        yield server.address, server.data
+        return
+    with tempfile.TemporaryDirectory(prefix="mlos-registry-") as tmp, oci_registry.running(Path(tmp)) as server:
+        yield server.address, server.data
 
 
 @pytest.fixture

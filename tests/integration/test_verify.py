@@ -151,6 +151,28 @@ def test_build_stays_writable_when_the_working_directory_moves(shared_store: Pat
     assert report["reproducible"] is True, report
 
 
+@pytest.mark.root
+def test_a_privileged_stage_passes_every_variation(shared_store: Path, repo: Callable[..., Path]) -> None:
+    """The varied build of a stage with root powers (as the root filesystem's) on this machine's
+    executor: real ownership in its output, the same bytes under every variation."""
+    recipes = repo("""
+        [[stage]]
+        name = "owned"
+        privileged = true
+        outputs = ["owned.tar"]
+        run = [["sh", "-c", "mkdir t && cp /in/src/f01 t/ && chown -R 1234:5678 t && chmod 0750 t && chmod 0640 t/f01 && tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --numeric-owner -cf /out/owned.tar t"]]
+        [stage.inputs]
+        src = "path:data"
+    """)
+    _data(recipes)
+    code, report, err = _verify(recipes, shared_store)
+    assert code == 0, err
+    assert report["reproducible"] is True, report
+    listing = subprocess.run(["tar", "-tvf", recipes.parent / "out/owned/owned.tar", "--numeric-owner"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "1234/5678" in listing, listing
+
+
 def test_a_deb_whose_data_tar_differs_in_one_mtime(shared_store: Path, repo: Callable[..., Path]) -> None:
     recipes = repo(r"""
         [[stage]]
