@@ -8,8 +8,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from mlos_repro.sbom.facts import described
@@ -29,6 +27,11 @@ def problems(text: str | bytes, required: tuple[str, ...] = NTIA_ELEMENTS) -> li
     if not isinstance(data, dict):
         return ["not a CycloneDX document: the top level is not an object"]
     out = []
+    # Imported here: jsonschema's format checkers take seconds to load, and a build whose
+    # SBOMs are all in the store never validates one.
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     if error is not None:
         out.append(f"CycloneDX 1.6 schema: {_schema_message(error.data)}")
