@@ -252,8 +252,11 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(images / "kernel", repo / "prebuilt-kernel")
     home = gnupg_key("MLOS test archive <archive@mlos.example>")
+    # The varied build runs on a Dask LocalCluster (--executor dask): the images stages, the
+    # privileged root filesystem among them, give on its workers the bytes the local build gave.
     result = mlos("build", "--verify", "iso", "disk", "pxe", "--recipes", repo / "recipes",
-                  "--out", tmp_path / "out", "--store", shared_store, "--gnupghome", home, "--json")
+                  "--out", tmp_path / "out", "--store", shared_store, "--gnupghome", home, "--json",
+                  "--executor", "dask")
     report = json.loads((tmp_path / "out/verify.json").read_text())
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
     assert result.code == 0, (verdicts, result.stderr)
