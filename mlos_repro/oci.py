@@ -25,7 +25,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
+import shutil
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,7 @@ from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 from mlos_repro.digest import canonical_json, is_sha256
 from mlos_repro.errors import BadInputError, DigestMismatchError, EnvironmentProblem
 from mlos_repro.keyfile import load_signer
-from mlos_repro.store import OutputKind, StageEntry, Store
+from mlos_repro.store import COPY_CHUNK, OutputKind, StageEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ ARTIFACT_TYPE = "application/vnd.mlos-repro.stage.v1"
 BLOB_TYPE = "application/octet-stream"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ENVELOPE_LIMIT = 1 << 20
+DISK_RESERVE = 256 << 20  # bytes a download leaves free on the store's disk
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
@@ -134,38 +138,88 @@ class SharedConfig:
 
 
 class Registry:
-    """One repository of an OCI registry, through the oras SDK."""
+    """One repository of an OCI registry, through the oras SDK.
+
+    It is reached over HTTPS (a private CA: REQUESTS_CA_BUNDLE=FILE); a loopback registry that
+    does not speak TLS, over plain HTTP. When it asks for credentials, those of the usual
+    docker configuration are given ($DOCKER_CONFIG/config.json, else ~/.docker/config.json,
+    as `docker login` or `oras login` writes them): as a bearer token got from its token
+    service, or as basic credentials, as the registry's challenge asks.
+    """
 
     def __init__(self, location: Location) -> None:
         import oras.provider
 
         self.location = location
-        self.client = oras.provider.Registry(location.host, insecure=location.insecure, auth_backend="token")
+        scheme, challenge = self._probe()
+        self.secure = scheme == "https"
+        backend = "basic" if challenge.lower().startswith("basic") else "token"
+        self.client = oras.provider.Registry(location.host, insecure=not self.secure, auth_backend=backend)
         self.container = self.client.get_container(f"{location.host}/{location.repository}")
-        # Credentials as `docker login` keeps them ($DOCKER_CONFIG or ~/.docker/config.json),
-        # given when the registry asks (its token flow).
-        self.client.auth.load_configs(self.container)
+        self.config = docker_config()
+        configs = [str(self.config)] if self.config.exists() else []
+        self.client.auth.load_configs(self.container, configs=configs)
+        if backend == "basic" and not self._credentials():
+            # Asked for basic credentials with none to give: said now, not by the SDK failing later.
+            raise self._refused("login", "it asks for basic credentials")
 
-    def ping(self) -> None:
-        """Reach the registry once, without the SDK's retries: one that is not there is named now."""
-        url = f"{self.client.prefix}://{self.location.host}/v2/"
+    def _credentials(self) -> bool:
+        """Whether the docker configuration holds credentials for this registry's host."""
         try:
-            response = requests.get(url, timeout=10)
-        except requests.RequestException as e:
-            why = "no connection (refused, or no route to it)" if isinstance(e, requests.ConnectionError) \
-                else str(e)[:160]
-            raise EnvironmentProblem(f"cannot reach the registry {self.location.url}: {why}",
-                                     "start it, or name another with --store oci://HOST/REPO") from None
-        if response.status_code not in (200, 401):  # 401: it asks for the credentials we will give
-            raise EnvironmentProblem(f"{url}: HTTP {response.status_code}: not an OCI registry")
+            auths = json.loads(self.config.read_text()).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            return False
+        hosts = {re.sub(r"^https?://|/.*$", "", name) for name in auths if isinstance(name, str)}
+        host = self.location.host
+        return host in hosts or host.replace("127.0.0.1", "localhost") in hosts
+
+    def _probe(self) -> tuple[str, str]:
+        """Reach /v2/ once, without the SDK's retries (a registry that is not there is named
+        now): the scheme it speaks and the authentication it asks for ("" when none)."""
+        schemes = ("https", "http") if self.location.insecure else ("https",)
+        why = ""
+        for scheme in schemes:
+            url = f"{scheme}://{self.location.host}/v2/"
+            try:
+                response = requests.get(url, timeout=10)
+            except requests.exceptions.SSLError as e:
+                if _untrusted_certificate(e):
+                    raise EnvironmentProblem(
+                        f"{self.location.url}: the registry's TLS certificate is not trusted: {str(e)[:200]}",
+                        "give the CA that signed it with REQUESTS_CA_BUNDLE=FILE (PEM), or add it to the "
+                        "system's trusted certificates") from None
+                why = "it does not speak TLS"
+                continue
+            except requests.RequestException as e:
+                why = ("no connection (refused, or no route to it)" if isinstance(e, requests.ConnectionError)
+                       else str(e)[:160])
+                continue
+            if response.status_code not in (200, 401):  # 401: it asks for credentials
+                raise EnvironmentProblem(f"{url}: HTTP {response.status_code}: not an OCI registry")
+            return scheme, response.headers.get("WWW-Authenticate", "") if response.status_code == 401 else ""
+        raise EnvironmentProblem(f"cannot reach the registry {self.location.url}: {why}",
+                                 "start it, or name another with --store oci://HOST/REPO")
 
     def _request(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return call(*args, **kwargs)
+            response = call(*args, **kwargs)
         except requests.exceptions.ConnectionError as e:
             raise EnvironmentProblem(f"cannot reach the registry {self.location.url} ({what}): "
                                      f"{str(e)[:160]}",
                                      "start it, or name another with --store oci://HOST/REPO") from None
+        except ValueError as e:  # the SDK: "Cannot respond to request for authentication."
+            raise self._refused(what, str(e)) from None
+        if isinstance(response, requests.Response) and response.status_code in (401, 403):
+            raise self._refused(what, f"HTTP {response.status_code}")
+        return response
+
+    def _refused(self, what: str, why: str) -> EnvironmentProblem:
+        mine = (f"those in {self.config} were not accepted" if self._credentials()
+                else f"none are in {self.config}")
+        return EnvironmentProblem(
+            f"{self.location.url} ({what}): the registry asks for credentials and {mine} ({why})",
+            f"log in to {self.location.host} (docker login / oras login write {self.config}), or set "
+            "DOCKER_CONFIG to the directory of a config.json that holds them")
 
     def has_blob(self, hexdigest: str) -> bool:
         response = self._request("HEAD blob", self.client.get_blob, self.container, f"sha256:{hexdigest}",
@@ -179,8 +233,37 @@ class Registry:
             raise EnvironmentProblem(f"{self.location.url}: uploading blob sha256:{hexdigest} was refused "
                                      f"(HTTP {response.status_code})", "check the registry's permissions")
 
-    def pull_blob(self, hexdigest: str, dest: Path) -> None:
-        self._request("download", self.client.download_blob, self.container, f"sha256:{hexdigest}", str(dest))
+    def pull_blob(self, hexdigest: str, dest: Path, what: str, most: int | None = None) -> None:
+        """The blob's bytes into `dest`, no more than the registry said it would send (its
+        Content-Length; without one, what leaves a reserve free on dest's disk), nor than `most`."""
+        response = self._request("download", self.client.get_blob, self.container, f"sha256:{hexdigest}",
+                                 stream=True)
+        blob = f"{self.location.url}: blob sha256:{hexdigest} ({what})"
+        with response:
+            if response.status_code != 200:
+                raise EnvironmentProblem(f"{blob} cannot be read (HTTP {response.status_code})",
+                                         "the registry lost it: remove the stage entries that need it there, "
+                                         "or build without --store oci://")
+            free = shutil.disk_usage(dest.parent).free - DISK_RESERVE
+            declared = response.headers.get("Content-Length", "")
+            limit = int(declared) if declared.isdigit() else free
+            if most is not None and limit > most:
+                limit, declared = most, ""
+            if limit > free:
+                raise EnvironmentProblem(f"{blob} is {limit} bytes; "
+                                         f"{dest.parent} has room for {max(free, 0)} (a reserve of "
+                                         f"{DISK_RESERVE >> 20} MiB kept)", "free space on the store's disk")
+            written = 0
+            with dest.open("wb") as out:
+                for chunk in response.iter_content(COPY_CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise DigestMismatchError(
+                            f"{blob} sends more than the {limit} "
+                            "bytes " + ("it declared" if declared.isdigit() else "allowed")
+                            + ": refused, nothing of it was stored",
+                            "the registry's copy is damaged or was changed; remove it there")
+                    out.write(chunk)
 
     def tags(self) -> list[str]:
         """Every tag of the repository (none when nothing was pushed to it yet), page by page."""
@@ -221,17 +304,17 @@ class SharedStore:
         self.store = store
         self.trust = trust
         self.registry = Registry(self.location)
-        self.registry.ping()
         self.config: SharedConfig | None = None  # what opened it, for Dask workers to open theirs
 
     # -- blobs ----------------------------------------------------------------------
 
-    def pull(self, hexdigest: str, what: str) -> None:
-        """The blob into the local store, re-hashed; refused by digest if the bytes differ."""
+    def pull(self, hexdigest: str, what: str, most: int | None = None) -> None:
+        """The blob into the local store, re-hashed; refused by digest if the bytes differ (or
+        if there are more than `most`)."""
         if self.store.has_blob(hexdigest):
             return
         with self.store.temp_file("pull") as (tmp, _):
-            self.registry.pull_blob(hexdigest, tmp)
+            self.registry.pull_blob(hexdigest, tmp, what, most)
             try:
                 self.store.adopt_file(tmp, hexdigest, what)
             except DigestMismatchError:
@@ -316,7 +399,7 @@ class SharedStore:
             config = manifest["config"]["digest"].removeprefix("sha256:")
             if not is_sha256(config) or int(manifest["config"]["size"]) > ENVELOPE_LIMIT:
                 raise ValueError("config is no small sha256 blob")
-            self.pull(config, f"the signed entry {tag}")
+            self.pull(config, f"the signed entry {tag}", ENVELOPE_LIMIT)
             envelope = Envelope.from_dict(json.loads(self.store.read_blob(config, f"the signed entry {tag}")))
             signers = envelope.verify(list(self.trust.keys.values()), 1)
             if envelope.payload_type != ENTRY_TYPE:
@@ -332,6 +415,28 @@ class SharedStore:
                      self.location.url, tag)
             return None
         return entry, keyid
+
+
+def docker_config() -> Path:
+    """Where `docker login` keeps credentials: $DOCKER_CONFIG/config.json, else ~/.docker/config.json."""
+    directory = os.environ.get("DOCKER_CONFIG")
+    return Path(directory) / "config.json" if directory else Path.home() / ".docker/config.json"
+
+
+def _untrusted_certificate(error: BaseException) -> bool:
+    """Whether a TLS failure is a certificate not verified (rather than no TLS spoken at all)."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [error]
+    while queue:
+        e = queue.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return True
+        queue += [c for c in (e.__cause__, e.__context__, *getattr(e, "args", ()),
+                              getattr(e, "reason", None)) if isinstance(c, BaseException)]
+    return False
 
 
 def _tag(key: str, keyid: str) -> str:

@@ -3,9 +3,14 @@ machines share; stage entries used only when signed by trusted keys, K of them a
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
 import os
 import subprocess
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -146,3 +151,124 @@ def test_a_shared_store_is_named_when_wrong(registry: tuple[str, Path], machine:
     assert wrong.code == 2 and "apply to --store oci:// only" in wrong.stderr
     assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
 
+
+
+def _tls_registry_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA), and an htpasswd file with one bcrypt user."""
+    cert, key, htpasswd = directory / "cert.pem", directory / "key.pem", directory / "htpasswd"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        htpasswd.write_text(f"builder:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    return cert, key, htpasswd
+
+
+def _docker_config(directory: Path, host: str, password: str) -> Path:
+    directory.mkdir()
+    auth = base64.b64encode(f"builder:{password}".encode()).decode()
+    (directory / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return directory
+
+
+def test_a_registry_beyond_loopback_terms_tls_and_credentials(machine: Callable[[str], Path], keys: dict[str, Path],
+                                                              repo: Callable[..., Path], unique: str,
+                                                              tmp_path: Path) -> None:
+    """A registry speaking only TLS and asking for basic credentials (htpasswd), as one on the
+    network does: its certificate must be trusted, the docker configuration's credentials given."""
+    cert, key, htpasswd = _tls_registry_files(tmp_path)
+    recipes = repo(hidden_graph(unique, 3, seed=5))
+    with oci_registry.running(tmp_path / "tls-registry", tls=(cert, key), htpasswd=htpasswd) as server:
+        url = f"oci://{server.address}/mlos/tls-{unique[:8]}"
+        good = _docker_config(tmp_path / "good", server.address, "s3cret")
+        bad = _docker_config(tmp_path / "bad", server.address, "guessed")
+        none = tmp_path / "none"
+        none.mkdir()
+
+        def run(name: str, env: dict[str, str], *extra: str | Path) -> tuple[int, str]:
+            result = mlos("build", "--recipes", recipes, "--out", tmp_path / name, "--store", url, *extra,
+                          env={"MLOS_REPRO_STORE": str(machine(name)), **env})
+            return result.code, result.stderr
+
+        # Its certificate is not trusted: refused, and the way to trust it said.
+        code, err = run("untrusted", {"DOCKER_CONFIG": str(good)}, "--sign-cache", keys["a"])
+        assert code == 2 and "TLS certificate is not trusted" in err and "REQUESTS_CA_BUNDLE" in err, err
+        ca = {"REQUESTS_CA_BUNDLE": str(cert)}
+        # No credentials, then wrong ones: refused by name, with where they are looked for.
+        code, err = run("anonymous", {**ca, "DOCKER_CONFIG": str(none)}, "--sign-cache", keys["a"])
+        assert code == 2 and f"asks for credentials and none are in {none / 'config.json'}" in err, err
+        code, err = run("wrong", {**ca, "DOCKER_CONFIG": str(bad)}, "--sign-cache", keys["a"])
+        assert code == 2 and f"those in {bad / 'config.json'} were not accepted" in err, err
+        assert not any((tmp_path / n).exists() for n in ("untrusted", "anonymous", "wrong"))
+        # Trusted and logged in: published over TLS, and taken from there by another machine.
+        code, err = run("a", {**ca, "DOCKER_CONFIG": str(good)}, "--sign-cache", keys["a"])
+        assert code == 0 and "3 stages (3 built, 0 cached)" in err, err
+        code, err = run("b", {**ca, "DOCKER_CONFIG": str(good)}, "--cache-key", pub(keys, "a"))
+        assert code == 0 and "3 stages (0 built, 3 cached)" in err, err
+        assert (tmp_path / "a/manifest.json").read_bytes() == (tmp_path / "b/manifest.json").read_bytes()
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """A registry that lists a stage entry for KEY and, asked for its signed config, sends bytes without end."""
+
+    key = ""
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/":
+            self._json({})
+        elif "/tags/list" in self.path:
+            self._json({"name": "mlos/hostile", "tags": [f"{self.key}-{'0' * 16}"]})
+        elif "/manifests/" in self.path:
+            self._json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "config": {"mediaType": "application/json", "digest": f"sha256:{'1' * 64}", "size": 512},
+                        "layers": []})
+        elif "/blobs/" in self.path:
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                while True:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:  # the client hung up
+                pass
+        else:
+            self.send_error(404)
+
+    def _json(self, data: object) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_registry_sending_without_end_is_cut_off(machine: Callable[[str], Path], keys: dict[str, Path],
+                                                   repo: Callable[..., Path], unique: str, tmp_path: Path) -> None:
+    recipes = repo(hidden_graph(unique, 1, seed=7))
+    first = mlos("build", "--recipes", recipes, "--out", tmp_path / "local", env={"MLOS_REPRO_STORE": str(machine("l"))})
+    assert first.code == 0, first.stderr
+    ((_, stage),) = json.loads((tmp_path / "local/manifest.json").read_text())["stages"].items()
+    handler = type("Handler", (_Endless,), {"key": stage["key"]})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = machine("h")
+        result = mlos("build", "--recipes", recipes, "--out", tmp_path / "h", "--store",
+                      f"oci://127.0.0.1:{server.server_address[1]}/mlos/hostile", "--cache-key", pub(keys, "a"),
+                      env={"MLOS_REPRO_STORE": str(store)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.code == 1, result.stderr
+    assert f"blob sha256:{'1' * 64} (the signed entry {stage['key']}-" in result.stderr
+    assert "sends more than the 1048576 bytes allowed: refused" in result.stderr, result.stderr
+    assert not (tmp_path / "h").exists() and not any((store / "tmp").iterdir())
+    assert not (store / "blobs/sha256" / ("1" * 64)).exists()
