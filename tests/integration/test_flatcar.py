@@ -1,0 +1,114 @@
+"""The Flatcar variant's artifacts, proven by what consumes them: the sysext images as
+systemd-dissect reads them and systemd-sysext merges them (onto a root of its own, in a
+mount namespace of its own: the host's /usr is never touched)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, mlos
+
+pytestmark = [pytest.mark.root]
+
+SYSEXTS = ("mlos-services", "mlos-toolchain")
+
+
+@pytest.fixture(scope="module")
+def sysext(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("systemd-dissect") is None:
+        pytest.fail("the sysext tests need systemd-dissect (systemd-container): run scripts/install-deps")
+    out = tmp_path_factory.mktemp("flatcar-out")
+    result = mlos("build", "sysext", "--recipes", PROJECT / "recipes", "--out", out, "--store", shared_store)
+    assert result.code == 0, result.stderr
+    return out / "sysext"
+
+
+def merge(root: Path, os_release: str, *images: Path) -> subprocess.CompletedProcess[str]:
+    """systemd-sysext merge of `images` onto `root` (its os-release as given), in a private
+    mount namespace; what the merged /usr holds is listed before the namespace goes."""
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text(os_release)
+    (root / "var/lib/extensions").mkdir(parents=True)
+    for image in images:
+        shutil.copy(image, root / "var/lib/extensions" / image.name)
+    script = ("mount -t tmpfs tmpfs /run && mount --make-rshared / && systemd-sysext --root=\"$1\" merge && "
+              "cd \"$1\" && find usr -path usr/lib/os-release -prune -o -print | LC_ALL=C sort")
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(root)],
+                          capture_output=True, text=True)
+
+
+def test_systemd_dissect_reads_each_image_as_a_system_extension(sysext: Path) -> None:
+    for name in SYSEXTS:
+        image = sysext / f"{name}.raw"
+        shown = subprocess.run(["systemd-dissect", image], capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert "✓ extension for system" in shown.stdout, shown.stdout
+        assert "ID=flatcar" in shown.stdout and "SYSEXT_LEVEL=1.0" in shown.stdout, shown.stdout
+        assert "ARCHITECTURE=x86-64" in shown.stdout
+        listing = subprocess.run(["unsquashfs", "-ll", "-d", "", image], capture_output=True, text=True,
+                                 check=True).stdout
+        entries = [line.split() for line in listing.splitlines() if line[:1] in ("d", "-", "l")]
+        tops = {e[5].split("/")[1] for e in entries if len(e) > 5}
+        assert tops == {"usr"}, tops  # only what systemd-sysext merges (these packages have no /opt)
+        assert {e[1] for e in entries} == {"root/root"}
+
+
+def test_systemd_sysext_merges_the_services_onto_a_flatcar_root(sysext: Path, tmp_path: Path) -> None:
+    merged = merge(tmp_path / "flatcar", "ID=flatcar\nVERSION_ID=4081.2.0\nSYSEXT_LEVEL=1.0\n",
+                   sysext / "mlos-services.raw", sysext / "mlos-toolchain.raw")
+    assert merged.returncode == 0, merged.stderr
+    assert "Using extensions 'mlos-services', 'mlos-toolchain'." in merged.stderr, merged.stderr
+    files = set(merged.stdout.split())
+    for path in ("usr/bin/mlos-monitor", "usr/libexec/mlos/mlos-core", "usr/lib/systemd/system/mlos-core.service",
+                 "usr/lib/systemd/system/multi-user.target.d/10-mlos-services.conf",
+                 "usr/share/mlos-services/etc/mlos/mlos.conf", "usr/lib/tmpfiles.d/mlos-services-etc.conf"):
+        assert path in files, (path, sorted(files))
+    assert not (tmp_path / "flatcar/usr/bin").exists()  # merged only inside the namespace
+
+
+def test_systemd_refuses_an_extension_made_for_another_host(sysext: Path, tmp_path: Path) -> None:
+    for name, os_release in (("debian", "ID=debian\nVERSION_ID=12\n"),
+                             ("level", "ID=flatcar\nVERSION_ID=9999.0.0\nSYSEXT_LEVEL=2.0\n")):
+        refused = merge(tmp_path / name, os_release, sysext / "mlos-services.raw")
+        # systemd's own words: the image is ignored, nothing is merged.
+        assert "No suitable extensions found (1 ignored due to incompatible version)." in refused.stderr, \
+            refused.stderr
+        assert "usr/bin/mlos-monitor" not in refused.stdout
+
+
+def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_path: Path) -> None:
+    """ID=_any (MLOS_SYSEXT_ID): the same packages as an extension any host accepts."""
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    for name in ("builder.toml", "builder.lock", "packages.toml", "flatcar.toml"):
+        shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
+    shutil.copytree(PROJECT / "recipes/packages", repo / "recipes/packages")
+    for tree in ("stage-tools", "sbom"):
+        shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    flatcar = repo / "recipes/flatcar.toml"
+    flatcar.write_text(flatcar.read_text().replace('MLOS_SYSEXT_ID = "flatcar"', 'MLOS_SYSEXT_ID = "_any"'))
+    result = mlos("build", "sysext", "--recipes", repo / "recipes", "--out", tmp_path / "out", "--store",
+                  shared_store, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["stages"]["packages"]["cached"]
+    image = tmp_path / "out/sysext/mlos-services.raw"
+    shown = subprocess.run(["systemd-dissect", image], capture_output=True, text=True, check=True).stdout
+    assert "ID=_any" in shown and "SYSEXT_LEVEL" not in shown
+    merged = merge(tmp_path / "debian", "ID=debian\nVERSION_ID=12\n", image)
+    assert merged.returncode == 0 and "usr/bin/mlos-monitor" in merged.stdout, merged.stderr
+
+
+def test_sysext_images_are_reproducible(shared_store: Path, sysext: Path, tmp_path: Path) -> None:
+    result = mlos("build", "--verify", "sysext", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
+                  "--store", shared_store)
+    report = json.loads((tmp_path / "v/verify.json").read_text())
+    verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
+    assert result.code == 0, (verdicts, result.stderr)
+    for name in SYSEXTS:
+        assert verdicts[("sysext", f"{name}.raw")] == "identical", verdicts
+    assert (tmp_path / "v/sysext/mlos-services.raw").read_bytes() == (sysext / "mlos-services.raw").read_bytes()
