@@ -654,12 +654,16 @@ def write_out(store: Store, result: BuildResult, out_dir: Path,
 
 def _write_out(store: Store, result: BuildResult, out_dir: Path, extras: Mapping[str, bytes],
                carried: Carried) -> Path:
+    # What OUT held before: an output whose bytes are already there is linked, not written again.
+    earlier = out_dir if out_dir.is_dir() else None
     with staged_directory(out_dir, replace=True) as staging:
         for name, res in sorted(result.stages.items()):
             for o, digest in res.entry.outputs.items():
-                store.materialize(digest, res.entry.kinds[o], staging / name / o)
+                store.materialize(digest, res.entry.kinds[o], staging / name / o,
+                                  earlier / name / o if earlier is not None else None)
             for o, sbom in result.sboms.get(name, {}).items():
-                store.materialize(sbom, "file", staging / name / (o + SBOM_SUFFIX))
+                store.materialize(sbom, "file", staging / name / (o + SBOM_SUFFIX),
+                                  earlier / name / (o + SBOM_SUFFIX) if earlier is not None else None)
             for path, data in sorted(extras.items()):
                 if path.partition("/")[0] == name:
                     (staging / path).parent.mkdir(parents=True, exist_ok=True)

@@ -377,9 +377,11 @@ class Store:
             "changed after it was stored; it was removed from the store and nothing was written "
             "from it", STORE_REPAIR_HINT)
 
-    def materialize(self, digest: str, kind: str, dest: Path) -> None:
+    def materialize(self, digest: str, kind: str, dest: Path, earlier: Path | None = None) -> None:
         """Recreate an output (a file, or a directory from its tree listing) at dest; every
-        blob is re-hashed as it is copied (copy_blob)."""
+        blob is re-hashed as it is copied (copy_blob). `earlier`: where an earlier copy of the
+        same output may be (OUT before this build): a file there with exactly the bytes wanted
+        is hard-linked instead of written again."""
         hexdigest = digest.removeprefix("sha256:")
         if kind == OutputKind.TREE:
             dest.mkdir(parents=True, exist_ok=True)
@@ -392,14 +394,28 @@ class Store:
                 elif e["type"] == "symlink":
                     target.symlink_to(e["target"])
                 else:
-                    self.copy_blob(e["sha256"], target, f"{dest.name}/{e['path']}")
+                    self._place(e["sha256"], target, f"{dest.name}/{e['path']}",
+                                earlier / e["path"] if earlier is not None else None)
                     os.chmod(target, e["mode"])
             for d, mode in reversed(dirs):
                 os.chmod(d, mode)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            self.copy_blob(hexdigest, dest, dest.name)
+            self._place(hexdigest, dest, dest.name, earlier)
             os.chmod(dest, 0o755 if kind == OutputKind.EXECUTABLE else 0o644)
+
+    def _place(self, hexdigest: str, dest: Path, what: str, earlier: Path | None) -> None:
+        """copy_blob, or a hard link to `earlier` when it is a regular file (never through a
+        symlink) whose bytes hash to `hexdigest` now: reading what is there costs less than
+        writing it again, and what is linked was checked as a copy would be."""
+        if earlier is not None:
+            try:
+                if sha256_file(earlier, follow=False) == hexdigest:
+                    os.link(earlier, dest, follow_symlinks=False)
+                    return
+            except (OSError, NotRegularFile):
+                pass  # not there, not a file, or not linkable: copied from the store
+        self.copy_blob(hexdigest, dest, what)
 
     def put_output(self, out: Path, name: str) -> tuple[str, str]:
         """Store the output `name` of a stage whose /out is `out`; returns ("sha256:HEX", kind).

@@ -77,6 +77,27 @@ def test_environment_problems_exit_2_naming_the_path(shared_store: Path, repo: C
         assert not (tmp_path / "out").exists()
 
 
+def test_a_rebuild_links_what_out_holds_and_rewrites_what_changed(shared_store: Path, repo: Callable[..., Path],
+                                                                    tmp_path: Path) -> None:
+    """An output already in OUT with the very bytes wanted is hard-linked into the new OUT, not
+    written again; one changed since, or a link planted in its place, is written from the store."""
+    recipes = repo(TWO)
+    out = tmp_path / "out"
+    assert mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store).code == 0
+    large = (out / "large/large.bin").stat().st_ino
+    (out / "one/one.txt").write_text("forged\n")
+    host = tmp_path / "host.txt"
+    host.write_text("two\n")
+    (out / "two/two.txt").unlink()
+    (out / "two/two.txt").symlink_to(host)
+    again = mlos("build", "--recipes", recipes, "--out", out, "--store", shared_store)
+    assert again.code == 0 and "3 stages (0 built, 3 cached)" in again.stderr, again.stderr
+    assert (out / "large/large.bin").stat().st_ino == large  # the same file, linked
+    assert (out / "one/one.txt").read_text() == "one\n"
+    assert not (out / "two/two.txt").is_symlink() and (out / "two/two.txt").read_text() == "two\n"
+    assert (out / "two/two.txt").stat().st_ino != host.stat().st_ino and host.read_text() == "two\n"
+
+
 @pytest.mark.root
 def test_a_full_disk_leaves_the_earlier_out_as_it_was(shared_store: Path, repo: Callable[..., Path],
                                                       tmp_path: Path) -> None:
