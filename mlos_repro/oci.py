@@ -22,6 +22,7 @@ $DOCKER_CONFIG) when it asks for them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -148,20 +149,34 @@ class Registry:
     """
 
     def __init__(self, location: Location) -> None:
-        import oras.provider
-
         self.location = location
         scheme, challenge = self._probe()
         self.secure = scheme == "https"
-        backend = "basic" if challenge.lower().startswith("basic") else "token"
-        self.client = oras.provider.Registry(location.host, insecure=not self.secure, auth_backend=backend)
-        self.container = self.client.get_container(f"{location.host}/{location.repository}")
+        self.backend = "basic" if challenge.lower().startswith("basic") else "token"
         self.config = docker_config()
-        configs = [str(self.config)] if self.config.exists() else []
-        self.client.auth.load_configs(self.container, configs=configs)
-        if backend == "basic" and not self._credentials():
+        if self.backend == "basic" and not self._credentials():
             # Asked for basic credentials with none to give: said now, not by the SDK failing later.
             raise self._refused("login", "it asks for basic credentials")
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """The SDK's client, made when the registry is first used (importing it takes a second:
+        a build whose every stage is in the local store never needs it)."""
+        import oras.provider
+
+        client = oras.provider.Registry(self.location.host, insecure=not self.secure,
+                                        auth_backend=self.backend)
+        configs = [str(self.config)] if self.config.exists() else []
+        client.auth.load_configs(client.get_container(self.container_name), configs=configs)
+        return client
+
+    @property
+    def container_name(self) -> str:
+        return f"{self.location.host}/{self.location.repository}"
+
+    @functools.cached_property
+    def container(self) -> Any:
+        return self.client.get_container(self.container_name)
 
     def _credentials(self) -> bool:
         """Whether the docker configuration holds credentials for this registry's host."""
