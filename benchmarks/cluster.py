@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -77,11 +76,9 @@ def timed(argv: list[str]) -> float:
 
 
 def cluster_start(workers: int) -> float:
-    """Seconds to start and stop a LocalCluster as `--executor dask` does (median of 3)."""
-    code = ("import logging, time; from distributed import Client, LocalCluster; t = time.perf_counter(); "
-            f"c = LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True, "
-            "dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL); "
-            "Client(c).close(); c.close(); print(time.perf_counter() - t)")
+    """Seconds to start and stop the LocalCluster `--executor dask` starts (median of 3)."""
+    code = ("import time; from mlos_repro import cluster; t = time.perf_counter(); "
+            f"cluster.connect(None, {workers}); cluster.close_all(); print(time.perf_counter() - t)")
     times = sorted(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                         check=True).stdout) for _ in range(3))
     return times[1]
@@ -170,16 +167,15 @@ def main() -> int:
         # Once more on a cluster started here: its scheduler's event log says when each stage
         # ran on which worker, so the workers' span is measured apart from the command's own
         # fixed costs (start-up, the cluster's start, the SBOMs written after the last stage).
-        from distributed import Client, LocalCluster
+        from mlos_repro import cluster
 
-        from mlos_repro.cluster import EVENT_TOPIC
-
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL) as cluster, \
-                Client(cluster) as client:
+        connection = cluster.connect(None, args.workers)  # the LocalCluster `--executor dask` starts
+        try:
             attached = timed([*build, "--out", f"{tmp}/attached", "--no-cache", "--executor", "dask",
-                              "--scheduler", cluster.scheduler_address])
-            events = [(t, e) for t, e in client.get_events(EVENT_TOPIC) if e.get("ran")]
+                              "--scheduler", connection.cluster.scheduler_address])
+            events = [(t, e) for t, e in connection.client.get_events(cluster.EVENT_TOPIC) if e.get("ran")]
+        finally:
+            cluster.close_all()
         span = max(t for t, _ in events) - min(t - e["seconds"] for t, e in events)
         on_worker = statistics.median(e["seconds"] for _, e in events) - seconds
         ideal = stages * seconds / args.workers

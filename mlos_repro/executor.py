@@ -658,12 +658,11 @@ def _write_out(store: Store, result: BuildResult, out_dir: Path, extras: Mapping
     earlier = out_dir if out_dir.is_dir() else None
     with staged_directory(out_dir, replace=True) as staging:
         for name, res in sorted(result.stages.items()):
-            for o, digest in res.entry.outputs.items():
-                store.materialize(digest, res.entry.kinds[o], staging / name / o,
-                                  earlier / name / o if earlier is not None else None)
-            for o, sbom in result.sboms.get(name, {}).items():
-                store.materialize(sbom, "file", staging / name / (o + SBOM_SUFFIX),
-                                  earlier / name / (o + SBOM_SUFFIX) if earlier is not None else None)
+            files = [(o, digest, res.entry.kinds[o]) for o, digest in res.entry.outputs.items()]
+            files += [(o + SBOM_SUFFIX, sbom, "file") for o, sbom in result.sboms.get(name, {}).items()]
+            for path, digest, kind in files:
+                store.materialize(digest, kind, staging / name / path,
+                                  earlier / name / path if earlier is not None else None)
             for path, data in sorted(extras.items()):
                 if path.partition("/")[0] == name:
                     (staging / path).parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ A shared entry is used only when it is signed by keys the user trusts (--cache-k
 --cache-threshold K only when K distinct trusted keys signed entries with the same outputs for
 that key; otherwise the stage is built. An entry is written only when a signing key is given.
 
-Plain HTTP is used only for a registry on a loopback address; any other is spoken to over
-TLS, with the credentials of the usual docker configuration (~/.docker/config.json, or
-$DOCKER_CONFIG) when it asks for them.
+A registry is spoken to over TLS; plain HTTP only to one on a loopback address that does not
+speak TLS. Credentials, when it asks, are those of the usual docker configuration (Registry).
+Downloads are bounded (Registry.pull_blob).
 """
 
 from __future__ import annotations
