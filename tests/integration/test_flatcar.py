@@ -1,14 +1,17 @@
 """The Flatcar variant's artifacts, proven by what consumes them: the sysext images as
 systemd-dissect reads them and systemd-sysext merges them (onto a root of its own, in a
-mount namespace of its own: the host's /usr is never touched)."""
+mount namespace of its own: the host's /usr is never touched); the Ignition config as the
+Ignition 3.4 schema reads it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.conftest import PROJECT, mlos
@@ -19,13 +22,31 @@ SYSEXTS = ("mlos-services", "mlos-toolchain")
 
 
 @pytest.fixture(scope="module")
-def sysext(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def flatcar(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT of a build of the Flatcar variant's stages."""
     if shutil.which("systemd-dissect") is None:
         pytest.fail("the sysext tests need systemd-dissect (systemd-container): run scripts/install-deps")
     out = tmp_path_factory.mktemp("flatcar-out")
-    result = mlos("build", "sysext", "--recipes", PROJECT / "recipes", "--out", out, "--store", shared_store)
+    result = mlos("build", "sysext", "ignition", "--recipes", PROJECT / "recipes", "--out", out,
+                  "--store", shared_store)
     assert result.code == 0, result.stderr
-    return out / "sysext"
+    return out
+
+
+@pytest.fixture(scope="module")
+def sysext(flatcar: Path) -> Path:
+    return flatcar / "sysext"
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The recipes the Flatcar stages need, and their tools, in a project of their own."""
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    for name in ("builder.toml", "builder.lock", "packages.toml", "flatcar.toml"):
+        shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
+    for tree in ("recipes/packages", "recipes/flatcar", "stage-tools", "sbom"):
+        shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
 
 
 def merge(root: Path, os_release: str, *images: Path) -> subprocess.CompletedProcess[str]:
@@ -83,13 +104,7 @@ def test_systemd_refuses_an_extension_made_for_another_host(sysext: Path, tmp_pa
 
 def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_path: Path) -> None:
     """ID=_any (MLOS_SYSEXT_ID): the same packages as an extension any host accepts."""
-    repo = tmp_path / "repo"
-    (repo / "recipes").mkdir(parents=True)
-    for name in ("builder.toml", "builder.lock", "packages.toml", "flatcar.toml"):
-        shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
-    shutil.copytree(PROJECT / "recipes/packages", repo / "recipes/packages")
-    for tree in ("stage-tools", "sbom"):
-        shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = project_copy(tmp_path)
     flatcar = repo / "recipes/flatcar.toml"
     flatcar.write_text(flatcar.read_text().replace('MLOS_SYSEXT_ID = "flatcar"', 'MLOS_SYSEXT_ID = "_any"'))
     result = mlos("build", "sysext", "--recipes", repo / "recipes", "--out", tmp_path / "out", "--store",
@@ -103,12 +118,62 @@ def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_pa
     assert merged.returncode == 0 and "usr/bin/mlos-monitor" in merged.stdout, merged.stderr
 
 
-def test_sysext_images_are_reproducible(shared_store: Path, sysext: Path, tmp_path: Path) -> None:
-    result = mlos("build", "--verify", "sysext", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
+def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashes(flatcar: Path) -> None:
+    config = json.loads((flatcar / "ignition/mlos.ign").read_text())
+    schema = json.loads((PROJECT / "stage-tools/flatcar/schemas/ignition-v3.4.schema.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(config)
+    assert config["ignition"]["version"] == "3.4.0"
+    downloads = {f["path"]: f["contents"] for f in config["storage"]["files"] if "verification" in f["contents"]}
+    for name in SYSEXTS:
+        path = f"/opt/extensions/mlos/{name}-1.0.0-x86-64.raw"
+        built = hashlib.sha256((flatcar / "sysext" / f"{name}.raw").read_bytes()).hexdigest()
+        assert downloads[path]["verification"] == {"hash": f"sha256-{built}"}, downloads
+        assert {"path": f"/etc/extensions/{name}.raw", "target": path, "hard": False} in config["storage"]["links"]
+    assert config["passwd"]["users"][0]["sshAuthorizedKeys"][0].startswith("ssh-ed25519 ")
+    assert {u["name"] for u in config["systemd"]["units"]} >= {"mlos-api.service", "mlos-monitor.service"}
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    # A shape the schema refuses: the mode as text.
+    (("mode: 0644\n      overwrite: true", "mode: rw-r--r--\n      overwrite: true"),
+     "$.storage.files[0].mode: 'rw-r--r--' is not of type 'integer', 'null'"),
+    # A misspelt key Ignition would ignore without a word.
+    (("  units:", "  unitz:"), "$.systemd.unitz: Ignition 3.4.0 has no such key"),
+    # A hash typed by hand next to the artifact it would contradict.
+    (("        artifact: sysext/mlos-services.raw", "        artifact: sysext/mlos-services.raw\n"
+      "        verification: {hash: sha256-0000000000000000000000000000000000000000000000000000000000000000}"),
+     "$.storage.files[1].contents.verification: an artifact's hash is computed from the artifact"),
+    # An artifact of a stage that is not an input.
+    (("artifact: sysext/mlos-toolchain.raw", "artifact: oci/mlos-core.tar"),
+     "$.storage.files[2].contents.artifact: oci/mlos-core.tar is not an output of an input stage"),
+    (("  - name: mlos-monitor.service", "  - name: mlos-api.service"),
+     "$.systemd.units[1].name: mlos-api.service is already given at $.systemd.units[0].name"),
+    (("variant: flatcar\nversion: 1.1.0\n", "variant: flatcar\nversion: 1.1.0\nvariant: fcos\n"),
+     "line 7: key 'variant' is given twice"),
+])
+def test_a_wrong_ignition_source_fails_the_stage_naming_where(shared_store: Path, tmp_path: Path,
+                                                             edit: tuple[str, str], named: str) -> None:
+    repo = project_copy(tmp_path)
+    source = repo / "recipes/flatcar/mlos.yaml"
+    text = source.read_text()
+    assert edit[0] in text
+    source.write_text(text.replace(edit[0], edit[1], 1))
+    result = mlos("build", "ignition", "--recipes", repo / "recipes", "--out", tmp_path / "out",
+                  "--store", shared_store)
+    assert result.code == 4, result.stderr
+    assert named in result.stderr, result.stderr
+    assert "the Ignition 3.4.0 config is not written" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_flatcar_stages_are_reproducible(shared_store: Path, flatcar: Path, tmp_path: Path) -> None:
+    result = mlos("build", "--verify", "sysext", "ignition", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
                   "--store", shared_store)
     report = json.loads((tmp_path / "v/verify.json").read_text())
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
     assert result.code == 0, (verdicts, result.stderr)
     for name in SYSEXTS:
         assert verdicts[("sysext", f"{name}.raw")] == "identical", verdicts
-    assert (tmp_path / "v/sysext/mlos-services.raw").read_bytes() == (sysext / "mlos-services.raw").read_bytes()
+    assert verdicts[("ignition", "mlos.ign")] == "identical", verdicts
+    for output in ("sysext/mlos-services.raw", "ignition/mlos.ign"):
+        assert (tmp_path / "v" / output).read_bytes() == (flatcar / output).read_bytes()
