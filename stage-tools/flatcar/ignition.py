@@ -20,7 +20,6 @@ artifact is missing. Exit 2 for a bad source, 1 for anything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from digests import file_digest
 
 SPEC = ("flatcar", "1.1.0")
 IGNITION_VERSION = "3.4.0"
@@ -100,14 +100,6 @@ def camel(data: Any) -> Any:
     return data
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def contents(resource: Any, at: list[str | int], inputs: Path) -> Any:
     """A file's contents, Butane form to Ignition form."""
     if not isinstance(resource, dict):
@@ -135,7 +127,7 @@ def contents(resource: Any, at: list[str | int], inputs: Path) -> Any:
             stages = sorted(p.name for p in inputs.iterdir() if p.is_dir())
             raise Refused(f"{where([*at, 'artifact'])}: {name} is not an output of an input stage "
                           f"(this stage's inputs: {', '.join(stages)}); add the stage to the recipe's inputs")
-        resource["verification"] = {"hash": "sha256-" + sha256(built)}
+        resource["verification"] = {"hash": "sha256-" + file_digest(built)}
     return resource
 
 

@@ -1,7 +1,8 @@
 """The Flatcar variant's artifacts, proven by what consumes them: the sysext images as
 systemd-dissect reads them and systemd-sysext merges them (onto a root of its own, in a
 mount namespace of its own: the host's /usr is never touched); the Ignition config as the
-Ignition 3.4 schema reads it."""
+Ignition 3.4 schema reads it; the OCI images as skopeo and umoci read them and podman runs
+them (with a storage of its own: the host's images are never touched)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -27,7 +29,7 @@ def flatcar(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     if shutil.which("systemd-dissect") is None:
         pytest.fail("the sysext tests need systemd-dissect (systemd-container): run scripts/install-deps")
     out = tmp_path_factory.mktemp("flatcar-out")
-    result = mlos("build", "sysext", "ignition", "--recipes", PROJECT / "recipes", "--out", out,
+    result = mlos("build", "sysext", "ignition", "oci", "--recipes", PROJECT / "recipes", "--out", out,
                   "--store", shared_store)
     assert result.code == 0, result.stderr
     return out
@@ -118,7 +120,8 @@ def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_pa
     assert merged.returncode == 0 and "usr/bin/mlos-monitor" in merged.stdout, merged.stderr
 
 
-def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashes(flatcar: Path) -> None:
+def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashes(flatcar: Path,
+                                                                                 tmp_path: Path) -> None:
     config = json.loads((flatcar / "ignition/mlos.ign").read_text())
     schema = json.loads((PROJECT / "stage-tools/flatcar/schemas/ignition-v3.4.schema.json").read_text())
     jsonschema.Draft4Validator(schema).validate(config)
@@ -129,6 +132,14 @@ def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashe
         built = hashlib.sha256((flatcar / "sysext" / f"{name}.raw").read_bytes()).hexdigest()
         assert downloads[path]["verification"] == {"hash": f"sha256-{built}"}, downloads
         assert {"path": f"/etc/extensions/{name}.raw", "target": path, "hard": False} in config["storage"]["links"]
+    archive = hashlib.sha256((flatcar / "oci/mlos-core.oci.tar").read_bytes()).hexdigest()
+    assert downloads["/opt/mlos/images/mlos-core-1.0.0.oci.tar"]["verification"] == {"hash": f"sha256-{archive}"}
+    [core] = [u for u in config["systemd"]["units"] if u["name"] == "mlos-core.service"]
+    assert "oci-archive:/opt/mlos/images/mlos-core-1.0.0.oci.tar" in core["contents"]
+    unit = tmp_path / "mlos-core.service"
+    unit.write_text(core["contents"])
+    checked = subprocess.run(["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True)
+    assert checked.returncode == 0 and "mlos-core.service" not in checked.stderr, checked.stderr
     assert config["passwd"]["users"][0]["sshAuthorizedKeys"][0].startswith("ssh-ed25519 ")
     assert {u["name"] for u in config["systemd"]["units"]} >= {"mlos-api.service", "mlos-monitor.service"}
 
@@ -144,10 +155,10 @@ def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashe
       "        verification: {hash: sha256-0000000000000000000000000000000000000000000000000000000000000000}"),
      "$.storage.files[1].contents.verification: an artifact's hash is computed from the artifact"),
     # An artifact of a stage that is not an input.
-    (("artifact: sysext/mlos-toolchain.raw", "artifact: oci/mlos-core.tar"),
-     "$.storage.files[2].contents.artifact: oci/mlos-core.tar is not an output of an input stage"),
+    (("artifact: sysext/mlos-toolchain.raw", "artifact: kernel/debs"),
+     "$.storage.files[2].contents.artifact: kernel/debs is not an output of an input stage"),
     (("  - name: mlos-monitor.service", "  - name: mlos-api.service"),
-     "$.systemd.units[1].name: mlos-api.service is already given at $.systemd.units[0].name"),
+     "$.systemd.units[2].name: mlos-api.service is already given at $.systemd.units[1].name"),
     (("variant: flatcar\nversion: 1.1.0\n", "variant: flatcar\nversion: 1.1.0\nvariant: fcos\n"),
      "line 7: key 'variant' is given twice"),
 ])
@@ -166,8 +177,69 @@ def test_a_wrong_ignition_source_fails_the_stage_naming_where(shared_store: Path
     assert not (tmp_path / "out").exists()
 
 
+def podman(storage: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """podman with a storage of its own (`storage`: a short path, podman refuses a run
+    directory of more than 50 characters) and runc."""
+    return subprocess.run(["podman", "--root", storage / "root", "--runroot", storage / "run",
+                           "--storage-driver", "vfs", "--runtime", "runc", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_oci_images_are_read_by_skopeo_and_umoci(flatcar: Path, tmp_path: Path) -> None:
+    oci = flatcar / "oci"
+    for name, layers in (("mlos-core", 2), ("mlos-toolchain", 1)):
+        index = json.loads((oci / name / "index.json").read_text())
+        [entry] = index["manifests"]
+        assert entry["platform"] == {"architecture": "amd64", "os": "linux"}
+        version = entry["annotations"]["org.opencontainers.image.ref.name"]
+        for reference in (f"oci-archive:{oci / name}.oci.tar", f"oci:{oci / name}:{version}"):
+            shown = subprocess.run(["skopeo", "inspect", reference], capture_output=True, text=True)
+            assert shown.returncode == 0, shown.stderr
+            image = json.loads(shown.stdout)
+            assert image["Digest"] == entry["digest"], (reference, image)
+            assert image["Created"] == "2025-12-01T00:00:00Z"  # SOURCE_DATE_EPOCH of builder.toml
+            assert image["Architecture"] == "amd64" and len(image["Layers"]) == layers
+            assert image["Labels"]["org.opencontainers.image.version"] == version
+        layout = tmp_path / name
+        shutil.copytree(oci / name, layout)
+        unpacked = subprocess.run(["umoci", "unpack", "--image", f"{layout}:{version}", tmp_path / f"{name}-bundle"],
+                                  capture_output=True, text=True)
+        assert unpacked.returncode == 0, unpacked.stderr
+        rootfs = tmp_path / f"{name}-bundle/rootfs"
+        assert (rootfs / "usr/bin/dpkg").is_file() and not any((rootfs / "dev").iterdir())
+        assert not (rootfs / "usr/share/man").exists() or not any((rootfs / "usr/share/man").rglob("*.gz"))
+        config = json.loads((tmp_path / f"{name}-bundle/config.json").read_text())
+        assert config["ociVersion"], config
+    assert (tmp_path / "mlos-core-bundle/rootfs/usr/libexec/mlos/mlos-core").stat().st_mode & 0o111
+    assert (tmp_path / "mlos-toolchain-bundle/rootfs/usr/share/doc/mlos-toolchain/copyright").is_file()
+
+
+def test_podman_runs_the_agent_and_the_toolchain(flatcar: Path, request: pytest.FixtureRequest) -> None:
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        pytest.fail("the OCI tests need podman and runc: run scripts/install-deps")
+    storage = Path(tempfile.mkdtemp(prefix="mlos-podman-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(storage, ignore_errors=True))
+    ran = {}
+    for name, command in (("mlos-core", ["--version"]),
+                          ("mlos-toolchain", ["python3", "-c", "import numpy; print('numpy', numpy.__version__)"])):
+        loaded = podman(storage, "load", "--input", flatcar / "oci" / f"{name}.oci.tar")
+        assert loaded.returncode == 0, loaded.stderr
+        digest = json.loads((flatcar / "oci" / name / "index.json").read_text())["manifests"][0]["digest"]
+        listed = podman(storage, "images", "--format", "{{.Digest}} {{.ID}}").stdout
+        images = dict(line.split() for line in listed.splitlines())
+        assert digest in images, (digest, listed)  # the manifest podman stored is ours, byte for byte
+        run = podman(storage, "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096",
+                     "--ulimit", "nproc=4096:4096", images[digest], *command)
+        assert run.returncode == 0, run.stderr
+        ran[name] = run.stdout.strip()
+    version = json.loads((flatcar / "oci/mlos-core/index.json").read_text())["manifests"][0]["annotations"][
+        "org.opencontainers.image.ref.name"]
+    assert ran["mlos-core"] == f"mlos-core {version}"
+    assert ran["mlos-toolchain"].startswith("numpy 1."), ran
+
+
 def test_the_flatcar_stages_are_reproducible(shared_store: Path, flatcar: Path, tmp_path: Path) -> None:
-    result = mlos("build", "--verify", "sysext", "ignition", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
+    result = mlos("build", "--verify", "sysext", "ignition", "oci", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
                   "--store", shared_store)
     report = json.loads((tmp_path / "v/verify.json").read_text())
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
@@ -175,5 +247,8 @@ def test_the_flatcar_stages_are_reproducible(shared_store: Path, flatcar: Path, 
     for name in SYSEXTS:
         assert verdicts[("sysext", f"{name}.raw")] == "identical", verdicts
     assert verdicts[("ignition", "mlos.ign")] == "identical", verdicts
-    for output in ("sysext/mlos-services.raw", "ignition/mlos.ign"):
+    for name in ("mlos-core", "mlos-toolchain"):  # the same image digests: the same bytes throughout
+        assert verdicts[("oci", f"{name}.oci.tar")] == verdicts[("oci", name)] == "identical", verdicts
+    for output in ("sysext/mlos-services.raw", "ignition/mlos.ign", "oci/mlos-core.oci.tar",
+                   "oci/mlos-core/index.json"):
         assert (tmp_path / "v" / output).read_bytes() == (flatcar / output).read_bytes()
