@@ -21,6 +21,7 @@ artifact is missing. Exit 2 for a bad source, 1 for anything else.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import sys
 import urllib.parse
@@ -29,7 +30,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from digests import file_digest
+from archive import file_digest
 
 SPEC = ("flatcar", "1.1.0")
 IGNITION_VERSION = "3.4.0"
@@ -228,6 +229,7 @@ def main(argv: list[str]) -> int:
         print("usage: ignition.py SOURCE.yaml SCHEMA.json OUT.ign [INPUTS]", file=sys.stderr)
         return 2
     source, schema_file, out, inputs = map(Path, [*argv, "/in"][:4])
+    os.umask(0o022)  # the modes of what it writes do not depend on the caller's umask
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     try:
         config = translate(load(source), inputs)

@@ -21,92 +21,21 @@ another architecture joins the same index beside it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
 import shutil
-import stat
 import sys
-import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from digests import file_digest
+from archive import Refused, epoch, file_digest, gzip_file, write_tar
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 INDEX = "application/vnd.oci.image.index.v1+json"
-RUNTIME_MOUNTS = ("dev", "proc", "sys", "run")
-
-
-class Refused(Exception):
-    pass
-
-
-def epoch() -> int:
-    value = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if not value.isdigit():
-        raise Refused("SOURCE_DATE_EPOCH is not set to whole seconds")
-    return int(value)
-
-
-def _entries(root: Path) -> list[Path]:
-    """Every path under root (not below the runtime's mount points), sorted by the bytes of
-    its name relative to root: a directory always comes before what it holds."""
-    everything = []
-    stack = [root]
-    while stack:
-        top = stack.pop()
-        for name in os.listdir(top):
-            path = top / name
-            everything.append(path)
-            if path.is_dir() and not path.is_symlink() and not (top == root and name in RUNTIME_MOUNTS):
-                stack.append(path)
-    return sorted(everything, key=lambda p: os.fsencode(p.relative_to(root)))
-
-
-def write_tar(root: Path, dest: Path, when: int, all_root: bool) -> None:
-    """The uncompressed tar of one layer (or of the layout, for the archive)."""
-    links: dict[tuple[int, int], str] = {}
-    with tarfile.open(dest, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _entries(root):
-            name = path.relative_to(root).as_posix()
-            st = path.lstat()
-            info = tarfile.TarInfo(name)
-            info.mtime = when
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = (0, 0) if all_root else (st.st_uid, st.st_gid)
-            info.uname = info.gname = ""
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                if st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
-                    info.type, info.linkname = tarfile.LNKTYPE, links[(st.st_dev, st.st_ino)]
-                    tar.addfile(info)
-                    continue
-                links[(st.st_dev, st.st_ino)] = name
-                info.size = st.st_size
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                raise Refused(f"{path}: a device node outside /dev")
-            else:
-                raise Refused(f"{path}: neither a file, a directory nor a link (a socket or FIFO)")
-
-
-def gzip_file(src: Path, dest: Path) -> None:
-    """gzip with no file name and time 0 in its header: the same bytes for the same data."""
-    with src.open("rb") as f, dest.open("wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as out:
-        while chunk := f.read(1 << 20):
-            out.write(chunk)
 
 
 def canonical(data: Any) -> bytes:
@@ -153,7 +82,7 @@ def build(args: argparse.Namespace) -> None:
         if how not in ("", "root"):
             raise Refused(f"--layer {spec!r}: write DIR or DIR:root")
         tar, compressed = work / "layer.tar", work / "layer.tar.gz"
-        write_tar(Path(directory), tar, when, how == "root")
+        write_tar(Path(directory), tar, when, all_root=how == "root", runtime_mounts=True)
         diff_ids.append("sha256:" + file_digest(tar))
         gzip_file(tar, compressed)
         tar.unlink()
@@ -181,7 +110,7 @@ def build(args: argparse.Namespace) -> None:
         "schemaVersion": 2, "mediaType": INDEX,
         "manifests": [{**manifest, "platform": {"architecture": "amd64", "os": "linux"},
                        "annotations": {"org.opencontainers.image.ref.name": args.version}}]}))
-    write_tar(layout, Path(args.archive), when, True)
+    write_tar(layout, Path(args.archive), when, all_root=True)
 
 
 def main(argv: list[str]) -> int:
@@ -198,6 +127,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", default="/")
     parser.add_argument("--work", default=".", help="where layers are written before they are blobs")
     args = parser.parse_args(argv)
+    os.umask(0o022)  # the modes of what it writes do not depend on the caller's umask
     try:
         build(args)
     except Refused as err:

@@ -2,7 +2,8 @@
 systemd-dissect reads them and systemd-sysext merges them (onto a root of its own, in a
 mount namespace of its own: the host's /usr is never touched); the Ignition config as the
 Ignition 3.4 schema reads it; the OCI images as skopeo and umoci read them and podman runs
-them (with a storage of its own: the host's images are never touched)."""
+them (with a storage of its own: the host's images are never touched); the Portage overlay
+as pkgcheck scans it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -29,7 +32,7 @@ def flatcar(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     if shutil.which("systemd-dissect") is None:
         pytest.fail("the sysext tests need systemd-dissect (systemd-container): run scripts/install-deps")
     out = tmp_path_factory.mktemp("flatcar-out")
-    result = mlos("build", "sysext", "ignition", "oci", "--recipes", PROJECT / "recipes", "--out", out,
+    result = mlos("build", "sysext", "ignition", "oci", "overlay", "--recipes", PROJECT / "recipes", "--out", out,
                   "--store", shared_store)
     assert result.code == 0, result.stderr
     return out
@@ -238,8 +241,97 @@ def test_podman_runs_the_agent_and_the_toolchain(flatcar: Path, request: pytest.
     assert ran["mlos-toolchain"].startswith("numpy 1."), ran
 
 
+# What pkgcheck reports on the overlay without a Gentoo repository beside it, and why.
+WITHOUT_GENTOO = {
+    "NonexistentDeps": "the dependencies (dev-lang/python, sys-apps/systemd, ...) are Gentoo's packages",
+    "MissingPythonEclass": "python-single-r1 is a Gentoo eclass",
+    "DeprecatedInsinto": "systemd_dounit is from Gentoo's systemd eclass",
+    "ArchesWithoutProfiles": "the profiles are Gentoo's",
+}
+
+
+def pkgcheck(overlay: Path, home: Path) -> tuple[int, list[tuple[str, str, str]]]:
+    """pkgcheck scan of `overlay`: its exit status (1 on an error-level result) and each
+    result as (package, level, keyword)."""
+    scan = subprocess.run([Path(sys.executable).parent / "pkgcheck", "scan", "--exit", "error", "-R", "JsonReporter",
+                           overlay], capture_output=True, text=True, cwd=home,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")})
+    assert scan.returncode in (0, 1), scan.stderr
+    results: list[tuple[str, str, str]] = []
+    for line in scan.stdout.splitlines():
+        def walk(node: dict[str, object], at: list[str]) -> None:
+            for key, value in node.items():
+                if key.startswith("_"):
+                    assert isinstance(value, dict)
+                    results.extend(("/".join(at), key[1:], keyword) for keyword in value)
+                elif isinstance(value, dict):
+                    walk(value, [*at, key])
+        walk(json.loads(line), [])
+    return scan.returncode, results
+
+
+def test_pkgcheck_finds_no_errors_in_the_overlay(flatcar: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "mlos-overlay"
+    shutil.copytree(flatcar / "overlay/mlos-overlay", overlay)
+    status, results = pkgcheck(overlay, tmp_path)
+    assert status == 0, results
+    assert {level for _, level, _ in results} <= {"warning"}, results
+    assert {keyword for _, _, keyword in results} <= set(WITHOUT_GENTOO), results
+    assert {package for package, _, _ in results} >= {"sys-apps/mlos-services/1.0.0"}
+    # The same scan says no when a Manifest is missing or broken.
+    (overlay / "sys-apps/mlos-core/Manifest").unlink()
+    (overlay / "sys-apps/mlos-services/Manifest").write_text("DIST mlos-services-1.0.0.tar.gz 1 BLAKE2B zz\n")
+    status, results = pkgcheck(overlay, tmp_path)
+    assert status == 1
+    assert ("sys-apps/mlos-core/1.0.0", "error", "MissingManifest") in results, results
+    assert ("sys-apps/mlos-services", "error", "InvalidManifest") in results, results
+
+
+def test_the_overlay_manifests_hold_the_digests_of_the_package_sources(flatcar: Path, tmp_path: Path) -> None:
+    out = flatcar / "overlay"
+    entries: dict[str, tuple[str, ...]] = {}
+    for manifest in sorted((out / "mlos-overlay").glob("*/*/Manifest")):
+        for line in manifest.read_text().splitlines():
+            kind, name, *fields = line.split()
+            assert kind == "DIST" and fields[1::2] == ["BLAKE2B", "SHA512"], line
+            entries[name] = tuple(fields)
+    assert set(entries) == {"mlos-services-1.0.0.tar.gz"}
+    for name, recorded in entries.items():
+        data = (out / "distfiles" / name).read_bytes()
+        computed = (str(len(data)), "BLAKE2B", hashlib.blake2b(data).hexdigest(),
+                    "SHA512", hashlib.sha512(data).hexdigest())
+        assert recorded == computed, (name, recorded, computed)
+    # The distfile is the package source the .deb is built from, file for file.
+    with tarfile.open(out / "distfiles/mlos-services-1.0.0.tar.gz") as tar:
+        tar.extractall(tmp_path / "dist", filter="data")
+    source = PROJECT / "recipes/packages/mlos-services"
+    packed = tmp_path / "dist/mlos-services-1.0.0"
+    files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(packed) for p in packed.rglob("*") if p.is_file())
+    assert all((source / f).read_bytes() == (packed / f).read_bytes() for f in files)
+    # The tarball is the overlay directory.
+    with tarfile.open(out / "mlos-overlay.tar.gz") as tar:
+        tar.extractall(tmp_path / "overlay", filter="data")
+    unpacked = tmp_path / "overlay/mlos-overlay"
+    tree = sorted(p.relative_to(out / "mlos-overlay") for p in (out / "mlos-overlay").rglob("*"))
+    assert tree == sorted(p.relative_to(unpacked) for p in unpacked.rglob("*"))
+
+
+def test_an_ebuild_fetching_what_is_not_made_fails_the_overlay_stage(shared_store: Path, tmp_path: Path) -> None:
+    repo = project_copy(tmp_path)
+    ebuild = repo / "recipes/flatcar/overlay/app-misc/mlos-toolchain/mlos-toolchain-1.0.0.ebuild"
+    ebuild.write_text(ebuild.read_text().replace('HOMEPAGE="https://mlos.example/"\n',
+                                                 'HOMEPAGE="https://mlos.example/"\n'
+                                                 'SRC_URI="https://downloads.mlos.example/sources/${P}.tar.gz"\n'))
+    result = mlos("build", "overlay", "--recipes", repo / "recipes", "--out", tmp_path / "out", "--store", shared_store)
+    assert result.code == 4, result.stderr
+    assert ("app-misc/mlos-toolchain/mlos-toolchain-1.0.0.ebuild: SRC_URI fetches mlos-toolchain-1.0.0.tar.gz, "
+            "which is not made here (made: mlos-services-1.0.0.tar.gz)") in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_flatcar_stages_are_reproducible(shared_store: Path, flatcar: Path, tmp_path: Path) -> None:
-    result = mlos("build", "--verify", "sysext", "ignition", "oci", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
+    result = mlos("build", "--verify", "sysext", "ignition", "oci", "overlay", "--recipes", PROJECT / "recipes", "--out", tmp_path / "v",
                   "--store", shared_store)
     report = json.loads((tmp_path / "v/verify.json").read_text())
     verdicts = {(o["stage"], o["output"]): o["verdict"] for o in report["outputs"]}
@@ -249,6 +341,8 @@ def test_the_flatcar_stages_are_reproducible(shared_store: Path, flatcar: Path, 
     assert verdicts[("ignition", "mlos.ign")] == "identical", verdicts
     for name in ("mlos-core", "mlos-toolchain"):  # the same image digests: the same bytes throughout
         assert verdicts[("oci", f"{name}.oci.tar")] == verdicts[("oci", name)] == "identical", verdicts
+    for output in ("mlos-overlay", "mlos-overlay.tar.gz", "distfiles"):
+        assert verdicts[("overlay", output)] == "identical", verdicts
     for output in ("sysext/mlos-services.raw", "ignition/mlos.ign", "oci/mlos-core.oci.tar",
-                   "oci/mlos-core/index.json"):
+                   "oci/mlos-core/index.json", "overlay/mlos-overlay.tar.gz"):
         assert (tmp_path / "v" / output).read_bytes() == (flatcar / output).read_bytes()

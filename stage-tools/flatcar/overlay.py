@@ -1,0 +1,127 @@
+"""The MLOS Portage overlay, run as the `overlay` stage:
+
+    python3 /in/tools/overlay.py OVERLAY_SOURCE OUT_DIR NAME=SOURCE_DIR...
+
+OVERLAY_SOURCE is the overlay as people edit it (recipes/flatcar/overlay/: metadata/,
+profiles/, licenses/, CATEGORY/PN/ with ebuilds and metadata.xml). Each NAME=SOURCE_DIR is
+a package source directory (recipes/packages/NAME/, the same one the .deb is built from)
+packed as the distfile NAME-VERSION.tar.gz (VERSION from its control file), everything under
+NAME-VERSION/.
+
+Writes to OUT_DIR:
+- distfiles/: those archives (gzip without name or time, tar entries sorted, root-owned, at
+  SOURCE_DATE_EPOCH), to publish where the ebuilds' SRC_URI points;
+- mlos-overlay/: the overlay with a Manifest per package that fetches anything: a DIST line
+  per distfile its ebuilds name in SRC_URI, with the size, BLAKE2B and SHA512 (the hashes
+  metadata/layout.conf requires);
+- mlos-overlay.tar.gz: the same tree, as a reproducible tarball.
+
+Refused (exit 1, naming the ebuild): an SRC_URI file no NAME=SOURCE_DIR makes, a distfile no
+ebuild uses, an ebuild whose name is not PN-VERSION.ebuild in its CATEGORY/PN directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from archive import Refused, epoch, file_digest, gzip_file, write_tar
+
+HASHES = (("BLAKE2B", "blake2b"), ("SHA512", "sha512"))
+SRC_URI = re.compile(r'^SRC_URI="([^"]*)"', re.MULTILINE)
+VARIABLE = re.compile(r"\$\{(P|PN|PV)\}")
+
+
+def control_version(source: Path) -> str:
+    for line in (source / "control").read_text(encoding="utf-8").splitlines():
+        if line.startswith("Version:"):
+            return line.partition(":")[2].strip()
+    raise Refused(f"{source}/control: no Version field")
+
+
+def distfile(name: str, source: Path, dest_dir: Path, scratch: Path, when: int) -> Path:
+    version = control_version(source)
+    top = scratch / name / f"{name}-{version}"
+    shutil.copytree(source, top, symlinks=True)
+    tar = scratch / f"{name}.tar"
+    write_tar(top.parent, tar, when, all_root=True)
+    dest = dest_dir / f"{name}-{version}.tar.gz"
+    gzip_file(tar, dest)
+    tar.unlink()
+    return dest
+
+
+def fetched(ebuild: Path) -> list[str]:
+    """The file names an ebuild's SRC_URI downloads (its ${P}, ${PN}, ${PV} filled in)."""
+    package = ebuild.parent.name
+    stem = ebuild.name.removesuffix(".ebuild")
+    if not stem.startswith(package + "-") or not ebuild.name.endswith(".ebuild"):
+        raise Refused(f"{ebuild}: an ebuild is named {package}-VERSION.ebuild")
+    values = {"PN": package, "PV": stem[len(package) + 1:], "P": stem}
+    names = []
+    for value in SRC_URI.findall(ebuild.read_text(encoding="utf-8")):
+        words = VARIABLE.sub(lambda m: values[m.group(1)], value).split()
+        for i, word in enumerate(words):
+            if "://" not in word:
+                continue
+            renamed = i + 2 < len(words) and words[i + 1] == "->"
+            names.append(words[i + 2] if renamed else word.rsplit("/", 1)[1])
+    return names
+
+
+def manifests(overlay: Path, distfiles: dict[str, Path]) -> None:
+    used = set()
+    for ebuilds in sorted({e.parent for e in overlay.glob("*/*/*.ebuild")}):
+        lines = set()
+        for ebuild in sorted(ebuilds.glob("*.ebuild")):
+            for name in fetched(ebuild):
+                if name not in distfiles:
+                    raise Refused(f"{ebuild.relative_to(overlay)}: SRC_URI fetches {name}, which is not "
+                                  f"made here (made: {', '.join(sorted(distfiles)) or 'nothing'})")
+                used.add(name)
+                path = distfiles[name]
+                sums = " ".join(f"{label} {file_digest(path, algorithm)}" for label, algorithm in HASHES)
+                lines.add(f"DIST {name} {path.stat().st_size} {sums}\n")
+        if lines:
+            (ebuilds / "Manifest").write_text("".join(sorted(lines)), encoding="utf-8")
+    if unused := sorted(set(distfiles) - used):
+        raise Refused(f"no ebuild fetches {', '.join(unused)}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: overlay.py OVERLAY_SOURCE OUT_DIR NAME=SOURCE_DIR...", file=sys.stderr)
+        return 2
+    source, out, *packages = argv
+    os.umask(0o022)  # the modes of what it writes do not depend on the caller's umask
+    out_dir = Path(out)
+    scratch = Path("overlay-work")
+    try:
+        when = epoch()
+        scratch.mkdir()
+        (out_dir / "distfiles").mkdir(parents=True)
+        made = {}
+        for spec in packages:
+            name, sep, directory = spec.partition("=")
+            if not sep:
+                raise Refused(f"{spec!r} is not NAME=SOURCE_DIR")
+            path = distfile(name, Path(directory), out_dir / "distfiles", scratch, when)
+            made[path.name] = path
+        tree = scratch / "tree" / "mlos-overlay"
+        shutil.copytree(source, tree, symlinks=True)
+        manifests(tree, made)
+        tar = scratch / "overlay.tar"
+        write_tar(tree.parent, tar, when, all_root=True)
+        gzip_file(tar, out_dir / "mlos-overlay.tar.gz")
+        shutil.copytree(tree, out_dir / "mlos-overlay", symlinks=True)
+    except Refused as err:
+        print(f"overlay.py: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
