@@ -21,8 +21,8 @@ BENCHMARKS = sorted(p.stem for p in (PROJECT / "benchmarks").glob("*.py") if p.s
 
 
 def test_every_benchmark_is_exercised() -> None:
-    assert set(BENCHMARKS) == {"cli", "cluster", "diff", "engine", "images", "kernel", "rebuild", "sbom", "store",
-                               "verify"}
+    assert set(BENCHMARKS) == {"cli", "cluster", "diff", "engine", "flatcar", "images", "kernel", "rebuild", "sbom",
+                               "store", "verify"}
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
