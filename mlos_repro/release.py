@@ -94,11 +94,12 @@ def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:
     bindings = []
     for i, b in enumerate(data.get("binding", [])):
         if not isinstance(b.get("artifact"), str) or not isinstance(b.get("product"), str) or \
-                not isinstance(b.get("member", ""), str) or not isinstance(b.get("padded", False), bool):
+                not isinstance(b.get("member", ""), str) or not isinstance(b.get("padded", False), bool) or \
+                not isinstance(b.get("payload", False), bool) or (b.get("payload") and b.get("member")):
             raise BadInputError(f"{LAYOUT_POLICY}: binding[{i}]: expected artifact and product (STAGE/OUTPUT "
-                                "paths), optional member and padded")
+                                "paths), optional member and padded, or payload (without member)")
         bindings.append({"artifact": b["artifact"], "member": b.get("member", ""), "product": b["product"],
-                         "padded": b.get("padded", False)})
+                         "padded": b.get("padded", False), "payload": b.get("payload", False)})
     return threshold, days, bindings
 
 

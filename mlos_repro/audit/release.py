@@ -71,7 +71,9 @@ from mlos_repro.audit.trust import (
     read_json,
 )
 from mlos_repro.digest import sha256_file
+from mlos_repro.inspect import manifest
 from mlos_repro.inspect.detect import reader_for
+from mlos_repro.sbom.catalogue import RECORD
 from mlos_repro.sbom.facts import SBOM_SUFFIX, described
 from mlos_repro.sign.repository import KEYRING, with_valid_until
 from mlos_repro.store import artifact_files
@@ -591,6 +593,9 @@ class ReleaseVerifier:
                 raise Failed(f"binding {where} = {product}: not checked: artifacts/{name} does not match "
                              "SHA256SUMS (check 8)")
         source = self.release / "artifacts" / artifact
+        if b.get("payload"):
+            self._payload(artifact, product, work)
+            return
         found = source
         if member:
             reader = reader_for(source)
@@ -604,6 +609,48 @@ class ReleaseVerifier:
             raise Failed(f"binding {where}: sha256 {digest}"
                          + ("" if rest_zero else " (and the padding after it is not zeros)")
                          + f", but {product} is {self.sums[product]}")
+
+    def _payload(self, artifact: str, product: str, work: Path) -> None:
+        """A system extension carries its .deb's files unchanged: each file of the package's
+        data at the path the `sysext` stage puts it (/lib, /bin, /sbin under usr/; /etc under
+        usr/share/NAME/etc/), with the same bytes (a symlink: the same target); nothing more
+        is the package's; and its record names this very .deb."""
+        where = f"binding {artifact} carries {product}"
+        work = Path(tempfile.mkdtemp(prefix="payload-", dir=work))
+        source, deb = self.release / "artifacts" / artifact, self.release / "artifacts" / product
+        image = _files(manifest.build(source, self.sums[artifact], work / "image")["root"])
+        deb_root = manifest.build(deb, self.sums[product], work / "deb")["root"]
+        data = next((m.get("inner") for m in deb_root.get("members", [])
+                     if m["name"].startswith("data.tar") and m.get("inner")), None)
+        while data is not None and data.get("kind") == "compressed" and data.get("members"):
+            data = data["members"][0].get("inner")
+        if data is None:
+            raise Failed(f"{where}: {product} is no .deb with a data archive")
+        records = sorted(n for n in image if n.startswith(RECORD) and n.endswith("/deb.sha256"))
+        reader = reader_for(source)
+        if reader is None or not records:
+            raise Failed(f"{where}: {artifact} has no record of its package ({RECORD}NAME/)")
+        wanted = {r for n in records for r in (n, n.removesuffix("deb.sha256") + "list")}
+        (work / "records").mkdir()
+        read = reader.extract(source, {image[n][2] for n in wanted if n in image}, work / "records")
+        text = {_norm_member(k): v.read_text(encoding="utf-8", errors="replace") for k, v in read.items()}
+        record = next((n for n in records if text.get(n, "").split()[:1] == [self.sums[product]]), None)
+        if record is None:
+            raise Failed(f"{where}: {artifact}'s record names another .deb ({', '.join(records)})")
+        name = record.removeprefix(RECORD).split("/", 1)[0]
+        listed = set(text.get(record.removesuffix("deb.sha256") + "list", "").split())
+        expected: set[str] = set()
+        for path, (kind, value, _) in sorted(_files(data).items()):
+            top, _, rest = path.partition("/")
+            moved = f"usr/{path}" if top in ("lib", "bin", "sbin") else \
+                f"usr/share/{name}/etc/{rest}" if top == "etc" else path
+            expected.add(moved)
+            if moved not in image:
+                raise Failed(f"{where}: {path} of the .deb is not in the image at {moved}")
+            if image[moved][:2] != (kind, value):
+                raise Failed(f"{where}: {moved} differs from {path} of the .deb")
+        if extra := sorted(listed - expected):
+            raise Failed(f"{where}: the image says {extra[0]} came from {name}, which has no such file")
 
     # -- the repositories signed after the build -----------------------------------------------
 
@@ -696,3 +743,18 @@ def _digest_prefix(path: Path, size: int | None) -> tuple[str, bool]:
             if chunk.count(0) != len(chunk):
                 return digest.hexdigest(), False
     return digest.hexdigest(), True
+
+
+def _norm_member(name: str) -> str:
+    return name.removeprefix("./").lstrip("/")
+
+
+def _files(node: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """A container's files and symlinks: path -> (type, sha256 or target, name as listed)."""
+    out = {}
+    for m in node.get("members", []):
+        if m["type"] == "file":
+            out[_norm_member(m["name"])] = ("file", m.get("sha256", ""), m["name"])
+        elif m["type"] == "symlink":
+            out[_norm_member(m["name"])] = ("symlink", m.get("target", ""), m["name"])
+    return out

@@ -10,7 +10,13 @@ recursively, with each member's sha256) and reads only the bytes it needs:
   `.list` names (flagged as unowned; dpkg's own database is not counted);
 - a Linux kernel (a bzImage: `HdrS` at 0x202): its release, from the header;
 - an initramfs (a cpio archive with `/init`);
-- `.disk/mlos.json`: the product name and version an MLOS image describes itself with.
+- `.disk/mlos.json`: the product name and version an MLOS image describes itself with;
+- a tree made from packages without dpkg (a systemd system extension, an OCI image layer):
+  the packages its record names (`usr/share/mlos-repro/packages/NAME/`: the control data,
+  the sha256 of the .deb and the paths that came from it, as the `sysext` and `oci` stages
+  write them) and every file, each attributed to its package or to the stage that made it.
+  A system extension (`usr/lib/extension-release.d/extension-release.NAME`) without its
+  record is refused.
 
 A root filesystem found twice (the same squashfs in an ISO and a PXE bundle) is read once:
 parts are cached by the container's digest.
@@ -43,6 +49,8 @@ DPKG_STATUS = "var/lib/dpkg/status"
 DPKG_DB = "var/lib/dpkg/"
 KERNEL_NAMES = ("vmlinuz*", "bzImage*", "vmlinux*")
 PRODUCT_FILE = ".disk/mlos.json"
+EXTENSION_RELEASE = "usr/lib/extension-release.d/extension-release."
+RECORD = "usr/share/mlos-repro/packages/"
 LINK_DEPTH = 16
 
 
@@ -77,6 +85,7 @@ class File:
     type: str = "file"
     target: str = ""  # of a symlink
     release: str = ""  # of a kernel
+    package: str = ""  # of a system extension's file: the package it came from
 
 
 @dataclass
@@ -200,6 +209,9 @@ class _Walker:
         if DPKG_STATUS in names:
             cat.extend(self._cached(digest, lambda: self._rootfs(members, chain)), join(*chain))
             return
+        if any(n.startswith((EXTENSION_RELEASE, RECORD)) for n in names):
+            cat.extend(self._cached(digest, lambda: self._recorded(members, chain)), join(*chain))
+            return
         base = posixpath.basename(name)
         if node.get("kind") is None and any(fnmatch.fnmatch(base, p) for p in KERNEL_NAMES):
             self._kernel(chain, name, digest, where, cat)
@@ -300,6 +312,48 @@ class _Walker:
                                              if m["type"] == "symlink" else
                                              tree.sha256.get(_norm(m.get("target", "")), ""))
                 part.files.append(File(path, "unowned", "", digest, m["type"], m.get("target", "")))
+        return part
+
+
+    def _recorded(self, members: list[dict[str, Any]], chain: tuple[str, ...]) -> Catalogue:
+        """A tree whose record names the packages it holds files of (a system extension is
+        named after its package and must have the record), its files attributed to them or
+        to the stage."""
+        tree = _Tree(members)
+        extensions = {n.removeprefix(EXTENSION_RELEASE) for n in tree.names
+                      if n.startswith(EXTENSION_RELEASE)}
+        recorded = {n.removeprefix(RECORD).split("/", 1)[0] for n in tree.names
+                    if n.startswith(RECORD) and n.count("/") == RECORD.count("/") + 1}
+        names = sorted(extensions | recorded)
+        wanted = {n: {"control": f"{RECORD}{n}/control", "deb": f"{RECORD}{n}/deb.sha256",
+                      "list": f"{RECORD}{n}/list",
+                      "copyright": tree.resolve(f"usr/share/doc/{n}/copyright")} for n in names}
+        paths = {p for w in wanted.values() for p in w.values() if p in tree.original}
+        content = {_norm(k): v for k, v in self.ex.read(chain, [tree.original[p] for p in paths]).items()}
+        part = Catalogue()
+        came_from: dict[str, str] = {}
+        for name, w in wanted.items():
+            if w["control"] not in content or w["list"] not in content:
+                raise StageFailedError(f"{join(*chain) or 'the output'}: {name} has no record "
+                                       f"{RECORD}{name}/control and list",
+                                       "make system extensions and image layers with the stage tools that "
+                                       "record the package each file came from (stage-tools/flatcar)")
+            package = _package(Deb822(content[w["control"]].decode("utf-8", "replace")), "", installed=True)
+            sha256, _, deb = content.get(w["deb"], b"").decode("utf-8", "replace").strip().partition("  ")
+            package.sha256, package.path = sha256, deb
+            package.copyright = _text(content.get(w["copyright"]))
+            part.packages.append(package)
+            for line in content[w["list"]].decode("utf-8", "replace").splitlines():
+                if _norm(line):
+                    came_from[_norm(line)] = package.name
+        for m in members:
+            path = _norm(m["name"])
+            if m["type"] in ("file", "symlink", "hardlink"):
+                digest = m.get("sha256") or (sha256_bytes(m.get("target", "").encode())
+                                             if m["type"] == "symlink" else
+                                             tree.sha256.get(_norm(m.get("target", "")), ""))
+                part.files.append(File(path, "payload" if path in came_from else "generated", "", digest,
+                                       m["type"], m.get("target", ""), package=came_from.get(path, "")))
         return part
 
 

@@ -198,6 +198,8 @@ def _file(file: File, ref: str, policy: Policy, kernels: dict[Any, dict[str, Any
         properties.append(Property(name=PROP + "target", value=file.target))
     if file.role == "unowned":
         properties.append(Property(name=PROP + "unowned", value="true"))
+    if file.package:
+        properties.append(Property(name=PROP + "package", value=file.package))
     version = f"sha256:{file.sha256}" if file.sha256 else f"symlink:{file.target}"
     return Component(type=ComponentType.FILE, name=file.path, version=version, bom_ref=ref,
                      supplier=_entity(policy.artifact), hashes=hashes, properties=properties)

@@ -10,7 +10,8 @@
 # Outputs, each an OCI image layout directory and the same files as an oci-archive tar
 # (stage-tools/flatcar/ocilayout.py writes both):
 #   - mlos-core, mlos-core.oci.tar: the MLOS host agent (mlos-core, from mlos-services) on a
-#     Debian minbase: two layers, the base and the agent's files;
+#     Debian minbase: two layers, the base and the agent's files with their record
+#     (record.sh: which package they came from, for the SBOM);
 #   - mlos-toolchain, mlos-toolchain.oci.tar: the MLOS toolchain (mlos-toolchain, installed by
 #     dpkg, and what it depends on, by apt) on a Debian minbase, one layer.
 # Each image's version is its package's.
@@ -55,6 +56,8 @@ dpkg-deb --extract "$services" pkg
 cp pkg/usr/libexec/mlos/mlos-core agent/usr/libexec/mlos/
 cp pkg/etc/mlos/mlos.conf agent/etc/mlos/
 cp pkg/usr/share/doc/mlos-services/copyright agent/usr/share/doc/mlos-services/
+(cd agent && find . ! -type d | sed 's|^\./||') >agent.list
+sh /in/tools/record.sh "$PWD/agent" "$services" agent.list
 mkdir work
 python3 /in/tools/ocilayout.py --work work --layout /out/mlos-core --archive /out/mlos-core.oci.tar \
 	--name mlos-core --version "$(dpkg-deb --field "$services" Version)" \

@@ -16,6 +16,8 @@
 #   - every unit of the package is enabled on merge: a multi-user.target drop-in Upholds= a
 #     daemon (started, and restarted if it stops) and Wants= a one-shot unit;
 #   - usr/lib/extension-release.d/extension-release.PACKAGE says which hosts may merge it.
+#   - usr/share/mlos-repro/packages/PACKAGE/: the package's control data, its .deb's sha256 and
+#     the list of the image's paths that came from it (what the SBOM reads).
 # Anything else the package holds (/var, /boot, ...) is refused: it would be lost.
 set -eu
 umask 022
@@ -53,6 +55,11 @@ for name in "$@"; do
 			;;
 		esac
 	done
+	# What the image holds of which package, for its SBOM: the package's control data, the
+	# sha256 of its .deb, and every path of the image that came from it (the rest the stage made).
+	(cd "$root" && find usr opt ! -type d 2>/dev/null | LC_ALL=C sort |
+		grep -vx "usr/lib/tmpfiles.d/$name-etc.conf" || true) >"$work/list"
+	sh /in/tools/record.sh "$root" "$1" "$work/list"
 	# Units: daemons upheld (started on merge, restarted if they stop), one-shot units wanted.
 	upheld="" wanted=""
 	for unit in $(cd "$root/usr/lib/systemd/system" 2>/dev/null && find . -maxdepth 1 -type f \

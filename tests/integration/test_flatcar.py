@@ -15,6 +15,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -49,7 +50,7 @@ def project_copy(tmp_path: Path) -> Path:
     (repo / "recipes").mkdir(parents=True)
     for name in ("builder.toml", "builder.lock", "packages.toml", "flatcar.toml"):
         shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
-    for tree in ("recipes/packages", "recipes/flatcar", "stage-tools", "sbom"):
+    for tree in ("recipes/packages", "recipes/flatcar", "stage-tools", "sbom", "layouts"):
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     return repo
 
@@ -118,6 +119,97 @@ def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_pa
     assert "ID=_any" in shown and "SYSEXT_LEVEL" not in shown
     merged = merge(tmp_path / "debian", "ID=debian\nVERSION_ID=12\n", image)
     assert merged.returncode == 0 and "usr/bin/mlos-monitor" in merged.stdout, merged.stderr
+
+
+def components(sbom: Path) -> dict[str, dict[str, Any]]:
+    """An SBOM's components by name, each with its properties as a dict."""
+    found = {}
+    for c in json.loads(sbom.read_text())["components"]:
+        found[c["name"]] = {**c, "props": {p["name"]: p["value"] for p in c.get("properties", [])}}
+    return found
+
+
+def test_a_sysext_sbom_names_its_package_and_where_each_file_came_from(flatcar: Path, tmp_path: Path) -> None:
+    [deb] = (flatcar / "packages/debs").glob("mlos-services_*.deb")
+    subprocess.run(["dpkg-deb", "--extract", deb, tmp_path / "deb"], check=True)
+    found = components(flatcar / "sysext/mlos-services.raw.cdx.json")
+    package = found["mlos-services"]
+    assert package["version"] == "1.0.0" and package["type"] == "library"
+    assert package["hashes"] == [{"alg": "SHA-256", "content": hashlib.sha256(deb.read_bytes()).hexdigest()}]
+    assert package["purl"].startswith("pkg:deb/") and "Apache-2.0" in json.dumps(package["licenses"])
+    # Every file the package put there, by its bytes in the .deb (moved under usr/ where it must).
+    for image_path, deb_path in (("usr/bin/mlos-monitor", "usr/bin/mlos-monitor"),
+                                 ("usr/lib/systemd/system/mlos-core.service", "lib/systemd/system/mlos-core.service"),
+                                 ("usr/share/mlos-services/etc/mlos/mlos.conf", "etc/mlos/mlos.conf")):
+        file = found[image_path]
+        assert file["props"]["mlos:role"] == "payload" and file["props"]["mlos:package"] == "mlos-services", file
+        assert file["version"] == "sha256:" + hashlib.sha256((tmp_path / "deb" / deb_path).read_bytes()).hexdigest()
+    # What the stage made is told apart from what the package holds.
+    for made in ("usr/lib/extension-release.d/extension-release.mlos-services",
+                 "usr/lib/systemd/system/multi-user.target.d/10-mlos-services.conf",
+                 "usr/lib/tmpfiles.d/mlos-services-etc.conf"):
+        assert found[made]["props"]["mlos:role"] == "generated" and "mlos:package" not in found[made]["props"]
+    payload = {n for n, c in found.items() if c["props"].get("mlos:role") == "payload"}
+    in_deb = {str(p.relative_to(tmp_path / "deb")) for p in (tmp_path / "deb").rglob("*") if not p.is_dir()}
+    assert len(payload) == len(in_deb), (sorted(payload), sorted(in_deb))
+
+
+def release_and_verify(out: Path, recipes: Path, keys: Path, store: Path, rel: Path) -> dict[str, Any]:
+    made = mlos("release", "--keys", keys, "--out", rel, "--from", out, "--recipes", recipes, "--store", store,
+                "--stage", "sysext", "--release-version", "1.0")
+    assert made.code == 0, made.stderr
+    checked = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
+                   keys / "archive-keyring.gpg", "--json")
+    report: dict[str, Any] = json.loads(checked.stdout)
+    report["exit"] = checked.code
+    return report
+
+
+@pytest.mark.parametrize(("edit", "refused"), [
+    # One file of the package changed on its way into the image.
+    ('echo "# changed" >>"$root/usr/bin/mlos-monitor"',
+     "usr/bin/mlos-monitor differs from usr/bin/mlos-monitor of the .deb"),
+    # A file the package does not have, claimed as the package's.
+    ('echo planted >"$root/usr/bin/mlos-planted"',
+     "the image says usr/bin/mlos-planted came from mlos-services, which has no such file"),
+])
+def test_verify_binds_each_extension_to_its_deb(flatcar: Path, shared_store: Path, tmp_path: Path, edit: str,
+                                                refused: str) -> None:
+    keys = tmp_path / "keys"
+    assert mlos("keys", "init", keys).code == 0
+    try:
+        honest = release_and_verify(flatcar, PROJECT / "recipes", keys, shared_store, tmp_path / "honest")
+        notes = {c["number"]: c["note"] for c in honest["checks"]}
+        assert honest["exit"] == 0 and notes[12] == "2 bindings hold", honest
+        # A build whose sysext tools alter the payload: its release is signed as well as any.
+        repo = project_copy(tmp_path)
+        script = repo / "stage-tools/flatcar/sysext.sh"
+        anchor = "\t# What the image holds of which package, for its SBOM"
+        assert anchor in script.read_text()
+        script.write_text(script.read_text().replace(anchor, f'\t[ "$name" != mlos-services ] || {edit}\n{anchor}'))
+        built = mlos("build", "sysext", "--recipes", repo / "recipes", "--out", tmp_path / "out", "--store",
+                     shared_store)
+        assert built.code == 0, built.stderr
+        report = release_and_verify(tmp_path / "out", repo / "recipes", keys, shared_store, tmp_path / "hostile")
+        [check] = [c for c in report["checks"] if c["number"] == 12]
+        assert report["exit"] == 1 and check["status"] == "failed", report
+        assert any(refused in p for p in check["problems"]), check
+        assert [c["number"] for c in report["checks"] if c["status"] == "failed"] == [12], report
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
+
+
+def test_an_oci_image_sbom_lists_the_packages_of_its_layers(flatcar: Path) -> None:
+    toolchain = components(flatcar / "oci/mlos-toolchain.oci.tar.cdx.json")
+    for name in ("mlos-toolchain", "python3-numpy", "python3", "base-files", "dpkg"):
+        assert toolchain[name]["props"]["mlos:origin"] == "installed", toolchain.get(name)
+    core = components(flatcar / "oci/mlos-core.oci.tar.cdx.json")
+    assert {"base-files", "dash", "coreutils"} <= set(core) and "python3" not in core
+    # The agent's layer is no dpkg root: its record names the package its files came from.
+    [deb] = (flatcar / "packages/debs").glob("mlos-services_*.deb")
+    assert core["mlos-services"]["hashes"][0]["content"] == hashlib.sha256(deb.read_bytes()).hexdigest()
+    agent = core["usr/libexec/mlos/mlos-core"]["props"]
+    assert (agent["mlos:role"], agent["mlos:package"]) == ("payload", "mlos-services"), agent
 
 
 def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashes(flatcar: Path,

@@ -19,8 +19,8 @@ IMAGE_STAGES = {"rootfs", "initramfs", "iso", "disk", "pxe"}
 def test_project_recipes_load_and_lock_is_current() -> None:
     recipes = load_recipes(PROJECT / "recipes")
     assert {"toolchain", "kernel", "packages", "repository"} | IMAGE_STAGES <= set(recipes.stages)
-    assert recipes.stages["rootfs"].privileged
-    assert not any(s.privileged for n, s in recipes.stages.items() if n != "rootfs")
+    # mmdebstrap installs as root: the root filesystem and the OCI images' bases.
+    assert {n for n, s in recipes.stages.items() if s.privileged} == {"rootfs", "oci"}
     for name in set(recipes.builder.environments) - UNLOCKED_HERE:
         env, locked = locked_environment(recipes.builder, name)  # raises when stale
         assert locked.packages and env.name == name
@@ -38,9 +38,12 @@ def test_the_ubuntu_variant_is_a_profile_of_the_same_recipes() -> None:
     assert (mirror.kind, mirror.target) == (InputKind.ENV, "ubuntu-target")
     assert dict(rootfs.env)["MLOS_SUITE"] == "noble"
     assert dict(debian.stages["rootfs"].env)["MLOS_SUITE"] == "bookworm"
-    # Everything but the root filesystem is the Debian build's.
-    for name in set(debian.stages) - {"rootfs"}:
+    # Everything but the root filesystem is the Debian build's, and the system extensions are
+    # for any host: an Ubuntu host is not Flatcar.
+    for name in set(debian.stages) - {"rootfs", "sysext"}:
         assert ubuntu.stages[name].normalized() == debian.stages[name].normalized(), name
+    assert dict(ubuntu.stages["sysext"].env)["MLOS_SYSEXT_ID"] == "_any"
+    assert dict(debian.stages["sysext"].env)["MLOS_SYSEXT_ID"] == "flatcar"
     if "ubuntu-target" in UNLOCKED_HERE:
         with pytest.raises(BadInputError, match="'ubuntu-target' is not locked"):
             locked_environment(ubuntu.builder, "ubuntu-target")
