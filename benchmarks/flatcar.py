@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.images import mlos, stage_seconds
 from mlos_repro.env.assemble import local_mirror
 from mlos_repro.env.lockfile import locked_environment
-from mlos_repro.recipe import load_recipes
+from mlos_repro.recipe import RecipeSet, load_recipes
 from mlos_repro.store import Store, default_root
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -53,9 +53,8 @@ def forced_miss_recipes(work: Path) -> Path:
     return repo / "recipes"
 
 
-def bare_inputs(store: Store, built: Path, inputs: Path) -> None:
+def bare_inputs(recipes: RecipeSet, store: Store, built: Path, inputs: Path) -> None:
     """/in of every Flatcar stage, as host directories (tools rewritten to use them)."""
-    recipes = load_recipes(PROJECT / "recipes")
     env_spec, locked = locked_environment(recipes.builder, "target")
     local_mirror(env_spec, locked, store, inputs / "debian")
     sources = {"packages": built / "packages", "sysext": built / "sysext", "oci": built / "oci",
@@ -65,8 +64,7 @@ def bare_inputs(store: Store, built: Path, inputs: Path) -> None:
         shutil.copytree(source, inputs / name, ignore=shutil.ignore_patterns("*.cdx.json"))
 
 
-def bare(stage: str, inputs: Path, work: Path, epoch: int) -> float:
-    recipes = load_recipes(PROJECT / "recipes")
+def bare(recipes: RecipeSet, stage: str, inputs: Path, work: Path) -> float:
     spec = recipes.stages[stage]
     tools = inputs / "tools"
     shutil.rmtree(tools, ignore_errors=True)
@@ -79,7 +77,8 @@ def bare(stage: str, inputs: Path, work: Path, epoch: int) -> float:
         subprocess.run(["rm", "-rf", str(d)], check=True)
         d.mkdir(parents=True)
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(build),
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "SOURCE_DATE_EPOCH": str(epoch),
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC",
+           "SOURCE_DATE_EPOCH": str(recipes.builder.source_date_epoch),
            "MLOS_STAGE": stage, **dict(spec.env)}
     start = time.perf_counter()
     for command in spec.run:
@@ -104,21 +103,21 @@ def main() -> None:
     runs = 1 if args.quick else args.runs
     store_root = args.store or Path(os.environ.get("MLOS_REPRO_STORE") or default_root())
     store = Store(store_root)
-    epoch = load_recipes(PROJECT / "recipes").builder.source_date_epoch
+    recipes = load_recipes(PROJECT / "recipes")
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         work = Path(tmp)
         mlos("build", *STAGES, "--store", store_root, "--out", work / "o")  # inputs in the store
         ours: dict[str, list[float]] = {s: [] for s in stages}
         theirs: dict[str, list[float]] = {s: [] for s in stages}
         inputs = work / "in"
-        bare_inputs(store, work / "o", inputs)
+        bare_inputs(recipes, store, work / "o", inputs)
         for run in range(runs):
             _, summary = mlos("build", *stages, "--recipes", forced_miss_recipes(work), "--store", store_root,
                               "--out", work / f"o-miss-{run}")
             for stage, seconds in stage_seconds(summary, stages).items():
                 ours[stage].append(seconds)
             for stage in stages:
-                theirs[stage].append(bare(stage, inputs, work / "bare", epoch))
+                theirs[stage].append(bare(recipes, stage, inputs, work / "bare"))
     print(f"Flatcar stages: mlos-repro (forced cache miss) vs. the same tools bare, median of {runs}")
     print(f"   {'stage':10} {'bare':>9} {'mlos-repro':>11} {'ratio':>7}   target <= {TARGET:.2f}x")
     for stage in stages:

@@ -91,3 +91,15 @@ def gzip_file(src: Path, dest: Path) -> None:
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as out:
         while chunk := f.read(1 << 20):
             out.write(chunk)
+
+
+def write_tar_gz(root: Path, dest: Path, scratch: Path, when: int, *, all_root: bool,
+                 runtime_mounts: bool = False) -> str:
+    """write_tar of root, gzipped into dest (the tar itself in scratch, removed after); the
+    sha256 of the uncompressed tar (an OCI layer's diff_id)."""
+    tar = scratch / f"{dest.name}.tar"
+    write_tar(root, tar, when, all_root=all_root, runtime_mounts=runtime_mounts)
+    digest = file_digest(tar)
+    gzip_file(tar, dest)
+    tar.unlink()
+    return digest

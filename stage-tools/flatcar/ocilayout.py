@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from archive import Refused, epoch, file_digest, gzip_file, write_tar
+from archive import Refused, epoch, file_digest, write_tar, write_tar_gz
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -81,11 +81,9 @@ def build(args: argparse.Namespace) -> None:
         directory, _, how = spec.partition(":")
         if how not in ("", "root"):
             raise Refused(f"--layer {spec!r}: write DIR or DIR:root")
-        tar, compressed = work / "layer.tar", work / "layer.tar.gz"
-        write_tar(Path(directory), tar, when, all_root=how == "root", runtime_mounts=True)
-        diff_ids.append("sha256:" + file_digest(tar))
-        gzip_file(tar, compressed)
-        tar.unlink()
+        compressed = work / "layer.tar.gz"
+        diff_ids.append("sha256:" + write_tar_gz(Path(directory), compressed, work, when,
+                                                 all_root=how == "root", runtime_mounts=True))
         layers.append(blobs.put_file(compressed, LAYER))
         history.append({"created": created, "created_by": f"mlos-repro: {Path(directory).name}"})
     labels = {"org.opencontainers.image.title": args.name, "org.opencontainers.image.version": args.version,

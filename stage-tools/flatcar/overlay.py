@@ -28,7 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from archive import Refused, epoch, file_digest, gzip_file, write_tar
+from archive import Refused, epoch, file_digest, write_tar_gz
 
 HASHES = (("BLAKE2B", "blake2b"), ("SHA512", "sha512"))
 SRC_URI = re.compile(r'^SRC_URI="([^"]*)"', re.MULTILINE)
@@ -46,11 +46,8 @@ def distfile(name: str, source: Path, dest_dir: Path, scratch: Path, when: int) 
     version = control_version(source)
     top = scratch / name / f"{name}-{version}"
     shutil.copytree(source, top, symlinks=True)
-    tar = scratch / f"{name}.tar"
-    write_tar(top.parent, tar, when, all_root=True)
     dest = dest_dir / f"{name}-{version}.tar.gz"
-    gzip_file(tar, dest)
-    tar.unlink()
+    write_tar_gz(top.parent, dest, scratch, when, all_root=True)
     return dest
 
 
@@ -113,9 +110,7 @@ def main(argv: list[str]) -> int:
         tree = scratch / "tree" / "mlos-overlay"
         shutil.copytree(source, tree, symlinks=True)
         manifests(tree, made)
-        tar = scratch / "overlay.tar"
-        write_tar(tree.parent, tar, when, all_root=True)
-        gzip_file(tar, out_dir / "mlos-overlay.tar.gz")
+        write_tar_gz(tree.parent, out_dir / "mlos-overlay.tar.gz", scratch, when, all_root=True)
         shutil.copytree(tree, out_dir / "mlos-overlay", symlinks=True)
     except Refused as err:
         print(f"overlay.py: {err}", file=sys.stderr)
