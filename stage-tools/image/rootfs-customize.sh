@@ -48,6 +48,61 @@ done
 rm -f "$root/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service" \
 	"$root/etc/systemd/system/timers.target.wants/e2scrub_all.timer"
 
+# System extensions (systemd-sysext) from a disk: when a file system labelled MLOS-EXT appears,
+# at boot or later, its *.raw images are linked into /run/extensions and merged over /usr and
+# /opt, and what they bring is put to work: their tmpfiles.d (an extension's /etc defaults),
+# their units loaded and the targets that want them started again (systemd 252's sysext does
+# neither). Without such a disk nothing runs.
+mkdir -p "$root/usr/lib/udev/rules.d" "$root/usr/lib/systemd/system" "$root/usr/libexec"
+cat >"$root/usr/lib/udev/rules.d/90-mlos-extensions.rules" <<'EOF'
+# A file system labelled MLOS-EXT holds system extensions: mlos-extensions.service merges them.
+SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="MLOS-EXT", ENV{SYSTEMD_WANTS}+="mlos-extensions.service"
+EOF
+cat >"$root/usr/lib/systemd/system/mlos-extensions.service" <<'EOF'
+[Unit]
+Description=Merge the system extensions of the disk labelled MLOS-EXT
+Documentation=man:systemd-sysext(8)
+After=local-fs.target systemd-sysext.service
+Before=multi-user.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/libexec/mlos-extensions
+# systemd-sysext's own messages (what it merged, what it refused) on the console too.
+Environment=SYSTEMD_LOG_TARGET=console
+StandardOutput=journal+console
+StandardError=journal+console
+EOF
+cat >"$root/usr/libexec/mlos-extensions" <<'EOF'
+#!/bin/sh
+# Merge the system extensions (*.raw) of the file system labelled MLOS-EXT and start what
+# they enable. Run by mlos-extensions.service when udev sees that file system.
+set -eu
+disk=/dev/disk/by-label/MLOS-EXT
+mnt=/run/mlos-extensions
+mkdir -p "$mnt" /run/extensions
+mountpoint -q "$mnt" || mount -o ro,nodev,nosuid,noexec "$disk" "$mnt"
+found=""
+for image in "$mnt"/*.raw; do
+	[ -f "$image" ] || continue
+	ln -sfn "$image" "/run/extensions/${image##*/}"
+	found="$found ${image##*/}"
+done
+if [ -z "$found" ]; then
+	echo "mlos-extensions: $disk holds no *.raw system extension; nothing merged"
+	exit 0
+fi
+echo "mlos-extensions: merging$found"
+systemd-sysext refresh
+systemd-sysext list --no-pager
+systemd-tmpfiles --create
+systemctl daemon-reload
+systemctl start --no-block sockets.target timers.target multi-user.target
+echo "mlos-extensions: merged; units loaded"
+EOF
+chmod 0755 "$root/usr/libexec/mlos-extensions"
+
 # No logs, caches or lists from the build; empty directories stay.
 find "$root/var/log" "$root/var/cache/apt" "$root/var/lib/apt/lists" -type f -delete
 rm -f "$root/var/cache/ldconfig/aux-cache" "$root/var/cache/debconf/"*-old \

@@ -1,6 +1,7 @@
 """The Flatcar variant's artifacts, proven by what consumes them: the sysext images as
 systemd-dissect reads them and systemd-sysext merges them (onto a root of its own, in a
-mount namespace of its own: the host's /usr is never touched); the Ignition config as the
+mount namespace of its own: the host's /usr is never touched, and at boot, in QEMU, on an
+MLOS host built without the MLOS packages); the Ignition config as the
 Ignition 3.4 schema reads it; the OCI images as skopeo and umoci read them and podman runs
 them (with a storage of its own: the host's images are never touched); the Portage overlay
 as pkgcheck scans it."""
@@ -21,6 +22,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import PROJECT, mlos
+from tests.qemu import boot
 
 pytestmark = [pytest.mark.root]
 
@@ -45,12 +47,10 @@ def sysext(flatcar: Path) -> Path:
 
 
 def project_copy(tmp_path: Path) -> Path:
-    """The recipes the Flatcar stages need, and their tools, in a project of their own."""
+    """The project's recipes and what they read, in a project of its own: what it builds the
+    same is taken from the store."""
     repo = tmp_path / "repo"
-    (repo / "recipes").mkdir(parents=True)
-    for name in ("builder.toml", "builder.lock", "packages.toml", "flatcar.toml"):
-        shutil.copy(PROJECT / "recipes" / name, repo / "recipes" / name)
-    for tree in ("recipes/packages", "recipes/flatcar", "stage-tools", "sbom", "layouts"):
+    for tree in ("recipes", "stage-tools", "kernel", "sbom", "layouts"):
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     return repo
 
@@ -119,6 +119,46 @@ def test_an_extension_for_any_host_merges_onto_debian(shared_store: Path, tmp_pa
     assert "ID=_any" in shown and "SYSEXT_LEVEL" not in shown
     merged = merge(tmp_path / "debian", "ID=debian\nVERSION_ID=12\n", image)
     assert merged.returncode == 0 and "usr/bin/mlos-monitor" in merged.stdout, merged.stderr
+
+
+@pytest.mark.slow
+def test_an_mlos_host_merges_the_extensions_of_a_disk_at_boot(flatcar: Path, shared_store: Path,
+                                                              tmp_path: Path) -> None:
+    """Our disk image, built without the MLOS packages (with what mlos-services depends on), as
+    the host; a second disk labelled MLOS-EXT holds the ID=_any mlos-services.raw and the
+    Flatcar-only mlos-toolchain.raw. At boot systemd-sysext merges the first and refuses the
+    second, and mlos-monitor, which only the extension brings, finds every MLOS service active."""
+    repo = project_copy(tmp_path)
+    image_toml = repo / "recipes/image.toml"
+    text = image_toml.read_text()
+    include = 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,mlos-services,mlos-toolchain"'
+    assert include in text
+    image_toml.write_text(text.replace(include, 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,python3"'))
+    host = mlos("build", "disk", "--recipes", repo / "recipes", "--out", tmp_path / "host", "--store", shared_store)
+    assert host.code == 0, host.stderr
+    packages = {row.split("\t")[0] for row in (tmp_path / "host/rootfs/packages.tsv").read_text().splitlines()}
+    assert "python3" in packages and not {"mlos-services", "mlos-toolchain"} & packages
+    anyhost = mlos("build", "sysext", "--profile", "ubuntu", "--recipes", PROJECT / "recipes", "--out",
+                   tmp_path / "any", "--store", shared_store)
+    assert anyhost.code == 0, anyhost.stderr
+
+    extensions = tmp_path / "extensions.img"
+    subprocess.run(["mkfs.vfat", "-C", "-n", "MLOS-EXT", extensions, "16384"], check=True, capture_output=True)
+    for image in (tmp_path / "any/sysext/mlos-services.raw", flatcar / "sysext/mlos-toolchain.raw"):
+        subprocess.run(["mcopy", "-i", extensions, image, f"::/{image.name}"], check=True, capture_output=True)
+    disk = tmp_path / "mlos.raw"
+    shutil.copyfile(tmp_path / "host/disk/mlos.raw", disk)
+    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio",
+                "-drive", f"file={extensions},format=raw,if=virtio,readonly=on",
+                until=("Merged extensions into '/usr'.", "mlos-monitor: all MLOS services active"),
+                fail_on=("Kernel panic", "mlos-monitor: some MLOS services are not active"))
+    assert "mlos-extensions: merging mlos-services.raw mlos-toolchain.raw" in text
+    # systemd's own words: of the two images, only the one for any host is merged.
+    assert "Using extensions 'mlos-services'." in text, text
+    assert "mlos-extensions: merged; units loaded" in text
+    for line in ("mlos-monitor: mlos-core.service active", "mlos-monitor: mlos-api.service active"):
+        assert line in text
+    assert "Failed to start" not in text, [ln for ln in text.splitlines() if "Failed" in ln]
 
 
 def components(sbom: Path) -> dict[str, dict[str, Any]]:
