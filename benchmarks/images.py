@@ -60,7 +60,7 @@ def forced_miss_recipes(work: Path) -> Path:
     """A copy of the repository whose image stages miss the cache (one more env variable)."""
     repo = work / "repo"
     shutil.copytree(PROJECT / "recipes", repo / "recipes")
-    for tree in ("stage-tools/image", "stage-tools/packaging", "kernel"):
+    for tree in ("stage-tools", "kernel"):
         shutil.copytree(PROJECT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
     image = repo / "recipes/image.toml"
     image.write_text(_add_env(image.read_text(), uuid.uuid4().hex))

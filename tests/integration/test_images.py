@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def images(shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     if shutil.which("qemu-system-x86_64") is None or not OVMF.exists():
         pytest.fail("the image tests need QEMU and OVMF: run scripts/install-deps")
     out = tmp_path_factory.mktemp("images-out")
-    result = mlos("build", "iso", "disk", "pxe", "--recipes", PROJECT / "recipes", "--out", out,
+    result = mlos("build", "iso", "disk", "pxe", "uki", "--recipes", PROJECT / "recipes", "--out", out,
                   "--store", shared_store)
     assert result.code == 0, result.stderr
     return out
@@ -164,6 +165,46 @@ def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:
     assert_mlos_system(text)
 
 
+def test_the_unified_kernel_image_boots_the_disk_with_uefi(images: Path, tmp_path: Path) -> None:
+    """The disk's ESP with mlos-disk.efi as its removable-media boot loader instead of GRUB:
+    the firmware starts systemd's stub, which starts the kernel with the initramfs and command
+    line the image carries."""
+    disk = tmp_path / "mlos.raw"
+    shutil.copyfile(images / "disk/mlos.raw", disk)
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(images / "uki/mlos-disk.efi"),
+                    "::/EFI/BOOT/BOOTX64.EFI"], check=True, capture_output=True)
+    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until=BOOTED, uefi=True)
+    assert_mlos_system(text)
+    # The UKI's own command line: GRUB, which adds BOOT_IMAGE=, never ran.
+    assert "Command line: mlos.root=part:PARTLABEL=mlos-root console=tty0 console=ttyS0,115200n8\n" in text
+
+
+def test_a_signed_unified_kernel_image_gives_back_the_built_one(images: Path, tmp_path: Path) -> None:
+    """What a release does with the UKIs (sbsign, after the build, with a db key) and what an
+    auditor checks: the signature verifies against the certificate, and with it removed
+    (sbattach --remove) the image is byte for byte the attested unsigned one."""
+    key, cert = tmp_path / "db.key", tmp_path / "db.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=MLOS test db (not for release)", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    for name in ("mlos-disk.efi", "mlos-iso.efi"):
+        built = images / "uki" / name
+        signed = tmp_path / f"{name}.signed"
+        subprocess.run(["sbsign", "--key", key, "--cert", cert, "--output", signed, built],
+                       check=True, capture_output=True)
+        checked = subprocess.run(["sbverify", "--cert", cert, signed], capture_output=True, text=True)
+        assert checked.returncode == 0 and "Signature verification OK" in checked.stdout, checked
+        unsigned = tmp_path / f"{name}.removed"
+        shutil.copyfile(signed, unsigned)
+        subprocess.run(["sbattach", "--remove", unsigned], check=True, capture_output=True)
+        assert unsigned.read_bytes() == built.read_bytes()
+        # The built image is not signed: sbverify says no; and pefix refuses to touch a signed one.
+        assert subprocess.run(["sbverify", "--cert", cert, built], capture_output=True).returncode != 0
+        refused = subprocess.run([sys.executable, PROJECT / "stage-tools/efi/pefix.py", signed],
+                                 capture_output=True, text=True, env={"SOURCE_DATE_EPOCH": "1"})
+        assert refused.returncode == 1 and "already signed" in refused.stderr, refused.stderr
+
+
 def test_pxe_bundle_boots_over_tftp(images: Path, tmp_path: Path) -> None:
     bundle = images / "pxe/pxe"
     sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=bundle,
@@ -219,7 +260,7 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
     home = gnupg_key("MLOS test archive <archive@mlos.example>")
     # The varied build runs on a Dask LocalCluster (--executor dask): the images stages, the
     # privileged root filesystem among them, give on its workers the bytes the local build gave.
-    result = mlos("build", "--verify", "iso", "disk", "pxe", "--recipes", repo / "recipes",
+    result = mlos("build", "--verify", "iso", "disk", "pxe", "uki", "--recipes", repo / "recipes",
                   "--out", tmp_path / "out", "--store", shared_store, "--gnupghome", home, "--json",
                   "--executor", "dask")
     report = json.loads((tmp_path / "out/verify.json").read_text())
@@ -228,7 +269,7 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
     assert report["reproducible"] is True
     outputs = (("rootfs", "rootfs.squashfs"), ("rootfs", "packages.tsv"), ("initramfs", "initrd.img"),
                ("iso", "mlos.iso"), ("iso", "mlos.json"), ("disk", "mlos.raw"), ("disk", "mlos.qcow2"),
-               ("pxe", "pxe"))
+               ("pxe", "pxe"), ("uki", "mlos-disk.efi"), ("uki", "mlos-iso.efi"))
     for output in outputs:
         assert verdicts[output] == "identical", verdicts
         # Each SBOM made again from the varied build's bytes, uncached: the same bytes.

@@ -13,7 +13,7 @@ from tests.conftest import PROJECT, mlos
 
 # Environments locked where their archive is reachable (see recipes/builder.toml).
 UNLOCKED_HERE = {"ubuntu-target", "target-release"}
-IMAGE_STAGES = {"rootfs", "initramfs", "iso", "disk", "pxe"}
+IMAGE_STAGES = {"rootfs", "initramfs", "uki", "iso", "disk", "pxe"}
 
 
 def test_project_recipes_load_and_lock_is_current() -> None:
