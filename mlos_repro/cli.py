@@ -554,8 +554,8 @@ def keys() -> None:
 @json_option
 @_handle_errors
 def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
-    """Create the archive OpenPGP key and the attestation keys in DIRECTORY (new or empty,
-    outside any source checkout) and print their fingerprints.
+    """Create the archive OpenPGP key, the attestation keys and the Secure Boot db key in
+    DIRECTORY (new or empty, outside any source checkout) and print their fingerprints.
 
     \b
     Example:
@@ -573,6 +573,9 @@ def keys_init(directory: Path, uid: str | None, as_json: bool) -> None:
     click.echo(f"  apt signed-by: {directory / archive['keyring']}")
     for name, key in summary["attestation"].items():
         click.echo(f"{name + ' key':<16} {key['keyid']}  ({directory / key['private']})")
+    db = summary["secureboot"]
+    click.echo(f"secure boot db   {db['certificate_sha256']}  {db['subject']}")
+    click.echo(f"  enrol in firmware: {directory / db['certificate_der']}")
 
 
 
@@ -990,18 +993,23 @@ def _rebuilders(rebuild_dirs: tuple[str, ...], rebuilder_keys: tuple[Path, ...],
 @root_key_option
 @with_trust_options
 @with_rebuilder_options
+@click.option("--db-cert", type=click.Path(path_type=Path), default=None,
+              help="The Secure Boot db certificate (PEM or DER) your machines enrol: the signed EFI images "
+                   "must be signed with it [default: the one the release's owner signed].")
 @json_option
 @_handle_errors
 def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trusted_root: Path | None,
                    identity: str | None, issuer: str | None, rebuild_dirs: tuple[str, ...],
-                   rebuilder_keys: tuple[Path, ...], threshold: int | None, as_json: bool) -> None:
+                   rebuilder_keys: tuple[Path, ...], threshold: int | None, db_cert: Path | None,
+                   as_json: bool) -> None:
     """Check a release's whole supply chain offline, step by numbered step.
 
     release.json (signed by the archive key: what the release is, the digest of every file
     outside artifacts/, its expiry), the layout (signature by --root-key, expiry), each step's
     links (present, signed by its functionaries, threshold, artifact rules), SHA256SUMS (its
     signature; the files), the provenance and SBOM statements (signed, bound to the listed
-    digests), the SBOMs, the images' bindings and the APT repository signatures. A check whose
+    digests), the SBOMs, the images' bindings, the APT repository signatures and the EFI images
+    signed for Secure Boot (each, without its signature, the attested image). A check whose
     anchor was not given is skipped, never ok. Exit 0 when all hold, 1 when one fails, 2 when
     a file is malformed.
 
@@ -1022,7 +1030,10 @@ def verify_release(release_dir: Path, root_key: Path, keyring: Path | None, trus
     for warning in warnings:
         ui.warn(warning)
     rebuilders = _rebuilders(rebuild_dirs, rebuilder_keys, threshold)
-    outcome = ReleaseVerifier(release_dir, root_key, trust, rebuilders).run()
+    if db_cert is not None and not db_cert.is_file():
+        raise BadInputError(f"--db-cert {db_cert}: no such file", "name the db certificate (keys init: "
+                            "KEYS/secureboot/db.crt or db.cer)")
+    outcome = ReleaseVerifier(release_dir, root_key, trust, rebuilders, db_cert=db_cert).run()
     if as_json:
         ui.emit_json({"release": str(release_dir), "ok": outcome.ok, "verdict": outcome.verdict,
                       **{s: outcome.count(s) for s in ("passed", "failed", "skipped")},

@@ -5,6 +5,8 @@
     RELEASE/SHA256SUMS.gpg               detached OpenPGP signature (the archive key)
     RELEASE/SHA256SUMS.asc               the same, clearsigned
     RELEASE/artifacts/STAGE/SHA256SUMS(.gpg)  STAGE's lines of SHA256SUMS named from there, signed
+    RELEASE/artifacts/STAGE/secureboot/OUTPUT.efi  each EFI image output, signed for Secure Boot (sbsign),
+                                         with db.crt, db.cer and signing.json (sign/secureboot.py)
     RELEASE/sbom/STAGE/OUTPUT.cdx.json   the CycloneDX SBOM of each output
     RELEASE/attestations/links/STAGE.KEYID8.link           in-toto link per stage (DSSE)
     RELEASE/attestations/provenance/STAGE/OUTPUT.intoto.json  SLSA v1 provenance (DSSE)
@@ -47,6 +49,7 @@ from mlos_repro.fsutil import staged_directory
 from mlos_repro.keyfile import load_signer, public
 from mlos_repro.recipe import source
 from mlos_repro.sbom.facts import SBOM_SUFFIX
+from mlos_repro.sign import secureboot
 from mlos_repro.sign.gpg import GpgSigner
 from mlos_repro.sign.repository import sign_repositories
 
@@ -67,6 +70,7 @@ class Keys:
     owner: CryptoSigner
     gpg: GpgSigner
     openpgp_links: bool = False  # links as classic Metablocks signed by the OpenPGP key
+    secureboot: secureboot.DbKey | None = None  # None: the development db key (not for release)
 
     @staticmethod
     def load(directory: Path, archive_key: str | None = None) -> Keys:
@@ -74,7 +78,7 @@ class Keys:
             raise SigningError(f"{directory / 'gnupg'}: missing; it holds the release (archive) OpenPGP key",
                                "create a key directory with: mlos-repro keys init DIR")
         return Keys(load_signer(directory, "builder"), load_signer(directory, "owner"),
-                    GpgSigner(directory / "gnupg", archive_key))
+                    GpgSigner(directory / "gnupg", archive_key), secureboot=secureboot.load(directory))
 
 
 def layout_policy(root: Path) -> tuple[int, int, list[dict[str, Any]]]:
@@ -128,6 +132,10 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     expiry = now + datetime.timedelta(days=days)
     signatures = sign_repositories(store, result, lambda: keys.gpg, valid_until=expiry)
+    # The EFI images signed for Secure Boot, beside the attested unsigned ones.
+    db = (keys.secureboot or secureboot.development_key()) if secureboot.efi_outputs(result) else None
+    if db is not None:
+        signatures |= secureboot.sign_images(store, result, db)
     write_out(store, result, root / "artifacts", signatures)
     (root / "artifacts/manifest.json").unlink()
     for sbom in sorted((root / "artifacts").rglob("*" + SBOM_SUFFIX)):
@@ -202,7 +210,11 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     # Only the bindings whose artifact and product this release has (SHA256SUMS' names).
     present = set(listed.artifacts)
     mine = [b for b in bindings if b["artifact"] in present and b["product"] in present]
-    envelope = DsseEnvelope(payload=canonical_json({"bindings": mine, "expires": expires}),
+    # The owner vouches for the Secure Boot db certificate too: the archive key alone cannot swap it.
+    bound: dict[str, Any] = {"bindings": mine, "expires": expires}
+    if db is not None:
+        bound["secureboot_db_sha256"] = db.facts()["certificate_sha256"]
+    envelope = DsseEnvelope(payload=canonical_json(bound),
                             payload_type=intoto.BINDINGS_TYPE, signatures={})
     envelope.sign(keys.owner)
     (root / "layout/bindings.json").write_bytes(canonical_json(envelope.to_dict()) + b"\n")

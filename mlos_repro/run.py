@@ -34,6 +34,9 @@ TOOLS: dict[str, str] = {
     "gpg": "gnupg",
     "gpgconf": "gpgconf",
     "gpg-connect-agent": "gpgconf",
+    "sbsign": "sbsigntool",
+    "sbverify": "sbsigntool",
+    "sbattach": "sbsigntool",
 }
 
 # Host variables passed to tools that run outside the sandbox (mmdebstrap, tar).

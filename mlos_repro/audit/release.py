@@ -18,7 +18,8 @@ own error naming the file, step or artifact at fault:
   8 SHA256SUMS = files   every file under artifacts/ is listed with its digest, and nothing else
   9 provenance           per output a statement signed by a functionary of its step, whose
                          subjects are the step's products, as SHA256SUMS lists them; files
-                         outside every step are only the repository signatures release.json names
+                         outside every step are only the repository signatures and signed EFI
+                         images release.json names
  10 SBOMs                per output a valid SBOM naming the output's digest, and its signed
                          statement, bound to the same subjects
  11 sigstore             SHA256SUMS, release.json and each provenance statement signed keylessly
@@ -32,6 +33,11 @@ own error naming the file, step or artifact at fault:
  14 rebuilders           with --rebuild: each artifact reproduced by at least K distinct listed
                          rebuilder keys, by summaries of exactly this release and these digests
                          (audit/rebuilders.py); every summary that is not so is named
+ 15 Secure Boot          each attested EFI image (STAGE/OUTPUT.efi) is in STAGE/secureboot/ signed:
+                         sbverify accepts its signature with the release's db certificate, the
+                         certificate is the one the owner signed in bindings.json (and --db-cert),
+                         and with the signature removed (sbattach --remove) it is exactly the
+                         attested image
 
 A check whose trust anchor was not given is `skipped`, never `ok`. A malformed metadata file
 fails its check as such; `malformed` is then set (exit 2, not 1).
@@ -75,6 +81,7 @@ from mlos_repro.inspect import manifest
 from mlos_repro.inspect.detect import reader_for
 from mlos_repro.sbom.catalogue import RECORD
 from mlos_repro.sbom.facts import SBOM_SUFFIX, described
+from mlos_repro.sign import secureboot
 from mlos_repro.sign.repository import KEYRING, with_valid_until
 from mlos_repro.store import artifact_files
 
@@ -168,7 +175,7 @@ UNTRUSTED_SHAPE = (FormatError, KeyError, TypeError, ValueError, AttributeError)
 
 class ReleaseVerifier:
     def __init__(self, release: Path, root_key: Path, trust: Trust,
-                 rebuilders: Rebuilders | None = None) -> None:
+                 rebuilders: Rebuilders | None = None, db_cert: Path | None = None) -> None:
         if trust.keyring is None and trust.sigstore is None:
             raise ValueError("a release is verified against the archive key or a sigstore identity")
         self.release = release
@@ -185,6 +192,8 @@ class ReleaseVerifier:
         self.verified: set[str] = set()  # artifacts whose bytes match SHA256SUMS
         self.rebuilders = rebuilders
         self.info_digest = ""  # sha256 of the release.json whose signature check 1 verified
+        self.bound: dict[str, Any] | None = None  # layout/bindings.json's owner-signed statement
+        self.db_cert = db_cert
 
     def run(self) -> Outcome:
         with _ring(self.trust) as ring:
@@ -204,6 +213,7 @@ class ReleaseVerifier:
                 self._check(12, "bindings: images carry their upstream products", self.bindings),
                 self._check(13, "repository signatures", self.repository_signatures),
                 self._check(14, "rebuilders: k of n reproduced each artifact", self.rebuilt),
+                self._check(15, "Secure Boot: signed images are the attested ones", self.secure_boot),
             ]
         return Outcome(checks)
 
@@ -564,6 +574,7 @@ class ReleaseVerifier:
         path = self.release / "layout/bindings.json"
         trusted = {str(key.get("keyid")): key} if isinstance(key, dict) else {}
         statement = _dsse(path, trusted, intoto.BINDINGS_TYPE)
+        self.bound = statement
         bindings = statement.get("bindings")
         if not isinstance(bindings, list) or not all(isinstance(b, dict) for b in bindings):
             raise Malformed(f"{path}: no bindings list")
@@ -662,9 +673,9 @@ class ReleaseVerifier:
         for name in releases:
             stage = name.split("/", 1)[0]
             expected |= {name.rsplit("/", 1)[0] + "/InRelease", f"{stage}/{KEYRING}", f"{stage}/signing.json"}
-        for extra in sorted(set(info.signed_after_build) - expected):
+        for extra in sorted(set(info.signed_after_build) - expected - self._secureboot_files(info)):
             c.problems.append(f"release.json: signed_after_build names {extra}, which is no repository "
-                              "signature of this release")
+                              "signature or signed EFI image of this release")
         if not releases:
             if not c.problems:
                 raise _Skip("skipped: the release holds no APT repository")
@@ -709,6 +720,108 @@ class ReleaseVerifier:
         named = signing.get("fingerprint") if isinstance(signing, dict) else None
         if named != fingerprint:
             raise Failed(f"{stage_dir / 'signing.json'}: names {named}, but the archive key is {fingerprint}")
+
+
+    # -- Secure Boot ------------------------------------------------------------------------
+
+    def _efi_images(self, info: ReleaseInfo) -> dict[str, list[str]]:
+        """stage -> its attested EFI image outputs (files named *.efi), which the release carries
+        signed in STAGE/secureboot/."""
+        sums = self._sums()
+        found = {stage: sorted(o for o in outputs if o.endswith(".efi") and f"{stage}/{o}" in sums)
+                 for stage, outputs in info.stages.items()}
+        return {stage: outputs for stage, outputs in found.items() if outputs}
+
+    def _secureboot_files(self, info: ReleaseInfo) -> set[str]:
+        return {f"{stage}/{secureboot.DIRECTORY}/{name}" for stage, outputs in self._efi_images(info).items()
+                for name in (*outputs, secureboot.CERT, secureboot.DER, secureboot.FACTS)}
+
+    def secure_boot(self, c: Check) -> None:
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        images = self._efi_images(info)
+        if not images:
+            raise _Skip("skipped: the release holds no EFI image")
+        bound = self._need(self.bound, "bindings (the owner-signed layout/bindings.json)")
+        owner_says = bound.get("secureboot_db_sha256")
+        if not isinstance(owner_says, str):
+            raise Failed("layout/bindings.json: names no Secure Boot db certificate (secureboot_db_sha256), "
+                         "but the release carries EFI images: the owner vouches for no key that signed them")
+        after = set(info.signed_after_build)
+        subjects, development, signed = set(), False, 0
+        for stage, outputs in images.items():
+            where = f"{stage}/{secureboot.DIRECTORY}"
+            try:
+                subject, dev = self._db_certificate(where, owner_says, after)
+            except Failed as e:
+                c.problems.append(str(e))
+                continue
+            subjects.add(subject)
+            development |= dev
+            for output in outputs:
+                try:
+                    self._signed_image(stage, output, after)
+                    signed += 1
+                except Failed as e:
+                    c.problems.append(str(e))
+        c.note = (f"{signed} EFI images signed by {', '.join(sorted(subjects)) or 'no key'}"
+                  + (" (a development key, not for release)" if development else ""))
+
+    def _db_certificate(self, where: str, owner_says: str, after: set[str]) -> tuple[str, bool]:
+        """(subject, development key?) of STAGE/secureboot's certificate, once it is shown to be
+        the one the owner signed (and the one --db-cert names)."""
+        for name in (secureboot.CERT, secureboot.DER, secureboot.FACTS):
+            self._signed_after(f"{where}/{name}", after)
+        artifacts = self.release / release_meta.ARTIFACTS
+        try:
+            pem = secureboot.certificate(read(artifacts / where / secureboot.CERT),
+                                         f"artifacts/{where}/{secureboot.CERT}")
+        except ValueError as e:
+            raise Malformed(str(e)) from None
+        der = secureboot.der(pem)
+        if read(artifacts / where / secureboot.DER) != der:
+            raise Failed(f"artifacts/{where}/{secureboot.DER}: not the certificate of {secureboot.CERT}")
+        digest = hashlib.sha256(der).hexdigest()
+        if digest != owner_says:
+            raise Failed(f"artifacts/{where}/{secureboot.CERT}: certificate sha256 {digest}, but the owner "
+                         f"signed {owner_says} in layout/bindings.json")
+        if self.db_cert is not None:
+            try:
+                pinned = secureboot.certificate(read(self.db_cert), str(self.db_cert))
+            except ValueError as e:
+                raise Malformed(str(e)) from None
+            if secureboot.der(pinned) != der:
+                raise Failed(f"artifacts/{where}/{secureboot.CERT}: {pem.subject.rfc4514_string()} "
+                             f"(sha256 {digest}) is not the certificate --db-cert gives ({self.db_cert})")
+        facts = parse_json(read(artifacts / where / secureboot.FACTS), artifacts / where / secureboot.FACTS)
+        if not isinstance(facts, dict) or facts.get("certificate_sha256") != digest:
+            raise Failed(f"artifacts/{where}/{secureboot.FACTS}: names another certificate than "
+                         f"{secureboot.CERT} (sha256 {digest})")
+        return pem.subject.rfc4514_string(), facts.get("development_key") is True
+
+    def _signed_after(self, name: str, after: set[str]) -> None:
+        if name not in after:
+            raise Failed(f"artifacts/{name}: missing (release.json's signed_after_build does not name it)")
+        if name not in self.verified:
+            raise Failed(f"artifacts/{name}: not checked: missing, or not as SHA256SUMS lists it (check 8)")
+
+    def _signed_image(self, stage: str, output: str, after: set[str]) -> None:
+        """STAGE/secureboot/OUTPUT: a signature the certificate verifies, and without it, exactly
+        the attested STAGE/OUTPUT."""
+        name = f"{stage}/{secureboot.DIRECTORY}/{output}"
+        self._signed_after(name, after)
+        if f"{stage}/{output}" not in self.verified:
+            raise Failed(f"artifacts/{name}: not checked: artifacts/{stage}/{output} does not match "
+                         "SHA256SUMS (check 8)")
+        artifacts = self.release / release_meta.ARTIFACTS
+        cert = artifacts / stage / secureboot.DIRECTORY / secureboot.CERT
+        said = secureboot.signature_problem(cert, artifacts / name)
+        if said is not None:
+            raise Failed(f"artifacts/{name}: no Secure Boot signature that {secureboot.CERT} verifies "
+                         f"(sbverify: {said})")
+        unsigned = secureboot.without_signature(artifacts / name)
+        if unsigned != read(artifacts / stage / output):
+            raise Failed(f"artifacts/{name}: with its signature removed, it is not the attested "
+                         f"{stage}/{output}: the firmware would run bytes nobody built")
 
 
 def _distinct_keys(layout: Any) -> None:

@@ -6,6 +6,10 @@
     DIR/attestation/NAME.key      ed25519 private keys (PKCS#8 PEM) for in-toto: `builder`
     DIR/attestation/NAME.pub.json signs stage attestations, `owner` signs the layout; the
                                   public halves as securesystemslib key dicts with keyid
+    DIR/secureboot/db.key, db.crt, db.cer
+                                  the Secure Boot db key (RSA 2048) and its self-signed
+                                  certificate, PEM and DER: `release` signs the EFI images
+                                  with it (sign/secureboot.py), firmware enrols db.cer
     DIR/keys.json                 what is where, with fingerprints and key ids
 
 Private keys are never written inside a source checkout (a directory with .git above it)
@@ -22,6 +26,7 @@ from typing import Any
 from securesystemslib.signer import CryptoSigner
 
 from mlos_repro.errors import BadInputError
+from mlos_repro.sign import secureboot
 from mlos_repro.sign.gpg import GpgSigner, generate_key
 
 ATTESTATION_KEYS = ("builder", "owner")
@@ -68,5 +73,11 @@ def init_keys(directory: Path, uid: str = DEFAULT_UID) -> dict[str, Any]:
         summary["attestation"][name] = {"keyid": signer.public_key.keyid,
                                         "private": f"attestation/{name}.key",
                                         "public": f"attestation/{name}.pub.json"}
+    db = secureboot.generate(directory / secureboot.DIRECTORY, secureboot.DEFAULT_NAME)
+    facts = db.facts()
+    summary["secureboot"] = {"subject": facts["subject"], "certificate_sha256": facts["certificate_sha256"],
+                             "private": f"{secureboot.DIRECTORY}/{secureboot.KEY}",
+                             "certificate": f"{secureboot.DIRECTORY}/{secureboot.CERT}",
+                             "certificate_der": f"{secureboot.DIRECTORY}/{secureboot.DER}"}
     (directory / "keys.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

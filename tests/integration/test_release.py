@@ -21,11 +21,11 @@ from in_toto.models.metadata import Envelope
 from in_toto.verifylib import in_toto_verify
 from securesystemslib.signer import CryptoSigner
 
-from tests.conftest import mlos, write_repo
+from tests.conftest import PROJECT, mlos, write_repo
 from tests.integration.test_sbom import STAGES
 from tests.sigstore_standin import Standin
 
-STAGE_NAMES = ["apt", "bundle", "debs", "rootfs"]
+STAGE_NAMES = ["apt", "bundle", "debs", "efi", "rootfs"]
 # An image-like artifact carrying another step's product, and the binding that says so.
 BUNDLE = """
 [[stage]]
@@ -44,6 +44,17 @@ d=/out/repo/dists/mlos; mkdir -p $d/main/binary-amd64; : > $d/main/binary-amd64/
   printf 'Components: main\\nSHA256:\\n %s 0 main/binary-amd64/Packages\\n' $(sha256sum < $d/main/binary-amd64/Packages | cut -c1-64)
 } > $d/Release
 ''']]
+"""
+# An EFI image, as the uki stage makes them (systemd's stub, made ready for signing by
+# pefix.py): the release signs it for Secure Boot.
+EFI = """
+[[stage]]
+name = "efi"
+builder = "efi"
+outputs = ["toy.efi"]
+run = [["sh", "-euc", "cp /usr/lib/systemd/boot/efi/linuxx64.efi.stub /out/toy.efi && python3 /in/tools/pefix.py /out/toy.efi"]]
+[stage.inputs]
+tools = "path:stage-tools/efi"
 """
 BINDING = """
 [[binding]]
@@ -65,7 +76,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, shared_store: Path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("release-repo")
-    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0") + BUNDLE)
+    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0") + BUNDLE + EFI)
+    shutil.copytree(PROJECT / "stage-tools/efi", root / "repo/stage-tools/efi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "repo/layouts").mkdir()
     (root / "repo/layouts/layout.toml").write_text(BINDING)
     out = root / "out"
@@ -264,16 +277,18 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 15))
+    assert [c["number"] for c in report["checks"]] == list(range(1, 16))
     status = {c["number"]: c["status"] for c in report["checks"]}
     # Only the sigstore check (no --trusted-root) and the rebuilders' (no --rebuild) did not
     # run, and they say so.
     assert {n for n, s in status.items() if s != "passed"} == {11, 14}
     assert status[11] == status[14] == "skipped"
-    assert (report["passed"], report["failed"], report["skipped"]) == (12, 0, 2)
+    assert (report["passed"], report["failed"], report["skipped"]) == (13, 0, 2)
     assert report["verdict"] == "release verified, 2 checks skipped"
     assert next(c for c in report["checks"] if c["number"] == 12)["note"] == "1 bindings hold"
     assert "1 repositories signed by" in next(c for c in report["checks"] if c["number"] == 13)["note"]
+    assert next(c for c in report["checks"] if c["number"] == 15)["note"] == \
+        "1 EFI images signed by CN=MLOS Linux Secure Boot db key"
     # The archive key taken from the release itself: allowed when named, but said.
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
@@ -555,6 +570,46 @@ def owner_signed_bindings(rel: Path, keys: Path, payload: object) -> None:
     (rel / "layout/bindings.json").write_text(json.dumps(envelope.to_dict()))
 
 
+SIGNED_EFI = "artifacts/efi/secureboot/toy.efi"
+
+
+def efi_signed_again(rel: Path, keys: Path, tmp: Path, *, other_image: bool = False,
+                     other_key: bool = False) -> None:
+    """The signed EFI image replaced by one signed with the deployment's db key (misused) or
+    another, of the attested image or another; the archive key (stolen, say) lists the result.
+    With another key, its certificate goes everywhere the archive key reaches."""
+    from mlos_repro.sign import secureboot
+
+    image = tmp / "image.efi"
+    shutil.copyfile(rel / "artifacts/efi/toy.efi", image)
+    if other_image:
+        flip_byte(image)
+    db = secureboot.DbKey(keys / "secureboot/db.key", keys / "secureboot/db.crt")
+    if other_key:
+        db = secureboot.generate(tmp / "other-db", "Someone else's db key")
+        shutil.copyfile(db.cert, rel / "artifacts/efi/secureboot/db.crt")
+        (rel / "artifacts/efi/secureboot/db.cer").write_bytes(db.der_bytes())
+        (rel / "artifacts/efi/secureboot/signing.json").write_text(json.dumps(db.facts()))
+    (rel / SIGNED_EFI).write_bytes(secureboot.sign(db, image, "a test image"))
+    signed_by_release_key(rel, keys)
+
+
+def efi_altered(rel: Path, keys: Path, tmp: Path) -> None:
+    flip_byte(rel / SIGNED_EFI)
+    signed_by_release_key(rel, keys)
+
+
+def efi_unsigned(rel: Path, keys: Path, tmp: Path) -> None:
+    shutil.copyfile(rel / "artifacts/efi/toy.efi", rel / SIGNED_EFI)
+    signed_by_release_key(rel, keys)
+
+
+def efi_dropped(rel: Path, keys: Path, tmp: Path) -> None:
+    """No signed image, and release.json (archive key) no longer names it."""
+    (rel / SIGNED_EFI).unlink()
+    signed_by_release_key(rel, keys, edit=lambda i: i["signed_after_build"].remove("efi/secureboot/toy.efi"))
+
+
 def link_of_wrong_types(rel: Path, keys: Path, tmp: Path) -> None:
     (link,) = (rel / "attestations/links").glob("debs.*.link")
     envelope = json.loads(link.read_text())
@@ -670,6 +725,25 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
         "rootfs/SHA256SUMS.gpg: bad or unknown signature", 1),
     "a stage directory's SHA256SUMS removed (release.json signed again)": (
         lambda r, k, t: stage_sums_edited(r, k, t, remove=True), 8, "artifacts/rootfs/SHA256SUMS: missing", 1),
+    "signed EFI image altered after signing (archive key)": (
+        efi_altered, 15,
+        "artifacts/efi/secureboot/toy.efi: no Secure Boot signature that db.crt verifies", 1),
+    "the unsigned EFI image shipped as the signed one (archive key)": (
+        efi_unsigned, 15, "artifacts/efi/secureboot/toy.efi: no Secure Boot signature that db.crt verifies", 1),
+    "another EFI image signed with the db key (archive key)": (
+        lambda r, k, t: efi_signed_again(r, k, t, other_image=True), 15,
+        "with its signature removed, it is not the attested efi/toy.efi", 1),
+    "the EFI image signed by another db key, its certificate swapped in (archive key)": (
+        lambda r, k, t: efi_signed_again(r, k, t, other_key=True), 15,
+        "but the owner signed", 1),
+    "the signed EFI image dropped (archive key)": (
+        efi_dropped, 15, "artifacts/efi/secureboot/toy.efi: missing (release.json's signed_after_build", 1),
+    "the signed EFI image not as SHA256SUMS lists it": (
+        lambda r, k, t: flip_byte(r / SIGNED_EFI), 15,
+        "artifacts/efi/secureboot/toy.efi: not checked: missing, or not as SHA256SUMS lists it", 1),
+    "bindings naming no db certificate, owner-signed": (
+        lambda r, k, t: owner_signed_bindings(r, k, {"bindings": [], "expires": "2099-01-01T00:00:00Z"}), 15,
+        "names no Secure Boot db certificate", 1),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
@@ -686,6 +760,34 @@ def test_verify_rejects_tampering(case: str, honest: Path, keys: Path, tmp_path:
     problems = failed(report)
     assert check_number in problems, problems
     assert words in problems[check_number], problems
+
+
+def test_the_signed_efi_image_is_the_attested_one_and_its_certificate_pinnable(honest: Path, keys: Path,
+                                                                               tmp_path: Path) -> None:
+    """What check 15 stands on, by sbsigntool itself; and --db-cert, the certificate a user's
+    machines enrol, pins it."""
+    db = honest / "artifacts/efi/secureboot"
+    assert subprocess.run(["sbverify", "--cert", str(db / "db.crt"), str(db / "toy.efi")],
+                          capture_output=True).returncode == 0
+    stripped = tmp_path / "stripped.efi"
+    shutil.copyfile(db / "toy.efi", stripped)
+    subprocess.run(["sbattach", "--remove", str(stripped)], check=True, capture_output=True)
+    assert stripped.read_bytes() == (honest / "artifacts/efi/toy.efi").read_bytes()
+    assert (db / "db.cer").read_bytes() == (keys / "secureboot/db.cer").read_bytes()
+    info = json.loads((honest / "release.json").read_text())
+    assert {"efi/secureboot/toy.efi", "efi/secureboot/db.crt"} <= set(info["signed_after_build"])
+
+    common = ("--root-key", keys / "attestation/owner.pub.json", "--keyring", keys / "archive-keyring.gpg", "--json")
+    pinned = mlos("verify", honest, *common, "--db-cert", keys / "secureboot/db.cer")
+    assert pinned.code == 0, pinned.stdout
+    from mlos_repro.sign import secureboot
+
+    other = secureboot.generate(tmp_path / "other", "Another deployment's db key")
+    refused = mlos("verify", honest, *common, "--db-cert", other.cert)
+    assert refused.code == 1
+    assert "is not the certificate --db-cert gives" in failed(json.loads(refused.stdout))[15]
+    missing = mlos("verify", honest, *common, "--db-cert", tmp_path / "absent.crt")
+    assert missing.code == 2 and "--db-cert" in missing.stderr and "absent.crt: no such file" in missing.stderr
 
 
 def test_verify_rejects_a_layout_signed_by_another_key(honest: Path, keys: Path) -> None:
@@ -977,7 +1079,7 @@ def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path,
     assert "built" in again.stderr
     second = release((recipes, tmp_path / "out2"), keys, shared_store, tmp_path / "second")
     envelopes = sorted(p.relative_to(first) for p in (first / "attestations").rglob("*") if p.is_file())
-    assert len(envelopes) == 4 + 2 * 4  # a link per stage; provenance and SBOM per output
+    assert len(envelopes) == 5 + 2 * 5  # a link per stage; provenance and SBOM per output
     for rel in envelopes:
         a = json.loads((first / rel).read_text())["payload"]
         b = json.loads((second / rel).read_text())["payload"]

@@ -1,0 +1,202 @@
+"""Secure Boot: the db key that signs MLOS Linux's EFI binaries, signing them and checking them.
+
+    DIR/secureboot/db.key   RSA 2048 private key (PKCS#8 PEM, 0600): sbsign's --key
+    DIR/secureboot/db.crt   its self-signed X.509 certificate (PEM): sbsign's and sbverify's --cert
+    DIR/secureboot/db.cer   the same certificate in DER, as firmware enrols it in its db
+                            (virt-fw-vars --add-db, KeyTool, the firmware's own menu)
+
+`keys init` makes them; without them, `release` signs with the development db key, made on first
+use under the user's data directory and named "not for release" in its certificate.
+
+Signing happens outside the sandbox, after the build, like the APT repository's signatures:
+sbsign adds an Authenticode signature to the attested unsigned image. Removing it again
+(sbattach --remove) gives back the attested bytes exactly, because the uki stage pads its
+images as sbsign would (stage-tools/efi/pefix.py): that is what `verify` checks, with the
+signature itself checked by sbverify against the release's certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from mlos_repro import run
+from mlos_repro.errors import BadInputError, SigningError
+from mlos_repro.executor import BuildResult
+from mlos_repro.sign.gpg import data_home
+from mlos_repro.store import OutputKind, Store
+
+log = logging.getLogger(__name__)
+
+DIRECTORY = "secureboot"
+KEY, CERT, DER = "db.key", "db.crt", "db.cer"
+FACTS = "signing.json"
+DEV_NAME = "MLOS Linux development Secure Boot db key (not for release)"
+DEFAULT_NAME = "MLOS Linux Secure Boot db key"
+# Firmware does not check validity; tools that do should not refuse a deployment's key early.
+VALID_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class DbKey:
+    """A Secure Boot db key: the private key and its certificate, PEM files."""
+
+    key: Path
+    cert: Path
+    development: bool = False
+
+    def der_bytes(self) -> bytes:
+        """The certificate in DER, as firmware enrols it."""
+        return der(certificate(self.cert.read_bytes(), str(self.cert)))
+
+    def facts(self) -> dict[str, Any]:
+        """What a release records of it (ARTIFACTS/STAGE/secureboot/signing.json)."""
+        cert = certificate(self.cert.read_bytes(), str(self.cert))
+        return {"subject": cert.subject.rfc4514_string(), "development_key": self.development,
+                "certificate_sha256": hashlib.sha256(self.der_bytes()).hexdigest(),
+                "certificate": CERT, "certificate_der": DER}
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def certificate(data: bytes, where: str) -> x509.Certificate:
+    """An X.509 certificate from PEM or DER bytes; ValueError naming `where` otherwise."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise ValueError(f"{where}: not an X.509 certificate (PEM or DER): {e}") from None
+
+
+def generate(directory: Path, common_name: str) -> DbKey:
+    """A new db key and self-signed certificate in directory/ (made 0700; the key 0600, never
+    overwritten)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False)
+    code_signing = x509.ExtendedKeyUsage([x509.ObjectIdentifier("1.3.6.1.5.5.7.3.3")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(private.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .add_extension(code_signing, critical=False)
+            .sign(private, hashes.SHA256()))
+    fd = os.open(directory / KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    (directory / CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / DER).write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return DbKey(directory / KEY, directory / CERT)
+
+
+def load(directory: Path) -> DbKey | None:
+    """The db key of a `keys init` directory; None when it has none (made before Secure Boot)."""
+    where = directory / DIRECTORY
+    if not where.exists():
+        return None
+    for name in (KEY, CERT):
+        if not (where / name).is_file():
+            raise SigningError(f"{where / name}: missing; the Secure Boot db key needs {KEY} and {CERT}",
+                               f"restore it, or move {where} away to sign with the development key")
+    return DbKey(where / KEY, where / CERT)
+
+
+def development_key() -> DbKey:
+    """The development db key, made on first use under the user's data directory."""
+    where = data_home() / "dev-secureboot"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.parent / ".dev-secureboot.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (where / KEY).is_file():
+            shutil.rmtree(where, ignore_errors=True)
+            generate(where, DEV_NAME)
+    return DbKey(where / KEY, where / CERT, development=True)
+
+
+def sign(key: DbKey, image: Path, what: str) -> bytes:
+    """The image with sbsign's Authenticode signature (the bytes differ on every run: it signs
+    a time)."""
+    with tempfile.TemporaryDirectory(prefix="mlos-sbsign-") as tmp:
+        out = Path(tmp) / "signed.efi"
+        run.run_or_raise(["sbsign", "--key", key.key, "--cert", key.cert, "--output", out, image],
+                         SigningError, f"sbsign could not sign {what}",
+                         hint=f"is it a PE/EFI image, and are {key.key} and {key.cert} a pair?")
+        return out.read_bytes()
+
+
+def signature_problem(cert: Path, signed: Path) -> str | None:
+    """None when sbverify finds a signature on `signed` that `cert` verifies; else what it said."""
+    result = run.run(["sbverify", "--cert", cert, signed], check=False, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+    if result.returncode == 0:
+        return None
+    said = (result.stderr + result.stdout).decode(errors="replace").strip().splitlines()
+    return said[-1] if said else f"sbverify exited {result.returncode}"
+
+
+def without_signature(signed: Path) -> bytes | None:
+    """The image with its signatures removed (sbattach --remove, on a copy); None when sbattach
+    refuses it (no signature, or not a PE image)."""
+    with tempfile.TemporaryDirectory(prefix="mlos-sbattach-") as tmp:
+        copy = Path(tmp) / "image.efi"
+        shutil.copyfile(signed, copy)
+        result = run.run(["sbattach", "--remove", copy], check=False, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+        return copy.read_bytes() if result.returncode == 0 else None
+
+
+def efi_outputs(result: BuildResult) -> list[tuple[str, str, str]]:
+    """(stage, output, blob sha256) of every file output named *.efi: what Secure Boot signs."""
+    found = []
+    for name, res in sorted(result.stages.items()):
+        for output, digest in sorted(res.entry.outputs.items()):
+            if output.endswith(".efi") and res.entry.kinds[output] != OutputKind.TREE:
+                found.append((name, output, digest.removeprefix("sha256:")))
+    return found
+
+
+def sign_images(store: Store, result: BuildResult, db: DbKey) -> dict[str, bytes]:
+    """The signed images and what checks them, to add under OUT/ by path; {} when the build has
+    no EFI image. Per stage: STAGE/secureboot/OUTPUT (signed), db.crt, db.cer, signing.json."""
+    found = efi_outputs(result)
+    taken = sorted({s for s, _, _ in found if DIRECTORY in result.stages[s].entry.outputs})
+    if taken:
+        raise BadInputError(f"stage {taken[0]!r} has an output named {DIRECTORY!r}: the release writes "
+                            "the signed EFI images there", "rename that output in the stage's recipe")
+    if found and db.development:
+        log.warning("signing the EFI images with the development Secure Boot db key %s (not for release)",
+                    db.cert)
+    extras: dict[str, bytes] = {}
+    for stage, output, blob in found:
+        extras[f"{stage}/{DIRECTORY}/{output}"] = sign(db, store.blob_path(blob), f"{stage}/{output}")
+        extras[f"{stage}/{DIRECTORY}/{CERT}"] = db.cert.read_bytes()
+        extras[f"{stage}/{DIRECTORY}/{DER}"] = db.der_bytes()
+        facts = json.dumps(db.facts(), indent=2, sort_keys=True).encode() + b"\n"
+        extras[f"{stage}/{DIRECTORY}/{FACTS}"] = facts
+    return extras
