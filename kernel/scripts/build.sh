@@ -10,6 +10,11 @@ K=/in/kernel
 profile=${MLOS_PROFILE:-small}
 jobs=$(nproc)
 
+# A further patch archive is checked first: a refused one costs seconds, not the unpacking.
+if [ -e /in/patchset ] || [ -e /in/patchset.asc ]; then
+	sh "$K/scripts/verify-patchset.sh" /in/patchset /in/patchset.asc "$K/keys"
+fi
+
 echo "== unpacking $(dpkg-deb -f /in/source Package) $(dpkg-deb -f /in/source Version)"
 dpkg-deb --fsys-tarfile /in/source | tar -x --wildcards './usr/src/linux-source-*.tar.xz'
 tar -xf usr/src/linux-source-*.tar.xz
@@ -19,8 +24,7 @@ src=$(pwd)
 
 echo "== patches"
 sh "$K/scripts/apply-patches.sh" "$K/patches"
-if [ -e /in/patchset ] || [ -e /in/patchset.asc ]; then
-	sh "$K/scripts/verify-patchset.sh" /in/patchset /in/patchset.asc "$K/keys"
+if [ -e /in/patchset ]; then
 	mkdir -p /build/patchset
 	tar -xf /in/patchset -C /build/patchset
 	sh "$K/scripts/apply-patches.sh" /build/patchset
@@ -36,13 +40,13 @@ echo "== configuration ($profile)"
 case "$profile" in
 small)
 	make -s ARCH=x86_64 tinyconfig
-	fragments="$K/config/small.config"
+	fragments="$K/config/small.config $K/config/boot-critical.config"
 	;;
 release)
 	# Debian's own amd64 configuration from the pinned linux-config-6.1 package
 	dpkg-deb --fsys-tarfile /in/debconfig | tar -xO ./usr/src/linux-config-6.1/config.amd64_none_amd64.xz \
 		| xz -d > .config
-	fragments="$K/config/release.config"
+	fragments="$K/config/release.config $K/config/boot-critical.config"
 	;;
 *)
 	echo "error: unknown MLOS_PROFILE '$profile' (this stage knows: small, release)" >&2

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlos_repro.env.lockfile import read_lock
-from tests.conftest import PROJECT, mlos, suite_store
+from tests.conftest import PROJECT, Started, mlos, suite_store
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,25 @@ def shared_store() -> Path:
     env = mlos("env", "default", "--recipes", PROJECT / "recipes", "--store", store, "--json")
     assert env.code == 0, env.stderr
     return store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_verify(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started | None]:
+    """`build kernel --verify` of the project's recipes, started as soon as the store is ready
+    when the session runs a test that reads it (test_kernel's reproducibility test, which runs
+    last). Its varied rebuild runs on one CPU for a quarter of an hour: beside the rest of the
+    suite, the other CPU keeps working. None when no selected test needs it."""
+    # Autouse, so every integration test names it: the one that reads it is marked `background`.
+    if not any(item.get_closest_marker("background") is not None for item in request.session.items):
+        yield None
+        return
+    store = request.getfixturevalue("shared_store")
+    work = tmp_path_factory.mktemp("kernel-verify")
+    started = Started(work, "build", "kernel", "--verify", "--recipes", PROJECT / "recipes",
+                      "--out", work / "out", "--store", store, store=store)
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")
