@@ -5,23 +5,50 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+# The Secure Boot build of OVMF (SMM, q35) and its empty variable store.
+OVMF_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Who owns the keys enrolled (any GUID will do for the firmware).
+OWNER_GUID = "a0baa8a3-041d-48a8-bc87-c36d121b5e3d"
+
+
+def secure_boot_vars(cert: Path, dest: Path) -> Path:
+    """An OVMF variable store with Secure Boot on and `cert` as its only key (PK, KEK and db,
+    no Microsoft keys), made by virt-fw-vars (virt-firmware)."""
+    tool = Path(sys.executable).parent / "virt-fw-vars"
+    subprocess.run([str(tool), "--input", str(OVMF_VARS), "--output", str(dest), "--set-pk", OWNER_GUID, str(cert),
+                    "--add-kek", OWNER_GUID, str(cert), "--add-db", OWNER_GUID, str(cert), "--no-microsoft", "--sb"],
+                   check=True, capture_output=True)
+    return dest
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BOOT_TIMEOUT = 600  # seconds; a boot under TCG takes one to two minutes
 
 
 def boot(tmp: Path, *args: str | Path, until: str | tuple[str, ...],
-         fail_on: tuple[str, ...] = ("Kernel panic",), uefi: bool = False) -> str:
-    """Boot QEMU (TCG, serial console to a file) until every `until` line is in the log; the log."""
+         fail_on: tuple[str, ...] = ("Kernel panic",), uefi: bool = False,
+         secure_vars: Path | None = None) -> str:
+    """Boot QEMU (TCG, serial console to a file) until every `until` line is in the log; the log.
+    With `secure_vars` (secure_boot_vars), the Secure Boot firmware on q35 with SMM enforces
+    the keys that store holds."""
     wanted = (until,) if isinstance(until, str) else until
     log = tmp / f"serial-{time.monotonic_ns()}.log"
-    argv = ["qemu-system-x86_64", "-machine", "pc", "-m", "1024", "-smp", "1", "-nographic",
+    if secure_vars is not None:
+        vars_copy = tmp / f"vars-{time.monotonic_ns()}.fd"  # the firmware writes to its store
+        vars_copy.write_bytes(secure_vars.read_bytes())
+        firmware = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+                    "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_SECBOOT},readonly=on",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+    else:
+        firmware = ["-machine", "pc", *(["-bios", str(OVMF)] if uefi else [])]
+    argv = ["qemu-system-x86_64", *firmware, "-m", "1024", "-smp", "1", "-nographic",
             "-no-reboot", "-monitor", "none", "-serial", f"file:{log}",
-            *(["-net", "none"] if "-netdev" not in args else []),
-            *(["-bios", str(OVMF)] if uefi else []), *map(str, args)]
+            *(["-net", "none"] if "-netdev" not in args else []), *map(str, args)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + BOOT_TIMEOUT
     text = ""

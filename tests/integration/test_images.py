@@ -9,14 +9,14 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import PROJECT, mlos
-from tests.qemu import OVMF, boot
+from tests.qemu import OVMF, boot, secure_boot_vars
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -165,18 +165,64 @@ def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:
     assert_mlos_system(text)
 
 
-def test_the_unified_kernel_image_boots_the_disk_with_uefi(images: Path, tmp_path: Path) -> None:
-    """The disk's ESP with mlos-disk.efi as its removable-media boot loader instead of GRUB:
-    the firmware starts systemd's stub, which starts the kernel with the initramfs and command
-    line the image carries."""
+@pytest.fixture(scope="module")
+def images_release(images: Path, shared_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A signed release of the images, with keys made by `keys init` (RELEASE/keys): the UKIs
+    signed for Secure Boot with its db key."""
+    root = tmp_path_factory.mktemp("images-release")
+    keys = root / "keys"
+    assert mlos("keys", "init", keys).code == 0
+    rel = root / "release"
+    # The images and what they need (the toolchain sanity stage is not among them).
+    made = mlos("release", "--keys", keys, "--out", rel, "--from", images, "--recipes", PROJECT / "recipes",
+                "--store", shared_store, "--stage", "iso", "--stage", "disk", "--stage", "pxe", "--stage", "uki")
+    try:
+        assert made.code == 0, made.stderr
+        yield rel
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
+
+
+def with_boot_loader(disk: Path, loader: Path) -> None:
+    """`loader` as the disk's removable-media boot loader (the ESP's EFI/BOOT/BOOTX64.EFI)."""
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(loader), "::/EFI/BOOT/BOOTX64.EFI"],
+                   check=True, capture_output=True)
+
+
+REFUSED = "Access Denied"  # OVMF's BdsDxe, when the image's signature is not in db
+
+
+def test_secure_boot_runs_the_signed_unified_kernel_image_and_refuses_others(images: Path, images_release: Path,
+                                                                            tmp_path: Path) -> None:
+    """OVMF with Secure Boot enforced and only the release's db certificate enrolled: the
+    release's signed mlos-disk.efi as the disk's boot loader boots MLOS Linux (the firmware
+    starts systemd's stub, which starts the kernel with the initramfs and command line the
+    image carries); the unsigned image and a signed one altered afterwards are refused."""
+    signed = images_release / "artifacts/uki/secureboot"
+    firmware = secure_boot_vars(images_release.parent / "keys/secureboot/db.cer", tmp_path / "vars.fd")
     disk = tmp_path / "mlos.raw"
     shutil.copyfile(images / "disk/mlos.raw", disk)
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(images / "uki/mlos-disk.efi"),
-                    "::/EFI/BOOT/BOOTX64.EFI"], check=True, capture_output=True)
-    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until=BOOTED, uefi=True)
+    with_boot_loader(disk, signed / "mlos-disk.efi")
+    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until=BOOTED, secure_vars=firmware,
+                fail_on=("Kernel panic", REFUSED))
     assert_mlos_system(text)
-    # The UKI's own command line: GRUB, which adds BOOT_IMAGE=, never ran.
+    # The UKI's own command line: GRUB, which adds BOOT_IMAGE=, never ran; and the kernel saw
+    # Secure Boot on.
     assert "Command line: mlos.root=part:PARTLABEL=mlos-root console=tty0 console=ttyS0,115200n8\n" in text
+    assert "EFI stub: UEFI Secure Boot is enabled." in text and "secureboot: Secure boot enabled" in text
+
+    altered = tmp_path / "altered.efi"
+    data = bytearray((signed / "mlos-disk.efi").read_bytes())
+    at = data.index(b"mlos.root=part:PARTLABEL=mlos-root")  # the signed command line
+    data[at:at + 9] = b"init=/bin"
+    altered.write_bytes(bytes(data))
+    for name, loader in (("unsigned", images / "uki/mlos-disk.efi"), ("altered after signing", altered)):
+        shutil.copyfile(images / "disk/mlos.raw", disk)
+        with_boot_loader(disk, loader)
+        text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until=REFUSED, secure_vars=firmware)
+        # The firmware's own words, for the disk's boot loader; and nothing of ours ran.
+        assert re.search(r'BdsDxe: failed to load Boot\d+ "UEFI Misc Device" from \S+: Access Denied', text), name
+        assert "EFI stub" not in text and "Linux version" not in text, name
 
 
 def test_a_signed_unified_kernel_image_gives_back_the_built_one(images: Path, tmp_path: Path) -> None:
@@ -279,32 +325,24 @@ def test_images_are_reproducible(images: Path, shared_store: Path, gnupg_key: Ca
         assert (tmp_path / "out" / stage / name).read_bytes() == (images / stage / name).read_bytes()
 
 
-def test_a_release_of_the_images_verifies(images: Path, shared_store: Path, tmp_path: Path) -> None:
+def test_a_release_of_the_images_verifies(images: Path, images_release: Path) -> None:
     """The signed release of these images: every check of `verify`, the bindings on real
     images (the ISO's squashfs, kernel and initramfs, the disk's padded root partition, the
-    PXE files), and `verify-iso` on the ISO as a user runs it."""
-    keys = tmp_path / "keys"
-    assert mlos("keys", "init", keys).code == 0
-    try:
-        rel = tmp_path / "release"
-        # The images and what they need (the toolchain sanity stage is not among them).
-        made = mlos("release", "--keys", keys, "--out", rel, "--from", images, "--recipes", PROJECT / "recipes",
-                    "--store", shared_store, "--stage", "iso", "--stage", "disk", "--stage", "pxe")
-        assert made.code == 0, made.stderr
-        checked = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
-                       keys / "archive-keyring.gpg", "--json")
-        report = json.loads(checked.stdout)
-        assert checked.code == 0, report
-        notes = {c["number"]: c["note"] for c in report["checks"]}
-        assert notes[12] == "6 bindings hold", notes
-        assert "1 repositories signed by" in notes[13], notes
-        assert [c["number"] for c in report["checks"] if c["status"] == "skipped"] == [11, 14]
-        iso = mlos("verify-iso", rel / "artifacts/iso/mlos.iso", "--keyring", keys / "archive-keyring.gpg", "--json")
-        assert iso.code == 0, iso.stderr
-        info = json.loads(iso.stdout)
-        sbom = json.loads((images / "iso/mlos.iso.cdx.json").read_text())
-        facts = info["facts"]
-        assert (facts["version"], facts["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
-        assert facts["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
+    PXE files), the UKIs signed for Secure Boot, and `verify-iso` on the ISO as a user runs it."""
+    rel, keys = images_release, images_release.parent / "keys"
+    checked = mlos("verify", rel, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
+                   keys / "archive-keyring.gpg", "--db-cert", keys / "secureboot/db.cer", "--json")
+    report = json.loads(checked.stdout)
+    assert checked.code == 0, report
+    notes = {c["number"]: c["note"] for c in report["checks"]}
+    assert notes[12] == "6 bindings hold", notes
+    assert "1 repositories signed by" in notes[13], notes
+    assert notes[15] == "2 EFI images signed by CN=MLOS Linux Secure Boot db key", notes
+    assert [c["number"] for c in report["checks"] if c["status"] == "skipped"] == [11, 14]
+    iso = mlos("verify-iso", rel / "artifacts/iso/mlos.iso", "--keyring", keys / "archive-keyring.gpg", "--json")
+    assert iso.code == 0, iso.stderr
+    info = json.loads(iso.stdout)
+    sbom = json.loads((images / "iso/mlos.iso.cdx.json").read_text())
+    facts = info["facts"]
+    assert (facts["version"], facts["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
+    assert facts["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
