@@ -72,12 +72,12 @@ def mlos(*args: str | os.PathLike[str], store: Path | None = None, cwd: Path | N
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
 
 
 class Started:

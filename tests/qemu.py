@@ -15,6 +15,8 @@ OVMF_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Who owns the keys enrolled (any GUID will do for the firmware).
 OWNER_GUID = "a0baa8a3-041d-48a8-bc87-c36d121b5e3d"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BOOT_TIMEOUT = 600  # seconds; a boot under TCG takes one to two minutes
 
 
 def secure_boot_vars(cert: Path, dest: Path) -> Path:
@@ -25,9 +27,6 @@ def secure_boot_vars(cert: Path, dest: Path) -> Path:
                     "--add-kek", OWNER_GUID, str(cert), "--add-db", OWNER_GUID, str(cert), "--no-microsoft", "--sb"],
                    check=True, capture_output=True)
     return dest
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-BOOT_TIMEOUT = 600  # seconds; a boot under TCG takes one to two minutes
 
 
 def boot(tmp: Path, *args: str | Path, until: str | tuple[str, ...],

@@ -721,7 +721,6 @@ class ReleaseVerifier:
         if named != fingerprint:
             raise Failed(f"{stage_dir / 'signing.json'}: names {named}, but the archive key is {fingerprint}")
 
-
     # -- Secure Boot ------------------------------------------------------------------------
 
     def _efi_images(self, info: ReleaseInfo) -> dict[str, list[str]]:

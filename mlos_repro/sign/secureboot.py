@@ -68,7 +68,7 @@ class DbKey:
         """What a release records of it (ARTIFACTS/STAGE/secureboot/signing.json)."""
         cert = certificate(self.cert.read_bytes(), str(self.cert))
         return {"subject": cert.subject.rfc4514_string(), "development_key": self.development,
-                "certificate_sha256": hashlib.sha256(self.der_bytes()).hexdigest(),
+                "certificate_sha256": hashlib.sha256(der(cert)).hexdigest(),
                 "certificate": CERT, "certificate_der": DER}
 
 
@@ -111,7 +111,7 @@ def generate(directory: Path, common_name: str) -> DbKey:
         f.write(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
     (directory / CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / DER).write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (directory / DER).write_bytes(der(cert))
     return DbKey(directory / KEY, directory / CERT)
 
 
@@ -192,11 +192,10 @@ def sign_images(store: Store, result: BuildResult, db: DbKey) -> dict[str, bytes
     if found and db.development:
         log.warning("signing the EFI images with the development Secure Boot db key %s (not for release)",
                     db.cert)
+    beside = {CERT: db.cert.read_bytes(), DER: db.der_bytes(),
+              FACTS: json.dumps(db.facts(), indent=2, sort_keys=True).encode() + b"\n"}
     extras: dict[str, bytes] = {}
     for stage, output, blob in found:
         extras[f"{stage}/{DIRECTORY}/{output}"] = sign(db, store.blob_path(blob), f"{stage}/{output}")
-        extras[f"{stage}/{DIRECTORY}/{CERT}"] = db.cert.read_bytes()
-        extras[f"{stage}/{DIRECTORY}/{DER}"] = db.der_bytes()
-        facts = json.dumps(db.facts(), indent=2, sort_keys=True).encode() + b"\n"
-        extras[f"{stage}/{DIRECTORY}/{FACTS}"] = facts
+        extras |= {f"{stage}/{DIRECTORY}/{name}": data for name, data in beside.items()}
     return extras
