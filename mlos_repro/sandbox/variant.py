@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mlos_repro.sandbox import SandboxSpec
 
@@ -52,8 +55,33 @@ class BuildVariant:
         return env
 
 
+def cpu_busy_times(stat: str) -> dict[int, int]:
+    """CPU number -> ticks spent not idle, from /proc/stat's text."""
+    busy = {}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(f) for f in fields[:8]]
+            busy[int(name[3:])] = sum(ticks) - sum(ticks[3:5])  # all but idle and iowait
+    return busy
+
+
+def least_busy(cpus: list[int], n: int, sample: float = 0.2,
+               read: Callable[[], str] = lambda: Path("/proc/stat").read_text()) -> list[int]:
+    """The n CPUs of `cpus` that worked least over `sample` seconds (lowest numbers on a tie):
+    two varied builds at once, each restricted to one CPU, then run on different CPUs."""
+    try:
+        before = cpu_busy_times(read())
+        time.sleep(sample)
+        after = cpu_busy_times(read())
+    except (OSError, ValueError):
+        return cpus[:n]
+    return sorted(sorted(cpus, key=lambda c: (after.get(c, 0) - before.get(c, 0), c))[:n])
+
+
 def apply_variant(spec: SandboxSpec, variant: BuildVariant) -> SandboxSpec:
-    """The sandbox a stage runs in under `variant` (a pure function of both)."""
+    """The sandbox a stage runs in under `variant`: a function of both, and of which CPUs are
+    least busy when a CPU count is varied."""
     wrapper: list[str] = []
     if variant.domainname:
         # Set inside the sandbox's own UTS namespace while still root there.
@@ -68,7 +96,7 @@ def apply_variant(spec: SandboxSpec, variant: BuildVariant) -> SandboxSpec:
                     *(["--addr-no-randomize"] if not variant.aslr else []), "--"]
     host_wrapper: tuple[str, ...] = ()
     if variant.cpus:
-        cpus = sorted(os.sched_getaffinity(0))[:variant.cpus]
+        cpus = least_busy(sorted(os.sched_getaffinity(0)), variant.cpus)
         host_wrapper = ("taskset", "--cpu-list", ",".join(map(str, cpus)))
     return replace(
         spec,
