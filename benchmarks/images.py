@@ -1,5 +1,6 @@
 """Image stages: mlos-repro vs. the same scripts run bare, full small build cold and warm, and
-boot times of every image to systemd's multi-user.target under QEMU (TCG).
+boot times of every image to systemd's multi-user.target under QEMU (TCG), among them the
+Unified Kernel Image with Secure Boot off and on (signed with a db key made for the run).
 
     .venv/bin/python benchmarks/images.py [--store DIR] [--skip-full-cold] [--boots N] [--quick]
 
@@ -27,10 +28,14 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from mlos_repro.env.assemble import local_mirror
 from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.recipe import load_recipes
+from mlos_repro.sign import secureboot
 from mlos_repro.store import Store, default_root
+from tests.qemu import OVMF_VARS, secure_boot_vars, secure_firmware, with_boot_loader
 
 PROJECT = Path(__file__).resolve().parent.parent
 IMAGE_STAGES = ("rootfs", "initramfs", "iso", "disk", "pxe")
@@ -117,9 +122,33 @@ def bare(store: Store, built: Path, work: Path) -> dict[str, float]:
     return seconds
 
 
+def secure_boot_rows(built: Path, work: Path) -> dict[str, list[str]]:
+    """The disk with mlos-disk.efi as its boot loader on the Secure Boot OVMF (q35, SMM): the
+    unsigned image with no keys enrolled (Secure Boot off), and the image signed with a db key
+    made here, that key enrolled (Secure Boot on). The same machine and firmware: the second
+    row costs the signature checks."""
+    db = secureboot.generate(work / "db", "MLOS benchmark db key (not for release)")
+    signed = work / "mlos-disk.signed.efi"
+    signed.write_bytes(secureboot.sign(db, built / "uki/mlos-disk.efi", "uki/mlos-disk.efi"))
+    (work / "db.cer").write_bytes(db.der_bytes())
+    rows: dict[str, list[str]] = {}
+    for name, loader, store in (
+            ("UKI on the disk, UEFI q35, Secure Boot off", built / "uki/mlos-disk.efi", OVMF_VARS),
+            ("UKI signed, UEFI q35, Secure Boot on", signed,
+             secure_boot_vars(work / "db.cer", work / "secure-vars.fd"))):
+        disk, vars_file = work / f"uki-{len(rows)}.raw", work / f"vars-{len(rows)}.fd"
+        shutil.copyfile(built / "disk/mlos.raw", disk)
+        with_boot_loader(disk, loader)
+        shutil.copyfile(store, vars_file)
+        rows[name] = [*secure_firmware(vars_file), "-net", "none",
+                      "-drive", f"file={disk},format=raw,if=virtio"]
+    return rows
+
+
 def boot_time(args: list[str], tmp: Path, timeout: float = 600) -> float:
     log = tmp / f"serial-{time.monotonic_ns()}.log"
-    argv = ["qemu-system-x86_64", "-machine", "pc", "-m", "1024", "-smp", "1", "-nographic",
+    machine = [] if "-machine" in args else ["-machine", "pc"]
+    argv = ["qemu-system-x86_64", *machine, "-m", "1024", "-smp", "1", "-nographic",
             "-no-reboot", "-monitor", "none", "-serial", f"file:{log}", *args]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -196,6 +225,7 @@ def main() -> None:
             "disk qcow2, UEFI": ["-net", "none", "-bios", OVMF, "-drive", drive],
             "PXE (iPXE over TFTP)": ["-netdev", f"user,id=n0,tftp={pxe},bootfile=boot.ipxe",
                                      "-device", "virtio-net-pci,netdev=n0", "-boot", "n"],
+            **secure_boot_rows(built, work),
         }
         boots = {name: statistics.median(boot_time(a, work) for _ in range(args.boots))
                  for name, a in images.items()}

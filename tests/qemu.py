@@ -3,6 +3,7 @@ lines a test waits for appear."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,28 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OWNER_GUID = "a0baa8a3-041d-48a8-bc87-c36d121b5e3d"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BOOT_TIMEOUT = 600  # seconds; a boot under TCG takes one to two minutes
+
+
+def secure_firmware(vars_file: Path) -> list[str]:
+    """QEMU's arguments for the Secure Boot OVMF with the variable store `vars_file` (which the
+    firmware writes to): q35 with SMM, the store's keys enforced when it holds them."""
+    return ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+            "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_SECBOOT},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]
+
+
+def esp_offset(disk: Path) -> int:
+    """Where the EFI system partition (mlos-esp) of a disk image starts, in bytes."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    (esp,) = [p for p in table["partitions"] if p.get("name") == "mlos-esp"]
+    return int(esp["start"]) * int(table.get("sectorsize", 512))
+
+
+def with_boot_loader(disk: Path, loader: Path) -> None:
+    """`loader` as a raw disk image's removable-media boot loader (the ESP's EFI/BOOT/BOOTX64.EFI)."""
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(loader), "::/EFI/BOOT/BOOTX64.EFI"],
+                   check=True, capture_output=True)
 
 
 def secure_boot_vars(cert: Path, dest: Path) -> Path:
@@ -40,9 +63,7 @@ def boot(tmp: Path, *args: str | Path, until: str | tuple[str, ...],
     if secure_vars is not None:
         vars_copy = tmp / f"vars-{time.monotonic_ns()}.fd"  # the firmware writes to its store
         vars_copy.write_bytes(secure_vars.read_bytes())
-        firmware = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
-                    "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_SECBOOT},readonly=on",
-                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        firmware = secure_firmware(vars_copy)
     else:
         firmware = ["-machine", "pc", *(["-bios", str(OVMF)] if uefi else [])]
     argv = ["qemu-system-x86_64", *firmware, "-m", "1024", "-smp", "1", "-nographic",

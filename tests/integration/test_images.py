@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT, mlos
-from tests.qemu import OVMF, boot, secure_boot_vars
+from tests.qemu import OVMF, boot, esp_offset, secure_boot_vars, with_boot_loader
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -135,13 +135,6 @@ def test_iso_boots_with_uefi(images: Path, tmp_path: Path) -> None:
     assert_mlos_system(text)
 
 
-def esp_offset(disk: Path) -> int:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    (esp,) = [p for p in table["partitions"] if p.get("name") == "mlos-esp"]
-    return int(esp["start"]) * int(table.get("sectorsize", 512))
-
-
 def test_raw_disk_boots_with_bios_and_applies_user_data(images: Path, tmp_path: Path) -> None:
     disk = tmp_path / "mlos.raw"
     shutil.copyfile(images / "disk/mlos.raw", disk)
@@ -181,12 +174,6 @@ def images_release(images: Path, shared_store: Path, tmp_path_factory: pytest.Te
         yield rel
     finally:
         subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
-
-
-def with_boot_loader(disk: Path, loader: Path) -> None:
-    """`loader` as the disk's removable-media boot loader (the ESP's EFI/BOOT/BOOTX64.EFI)."""
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(loader), "::/EFI/BOOT/BOOTX64.EFI"],
-                   check=True, capture_output=True)
 
 
 REFUSED = "Access Denied"  # OVMF's BdsDxe, when the image's signature is not in db
