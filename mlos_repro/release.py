@@ -7,6 +7,8 @@
     RELEASE/artifacts/STAGE/SHA256SUMS(.gpg)  STAGE's lines of SHA256SUMS named from there, signed
     RELEASE/artifacts/STAGE/secureboot/OUTPUT.efi  each EFI image output, signed for Secure Boot (sbsign),
                                          with db.crt, db.cer and signing.json (sign/secureboot.py)
+    RELEASE/artifacts/STAGE/secureboot/IMAGE  each image a stage's `secureboot` table names, its EFI
+                                         system partition booting the signed EFI image, with media.json
     RELEASE/sbom/STAGE/OUTPUT.cdx.json   the CycloneDX SBOM of each output
     RELEASE/attestations/links/STAGE.KEYID8.link           in-toto link per stage (DSSE)
     RELEASE/attestations/provenance/STAGE/OUTPUT.intoto.json  SLSA v1 provenance (DSSE)
@@ -137,6 +139,8 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     if db is not None:
         signatures |= secureboot.sign_images(store, result, db)
     write_out(store, result, root / "artifacts", signatures)
+    # The disk and ISO images with those signed images as their boot loaders.
+    signed_media = secureboot.sign_media(recipes.stages, result, root / "artifacts", sde) if db else []
     (root / "artifacts/manifest.json").unlink()
     for sbom in sorted((root / "artifacts").rglob("*" + SBOM_SUFFIX)):
         dest = root / "sbom" / sbom.relative_to(root / "artifacts")
@@ -232,7 +236,7 @@ def _write(executor: Executor, result: BuildResult, keys: Keys, root: Path, sde:
     info = _release_info(root, result, sde, keys, version)
     # Files made after the build by the archive key (APT repository signatures): in
     # SHA256SUMS, but no stage's products.
-    info["signed_after_build"] = sorted(signatures)
+    info["signed_after_build"] = sorted([*signatures, *signed_media])
     info.update(released=released, expires=expires, format=release_meta.FORMAT,
                 files=release_meta.inventory(root, release_meta.walk(root).metadata))
     text = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()

@@ -38,6 +38,10 @@ own error naming the file, step or artifact at fault:
                          certificate is the one the owner signed in bindings.json (and --db-cert),
                          and with the signature removed (sbattach --remove) it is exactly the
                          attested image
+ 16 Secure Boot media    each signed disk or ISO image (STAGE/secureboot/IMAGE, as media.json
+                         names it) is its attested STAGE/IMAGE byte for byte outside the EFI
+                         system partition and file for file inside it, but for EFI/BOOT/BOOTX64.EFI,
+                         which is a signed EFI image check 15 accepted
 
 A check whose trust anchor was not given is `skipped`, never `ok`. A malformed metadata file
 fails its check as such; `malformed` is then set (exit 2, not 1).
@@ -194,6 +198,7 @@ class ReleaseVerifier:
         self.info_digest = ""  # sha256 of the release.json whose signature check 1 verified
         self.bound: dict[str, Any] | None = None  # layout/bindings.json's owner-signed statement
         self.db_cert = db_cert
+        self.signed_efi: set[str] = set()  # STAGE/secureboot/NAME.efi that check 15 accepted
 
     def run(self) -> Outcome:
         with _ring(self.trust) as ring:
@@ -214,6 +219,8 @@ class ReleaseVerifier:
                 self._check(13, "repository signatures", self.repository_signatures),
                 self._check(14, "rebuilders: k of n reproduced each artifact", self.rebuilt),
                 self._check(15, "Secure Boot: signed images are the attested ones", self.secure_boot),
+                self._check(16, "Secure Boot media: boot the signed images, nothing else changed",
+                            self.secure_boot_media),
             ]
         return Outcome(checks)
 
@@ -732,8 +739,18 @@ class ReleaseVerifier:
         return {stage: outputs for stage, outputs in found.items() if outputs}
 
     def _secureboot_files(self, info: ReleaseInfo) -> set[str]:
-        return {f"{stage}/{secureboot.DIRECTORY}/{name}" for stage, outputs in self._efi_images(info).items()
-                for name in (*outputs, secureboot.CERT, secureboot.DER, secureboot.FACTS)}
+        images = self._efi_images(info)
+        signed = {f"{stage}/{secureboot.DIRECTORY}/{name}" for stage, outputs in images.items()
+                  for name in (*outputs, secureboot.CERT, secureboot.DER, secureboot.FACTS)}
+        return signed | self._media_files(info)
+
+    def _media_files(self, info: ReleaseInfo) -> set[str]:
+        """What may be a signed medium: STAGE/secureboot/OUTPUT of an attested output that is no
+        EFI image, and STAGE/secureboot/media.json."""
+        sums = self._sums()
+        return {f"{stage}/{secureboot.DIRECTORY}/{name}" for stage, outputs in info.stages.items()
+                for name in (*[o for o in outputs if not o.endswith(".efi") and f"{stage}/{o}" in sums],
+                             secureboot.MEDIA)}
 
     def secure_boot(self, c: Check) -> None:
         info: ReleaseInfo = self._need(self.info, "release.json")
@@ -760,10 +777,63 @@ class ReleaseVerifier:
                 try:
                     self._signed_image(stage, output, after)
                     signed += 1
+                    self.signed_efi.add(f"{stage}/{secureboot.DIRECTORY}/{output}")
                 except Failed as e:
                     c.problems.append(str(e))
         c.note = (f"{signed} EFI images signed by {', '.join(sorted(subjects)) or 'no key'}"
                   + (" (a development key, not for release)" if development else ""))
+
+    def secure_boot_media(self, c: Check) -> None:
+        info: ReleaseInfo = self._need(self.info, "release.json")
+        after = set(info.signed_after_build)
+        described = sorted(n for n in after & self._media_files(info) if n.endswith("/" + secureboot.MEDIA))
+        if not described:
+            raise _Skip("skipped: the release holds no signed disk or ISO image")
+        artifacts = self.release / release_meta.ARTIFACTS
+        claimed = set(described)
+        booted = []
+        for name in described:
+            self._signed_after(name, after)
+            stage = name.split("/", 1)[0]
+            media = parse_json(read(artifacts / name), artifacts / name)
+            images = media.get("media") if isinstance(media, dict) else None
+            if not isinstance(images, dict) or not all(isinstance(v, dict) for v in images.values()):
+                raise Malformed(f"artifacts/{name}: expected {{\"media\": {{IMAGE: {{\"efi\": …}}}}}}")
+            for output, facts in sorted(images.items()):
+                claimed.add(f"{stage}/{secureboot.DIRECTORY}/{output}")
+                try:
+                    booted.append(self._medium(stage, str(output), facts, after))
+                except Failed as e:
+                    c.problems.append(str(e))
+        for unclaimed in sorted(after & self._media_files(info) - claimed):
+            c.problems.append(f"artifacts/{unclaimed}: no media.json describes it")
+        c.note = f"{len(booted)} images boot " + ", ".join(sorted(set(booted)))
+
+    def _medium(self, stage: str, output: str, facts: dict[str, Any], after: set[str]) -> str:
+        """The signed EFI image STAGE/secureboot/OUTPUT boots, once it is shown to be the
+        attested STAGE/OUTPUT with nothing changed but its boot loader, that image."""
+        name = f"{stage}/{secureboot.DIRECTORY}/{output}"
+        self._signed_after(name, after)
+        if f"{stage}/{output}" not in self.verified:
+            raise Failed(f"artifacts/{name}: not checked: artifacts/{stage}/{output} does not match "
+                         "SHA256SUMS (check 8)")
+        efi, loader = facts.get("efi"), facts.get("loader")
+        if loader != secureboot.LOADER:
+            raise Failed(f"artifacts/{stage}/{secureboot.DIRECTORY}/{secureboot.MEDIA}: {output}'s boot "
+                         f"loader is {loader!r}; only {secureboot.LOADER} is checked")
+        if efi not in self.signed_efi:
+            raise Failed(f"artifacts/{name}: boots {efi!r}, which is no signed EFI image check 15 accepted")
+        artifacts = self.release / release_meta.ARTIFACTS
+        with tempfile.TemporaryDirectory(prefix="mlos-verify-medium-") as tmp:
+            try:
+                problem = secureboot.medium_problem(artifacts / stage / output, artifacts / name,
+                                                    self._sums()[efi], Path(tmp))
+            except ValueError as e:
+                raise Failed(f"artifacts/{stage}/{output}: no EFI system partition to compare ({e})") \
+                    from None
+        if problem is not None:
+            raise Failed(f"artifacts/{name}: {problem}")
+        return str(efi)
 
     def _db_certificate(self, where: str, owner_says: str, after: set[str]) -> tuple[str, bool]:
         """(subject, development key?) of STAGE/secureboot's certificate, once it is shown to be

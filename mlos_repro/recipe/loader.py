@@ -24,7 +24,7 @@ from mlos_repro.recipe.model import (
 
 BUILDER_FILE = "builder.toml"
 STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile",
-              "privileged"}
+              "privileged", "secureboot"}
 PROFILE_KEYS = {"builder", "env", "inputs"}
 # A url: input written before its archive could be downloaded: `mlos-repro pin URL` replaces it.
 UNPINNED = "unpinned"
@@ -270,10 +270,30 @@ def _parse_stage(table: dict[str, Any], key: str, where: str, root: Path,
     privileged = table.get("privileged", False)
     if not isinstance(privileged, bool):
         problems.add(f"{key}.privileged", "must be true or false")
+    signed = _parse_secureboot(table.get("secureboot", {}), outputs, f"{key}.secureboot", problems)
     if len(problems.items) != before:
         return None
     return Stage(name=name, builder=builder, outputs=outputs, run=run, inputs=inputs, env=env,
-                 description=description, source=where, privileged=privileged)
+                 description=description, source=where, privileged=privileged, secureboot=signed)
+
+
+def _parse_secureboot(value: Any, outputs: tuple[str, ...], key: str,
+                      problems: _Problems) -> tuple[tuple[str, str], ...]:
+    """{OUTPUT = "STAGE/OUTPUT.efi"}: images whose signed copy boots that signed EFI image."""
+    if not isinstance(value, dict):
+        problems.add(key, 'must be a table: { "IMAGE" = "STAGE/NAME.efi" }')
+        return ()
+    pairs = []
+    for output, efi in sorted(value.items()):
+        if output not in outputs:
+            problems.add(f"{key}.{output}", f"not an output of this stage ({', '.join(outputs)})")
+        stage, _, name = efi.partition("/") if isinstance(efi, str) else ("", "", "")
+        if not (NAME_RE.fullmatch(stage) and NAME_RE.fullmatch(name) and name.endswith(".efi")):
+            problems.add(f"{key}.{output}", f"{efi!r}: must name another stage's EFI image output, "
+                                            'as "STAGE/NAME.efi"')
+            continue
+        pairs.append((output, efi))
+    return tuple(pairs)
 
 
 def _parse_outputs(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
@@ -417,6 +437,14 @@ def _check_references(profile: str, stages: dict[str, Stage], by_profile: dict[s
             problems.add(f"{stage.source}: stage {stage.name!r}.builder",
                          f"unknown environment {stage.builder!r} (recipes/builder.toml defines "
                          f"{', '.join(sorted(builder.environments)) or 'none'})")
+        for output, efi in stage.secureboot:
+            other, _, name = efi.partition("/")
+            if other in stages and name not in stages[other].outputs:
+                problems.add(f"{stage.source}: stage {stage.name!r}.secureboot.{output}",
+                             f"stage {other!r} has no output {name!r} ({', '.join(stages[other].outputs)})")
+            elif other not in stages and not any(other in s for s in by_profile.values()):
+                problems.add(f"{stage.source}: stage {stage.name!r}.secureboot.{output}",
+                             f"unknown stage {other!r}")
         for inp in stage.inputs:
             if builder is not None and inp.kind is InputKind.ENV and inp.target not in builder.environments:
                 problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",

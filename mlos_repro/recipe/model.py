@@ -56,6 +56,10 @@ class Stage:
     # Runs as the host's root without a user namespace (real file ownership, mknod, mounts),
     # still without network and with only its inputs visible: a root filesystem needs it.
     privileged: bool = False
+    # Release-time only, so not cache key material: (output, "STAGE/OUTPUT.efi") pairs, each an
+    # image whose EFI system partition `release` copies with that signed EFI image as its boot
+    # loader (sign/secureboot.py).
+    secureboot: tuple[tuple[str, str], ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ from cryptography.x509.oid import NameOID
 from mlos_repro import run
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult
+from mlos_repro.inspect import gpt, qcow2
+from mlos_repro.inspect.fat import FatReader
+from mlos_repro.inspect.members import CHUNK, copy_range
+from mlos_repro.recipe.model import Stage
 from mlos_repro.sign.gpg import data_home
 from mlos_repro.store import OutputKind, Store
 
@@ -199,3 +204,165 @@ def sign_images(store: Store, result: BuildResult, db: DbKey) -> dict[str, bytes
         extras[f"{stage}/{DIRECTORY}/{output}"] = sign(db, store.blob_path(blob), f"{stage}/{output}")
         extras |= {f"{stage}/{DIRECTORY}/{name}": data for name, data in beside.items()}
     return extras
+
+
+# -- Signed media: disk and ISO images that boot a signed EFI image -----------------------------
+#
+# A stage's `secureboot` table (recipes/image.toml) names, for an image output, the EFI image
+# it boots. `release` copies the attested image, with the signed EFI image as its EFI system
+# partition's removable-media boot loader, into STAGE/secureboot/OUTPUT, and records what it
+# did in STAGE/secureboot/media.json. Nothing else changes: `verify` checks the copy against
+# the attested image byte for byte outside that partition and file for file inside it.
+
+LOADER = "EFI/BOOT/BOOTX64.EFI"
+MEDIA = "media.json"
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def is_qcow2(image: Path) -> bool:
+    with image.open("rb") as f:
+        return f.read(4) == QCOW2_MAGIC
+
+
+def raw_image(image: Path, work: Path) -> Path:
+    """The raw disk an image is: itself, or for a qcow2 image the disk it holds (under work/).
+    ValueError when a qcow2 image is refused (inspect/qcow2.py)."""
+    if not is_qcow2(image):
+        return image
+    work.mkdir(parents=True, exist_ok=True)
+    return qcow2.raw_disk(image, work / f"{image.name}.raw")
+
+
+def esp_extent(raw: Path) -> tuple[int, int]:
+    """(offset, length) in bytes of the one EFI system partition in a raw disk or hybrid ISO
+    image's GPT; ValueError when there is not exactly one."""
+    _, parts = gpt.partitions(raw)
+    esps = [p for p in parts if p.type_guid == ESP_TYPE]
+    if len(esps) != 1:
+        raise ValueError(f"its GPT has {len(esps)} EFI system partitions, not one")
+    return esps[0].extent
+
+
+def esp_files(raw: Path, work: Path) -> dict[str, tuple[str, int, str]]:
+    """What the image's EFI system partition holds: upper-cased path -> (kind, size, sha256),
+    with the volume serial and label as meta members. ValueError when it is not a FAT file system."""
+    offset, length = esp_extent(raw)
+    work.mkdir(parents=True, exist_ok=True)
+    esp = work / f"{raw.name}.esp"
+    copy_range(raw, esp, offset, length)
+    try:
+        return {m.name.upper(): (m.type, m.size, m.sha256) for m in FatReader().members(esp)}
+    finally:
+        esp.unlink()
+
+
+def media(stages: Mapping[str, Stage], result: BuildResult) -> list[tuple[str, str, str]]:
+    """(stage, image output, "STAGE/NAME.efi") of every image the release makes a signed copy of."""
+    return [(name, output, efi) for name in sorted(result.stages)
+            for output, efi in stages[name].secureboot]
+
+
+def sign_media(stages: Mapping[str, Stage], result: BuildResult, artifacts: Path, sde: int) -> list[str]:
+    """Each image a stage's `secureboot` table names, copied with its signed EFI image (already
+    under artifacts/, from sign_images) as the boot loader: the new files' paths under artifacts/."""
+    made: dict[str, dict[str, Any]] = {}
+    for stage, output, efi in media(stages, result):
+        if DIRECTORY in result.stages[stage].entry.outputs:
+            raise BadInputError(f"stage {stage!r} has an output named {DIRECTORY!r}: the release writes "
+                                "the Secure Boot images there", "rename that output in the stage's recipe")
+        efi_stage, _, efi_name = efi.partition("/")
+        signed = f"{efi_stage}/{DIRECTORY}/{efi_name}"
+        if not (artifacts / signed).is_file():
+            log.warning("%s/%s gets no Secure Boot copy: this release does not hold %s (release stage %r "
+                        "too)", stage, output, efi, efi_stage)
+            continue
+        _sign_medium(artifacts / stage / output, artifacts / signed, artifacts / stage / DIRECTORY / output,
+                     sde, f"{stage}/{output}")
+        made.setdefault(stage, {})[output] = {"loader": LOADER, "efi": signed}
+    names = []
+    for stage, images in made.items():
+        (artifacts / stage / DIRECTORY / MEDIA).write_text(json.dumps({"media": images}, indent=2,
+                                                                      sort_keys=True) + "\n")
+        names += [f"{stage}/{DIRECTORY}/{n}" for n in (*images, MEDIA)]
+    return sorted(names)
+
+
+def _sign_medium(image: Path, efi: Path, dest: Path, sde: int, what: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlos-medium-", dir=dest.parent) as tmp:
+        work = Path(tmp)
+        try:
+            raw = raw_image(image, work)
+            offset, _ = esp_extent(raw)
+            if LOADER not in esp_files(raw, work):
+                raise ValueError(f"its EFI system partition has no {LOADER}")
+        except ValueError as e:
+            raise BadInputError(f"{what}: cannot take a Secure Boot boot loader: {e}",
+                                f"drop {what.partition('/')[2]!r} from the stage's secureboot table, or give "
+                                f"the image an EFI system partition with {LOADER}") from None
+        copy = work / "signed.raw"
+        shutil.copyfile(raw, copy)
+        # mtools dates what it writes from SOURCE_DATE_EPOCH, in UTC (FAT stores local time).
+        done = run.run(["mcopy", "-o", "-i", f"{copy}@@{offset}", efi, f"::/{LOADER}"], check=False,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env={**os.environ, "TZ": "UTC", "SOURCE_DATE_EPOCH": str(sde)})
+        if done.returncode != 0:
+            said = done.stdout.decode(errors="replace").strip()
+            raise BadInputError(f"{what}: mcopy could not write the signed {efi.name} ({efi.stat().st_size} "
+                                f"bytes) as its {LOADER}: {said}",
+                                "if the EFI system partition is full, make it larger in the stage's script")
+        if raw is not image:  # a qcow2 image: the signed copy in the same format
+            run.run_or_raise(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", copy,
+                              work / "signed.qcow2"], SigningError, f"qemu-img could not convert {what}'s "
+                             "signed copy to qcow2")
+            copy = work / "signed.qcow2"
+        copy.chmod(0o644)
+        copy.rename(dest)
+
+
+def medium_problem(attested: Path, signed: Path, loader_sha256: str, work: Path) -> str | None:
+    """None when `signed` is the attested image with nothing changed but its EFI system
+    partition's boot loader, which is the file whose sha256 is loader_sha256; else what differs."""
+    if is_qcow2(attested) != is_qcow2(signed):
+        return "not in the attested image's format"
+    try:
+        a, s = raw_image(attested, work / "attested"), raw_image(signed, work / "signed")
+    except ValueError as e:
+        return f"not a readable qcow2 image ({e})"
+    if a.stat().st_size != s.stat().st_size:
+        return f"{s.stat().st_size} bytes, the attested image {a.stat().st_size}"
+    offset, length = esp_extent(a)
+    at = _first_difference(a, s, [(0, offset), (offset + length, a.stat().st_size)])
+    if at is not None:
+        return f"differs from the attested image at byte {at}, outside its EFI system partition"
+    before = esp_files(a, work)
+    try:
+        after = esp_files(s, work)
+    except ValueError as e:
+        return f"its EFI system partition is not a FAT file system any more ({e})"
+    loader = after.get(LOADER)
+    if loader is None or loader[2] != loader_sha256:
+        return f"its {LOADER} is not the signed EFI image media.json names"
+    changed = sorted(n for n in set(before) | set(after) if n != LOADER and before.get(n) != after.get(n))
+    if changed:
+        return f"its EFI system partition's {changed[0]} is not the attested image's"
+    return None
+
+
+def _first_difference(a: Path, b: Path, ranges: list[tuple[int, int]]) -> int | None:
+    """The first offset in [start, end) ranges where files a and b differ."""
+    with a.open("rb") as fa, b.open("rb") as fb:
+        for start, end in ranges:
+            fa.seek(start)
+            fb.seek(start)
+            at = start
+            while at < end:
+                x, y = fa.read(min(CHUNK, end - at)), fb.read(min(CHUNK, end - at))
+                if x != y:
+                    return at + next(i for i in range(min(len(x), len(y)) + 1)
+                                     if i == min(len(x), len(y)) or x[i] != y[i])
+                at += len(x)
+                if not x:
+                    break
+    return None

@@ -179,25 +179,26 @@ def images_release(images: Path, shared_store: Path, tmp_path_factory: pytest.Te
 REFUSED = "Access Denied"  # OVMF's BdsDxe, when the image's signature is not in db
 
 
-def test_secure_boot_runs_the_signed_unified_kernel_image_and_refuses_others(images: Path, images_release: Path,
-                                                                            tmp_path: Path) -> None:
+def test_secure_boot_runs_the_signed_media_and_refuses_others(images: Path, images_release: Path,
+                                                             tmp_path: Path) -> None:
     """OVMF with Secure Boot enforced and only the release's db certificate enrolled: the
-    release's signed mlos-disk.efi as the disk's boot loader boots MLOS Linux (the firmware
-    starts systemd's stub, which starts the kernel with the initramfs and command line the
+    release's signed disk (its qcow2) and signed ISO boot MLOS Linux (the firmware starts their
+    signed UKI, systemd's stub, which starts the kernel with the initramfs and command line the
     image carries); the unsigned image and a signed one altered afterwards are refused."""
     signed = images_release / "artifacts/uki/secureboot"
     firmware = secure_boot_vars(images_release.parent / "keys/secureboot/db.cer", tmp_path / "vars.fd")
-    disk = tmp_path / "mlos.raw"
-    shutil.copyfile(images / "disk/mlos.raw", disk)
-    with_boot_loader(disk, signed / "mlos-disk.efi")
-    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until=BOOTED, secure_vars=firmware,
-                fail_on=("Kernel panic", REFUSED))
-    assert_mlos_system(text)
-    # The UKI's own command line: GRUB, which adds BOOT_IMAGE=, never ran; and the kernel saw
-    # Secure Boot on.
-    assert "Command line: mlos.root=part:PARTLABEL=mlos-root console=tty0 console=ttyS0,115200n8\n" in text
-    assert "EFI stub: UEFI Secure Boot is enabled." in text and "secureboot: Secure boot enabled" in text
+    media = (("disk", ["-drive", f"file={images_release / 'artifacts/disk/secureboot/mlos.qcow2'},format=qcow2,"
+                                 "if=virtio,snapshot=on"], "part:PARTLABEL=mlos-root"),
+             ("ISO", ["-cdrom", images_release / "artifacts/iso/secureboot/mlos.iso"], "live:LABEL=MLOS_1"))
+    for name, drive, root in media:
+        text = boot(tmp_path, *drive, until=BOOTED, secure_vars=firmware, fail_on=("Kernel panic", REFUSED))
+        assert_mlos_system(text)
+        # The UKI's own command line: GRUB, which adds BOOT_IMAGE=, never ran; and the kernel
+        # saw Secure Boot on.
+        assert f"Command line: mlos.root={root} console=tty0 console=ttyS0,115200n8\n" in text, name
+        assert "EFI stub: UEFI Secure Boot is enabled." in text and "secureboot: Secure boot enabled" in text, name
 
+    disk = tmp_path / "mlos.raw"
     altered = tmp_path / "altered.efi"
     data = bytearray((signed / "mlos-disk.efi").read_bytes())
     at = data.index(b"mlos.root=part:PARTLABEL=mlos-root")  # the signed command line
@@ -325,6 +326,7 @@ def test_a_release_of_the_images_verifies(images: Path, images_release: Path) ->
     assert notes[12] == "6 bindings hold", notes
     assert "1 repositories signed by" in notes[13], notes
     assert notes[15] == "2 EFI images signed by CN=MLOS Linux Secure Boot db key", notes
+    assert notes[16] == "3 images boot uki/secureboot/mlos-disk.efi, uki/secureboot/mlos-iso.efi", notes
     assert [c["number"] for c in report["checks"] if c["status"] == "skipped"] == [11, 14]
     iso = mlos("verify-iso", rel / "artifacts/iso/mlos.iso", "--keyring", keys / "archive-keyring.gpg", "--json")
     assert iso.code == 0, iso.stderr
@@ -333,3 +335,8 @@ def test_a_release_of_the_images_verifies(images: Path, images_release: Path) ->
     facts = info["facts"]
     assert (facts["version"], facts["kernel"]) == ("1.0", json.loads((images / "kernel/kernel.json").read_text())["release"])
     assert facts["packages"] == sum(1 for c in sbom["components"] if c["type"] == "library")
+    # The ISO for Secure Boot machines: its own line of the signed SHA256SUMS.
+    signed_iso = mlos("verify-iso", rel / "artifacts/iso/secureboot/mlos.iso", "--keyring",
+                      keys / "archive-keyring.gpg", "--json")
+    assert signed_iso.code == 0, signed_iso.stderr
+    assert json.loads(signed_iso.stdout)["listed_as"] == "iso/secureboot/mlos.iso"

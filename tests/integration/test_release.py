@@ -25,7 +25,7 @@ from tests.conftest import PROJECT, mlos, write_repo
 from tests.integration.test_sbom import STAGES
 from tests.sigstore_standin import Standin
 
-STAGE_NAMES = ["apt", "bundle", "debs", "efi", "rootfs"]
+STAGE_NAMES = ["apt", "bundle", "debs", "efi", "media", "rootfs"]
 # An image-like artifact carrying another step's product, and the binding that says so.
 BUNDLE = """
 [[stage]]
@@ -56,6 +56,34 @@ run = [["sh", "-euc", "cp /usr/lib/systemd/boot/efi/linuxx64.efi.stub /out/toy.e
 [stage.inputs]
 tools = "path:stage-tools/efi"
 """
+# A disk image with an EFI system partition (its boot loader a stand-in, beside another file)
+# and a data partition, raw and qcow2, as the disk stage makes them: the release copies both
+# with the signed toy.efi as the boot loader.
+MEDIA = """
+[[stage]]
+name = "media"
+builder = "image"
+outputs = ["disk.raw", "disk.qcow2"]
+secureboot = { "disk.raw" = "efi/toy.efi", "disk.qcow2" = "efi/toy.efi" }
+run = [["sh", "-euc", '''
+truncate -s 8M disk.raw
+u=5D2B9A4E-0000-4000-8000-00000000000
+printf '%s\\n' 'label: gpt' "label-id: ${u}1" \\
+  "start=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=${u}2, name=esp" \\
+  "size=4096, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=${u}3, name=data" \\
+  | sfdisk --quiet --no-reread --no-tell-kernel disk.raw
+TZ=UTC mkfs.fat -C --invariant -i 12345678 -n TOYESP esp.img 4096 >/dev/null
+echo 'a boot loader to be replaced' > loader
+echo 'set timeout=0' > grub.cfg
+TZ=UTC mmd -i esp.img ::/EFI ::/EFI/BOOT ::/boot
+TZ=UTC mcopy -i esp.img loader ::/EFI/BOOT/BOOTX64.EFI
+TZ=UTC mcopy -i esp.img grub.cfg ::/boot/grub.cfg
+dd if=esp.img of=disk.raw bs=512 seek=2048 conv=notrunc status=none
+printf 'the root file system' | dd of=disk.raw bs=512 seek=10240 conv=notrunc status=none
+mv disk.raw /out/disk.raw
+qemu-img convert -f raw -O qcow2 -o compat=1.1 /out/disk.raw /out/disk.qcow2
+''']]
+"""
 BINDING = """
 [[binding]]
 artifact = "bundle/bundle.tar"
@@ -76,7 +104,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, shared_store: Path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("release-repo")
-    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0") + BUNDLE + EFI)
+    recipes = write_repo(root / "repo", STAGES.replace("@VERSION@", "1.0") + BUNDLE + EFI + MEDIA)
     shutil.copytree(PROJECT / "stage-tools/efi", root / "repo/stage-tools/efi",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (root / "repo/layouts").mkdir()
@@ -277,18 +305,19 @@ def resign_statement(path: Path, edit: object, key: Path) -> None:
 def test_an_honest_release_passes_verify(honest: Path, keys: Path) -> None:
     code, report, err = verify(honest, keys)
     assert code == 0, (report, err)
-    assert [c["number"] for c in report["checks"]] == list(range(1, 16))
+    assert [c["number"] for c in report["checks"]] == list(range(1, 17))
     status = {c["number"]: c["status"] for c in report["checks"]}
     # Only the sigstore check (no --trusted-root) and the rebuilders' (no --rebuild) did not
     # run, and they say so.
     assert {n for n, s in status.items() if s != "passed"} == {11, 14}
     assert status[11] == status[14] == "skipped"
-    assert (report["passed"], report["failed"], report["skipped"]) == (13, 0, 2)
+    assert (report["passed"], report["failed"], report["skipped"]) == (14, 0, 2)
     assert report["verdict"] == "release verified, 2 checks skipped"
     assert next(c for c in report["checks"] if c["number"] == 12)["note"] == "1 bindings hold"
     assert "1 repositories signed by" in next(c for c in report["checks"] if c["number"] == 13)["note"]
     assert next(c for c in report["checks"] if c["number"] == 15)["note"] == \
         "1 EFI images signed by CN=MLOS Linux Secure Boot db key"
+    assert next(c for c in report["checks"] if c["number"] == 16)["note"] == "2 images boot efi/secureboot/toy.efi"
     # The archive key taken from the release itself: allowed when named, but said.
     text = mlos("verify", honest, "--root-key", keys / "attestation/owner.pub.json", "--keyring",
                 honest / "layout/keys/release.asc")
@@ -610,6 +639,76 @@ def efi_dropped(rel: Path, keys: Path, tmp: Path) -> None:
     signed_by_release_key(rel, keys, edit=lambda i: i["signed_after_build"].remove("efi/secureboot/toy.efi"))
 
 
+SIGNED_DISK = "artifacts/media/secureboot/disk.raw"
+MEDIA_JSON = "artifacts/media/secureboot/media.json"
+
+
+def into_esp(image: Path, name: str, data: bytes, tmp: Path) -> None:
+    """`data` written as the file `name` of a raw disk image's EFI system partition (mtools)."""
+    from mlos_repro.sign import secureboot
+
+    offset, _ = secureboot.esp_extent(image)
+    (tmp / "into-esp").write_bytes(data)
+    subprocess.run(["mcopy", "-o", "-i", f"{image}@@{offset}", str(tmp / "into-esp"), f"::/{name}"], check=True,
+                   capture_output=True)
+
+
+def medium_edited(rel: Path, keys: Path, tmp: Path, *, esp_file: tuple[str, bytes] | None = None,
+                  outside: bool = False, qcow2: bool = False) -> None:
+    """The signed disk (or, with qcow2, its qcow2 made from it) changed inside its ESP or
+    outside it; the archive key lists the result."""
+    disk = rel / SIGNED_DISK
+    if qcow2:
+        disk = tmp / "disk.raw"
+        shutil.copyfile(rel / SIGNED_DISK, disk)
+    if esp_file is not None:
+        into_esp(disk, *esp_file, tmp)
+    if outside:
+        with disk.open("r+b") as f:
+            f.seek(10240 * 512)
+            f.write(b"another root")
+    if qcow2:
+        target = rel / "artifacts/media/secureboot/disk.qcow2"
+        target.unlink()
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(target)], check=True)
+    signed_by_release_key(rel, keys)
+
+
+def medium_booting(rel: Path, keys: Path, tmp: Path, efi: str) -> None:
+    """The signed disk booting the unsigned efi/toy.efi, and media.json saying so."""
+    into_esp(rel / SIGNED_DISK, "EFI/BOOT/BOOTX64.EFI", (rel / "artifacts/efi/toy.efi").read_bytes(), tmp)
+    media = json.loads((rel / MEDIA_JSON).read_text())
+    media["media"]["disk.raw"]["efi"] = efi
+    (rel / MEDIA_JSON).write_text(json.dumps(media))
+    signed_by_release_key(rel, keys)
+
+
+def medium_undescribed(rel: Path, keys: Path, tmp: Path) -> None:
+    media = json.loads((rel / MEDIA_JSON).read_text())
+    del media["media"]["disk.qcow2"]
+    (rel / MEDIA_JSON).write_text(json.dumps(media))
+    signed_by_release_key(rel, keys)
+
+
+def medium_with_backing_file(rel: Path, keys: Path, tmp: Path) -> None:
+    """A qcow2 that would make qemu-img read a file of the verifier's host."""
+    target = rel / "artifacts/media/secureboot/disk.qcow2"
+    target.unlink()
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(rel / SIGNED_DISK), str(target)],
+                   check=True, capture_output=True)
+    signed_by_release_key(rel, keys)
+
+
+def medium_esp_wiped(rel: Path, keys: Path, tmp: Path) -> None:
+    from mlos_repro.sign import secureboot
+
+    offset, _ = secureboot.esp_extent(rel / SIGNED_DISK)
+    with (rel / SIGNED_DISK).open("r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * 512)
+    signed_by_release_key(rel, keys)
+
+
 def link_of_wrong_types(rel: Path, keys: Path, tmp: Path) -> None:
     (link,) = (rel / "attestations/links").glob("debs.*.link")
     envelope = json.loads(link.read_text())
@@ -744,6 +843,30 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
     "bindings naming no db certificate, owner-signed": (
         lambda r, k, t: owner_signed_bindings(r, k, {"bindings": [], "expires": "2099-01-01T00:00:00Z"}), 15,
         "names no Secure Boot db certificate", 1),
+    "a signed disk's other ESP file changed (archive key)": (
+        lambda r, k, t: medium_edited(r, k, t, esp_file=("boot/grub.cfg", b"set root=elsewhere\n")), 16,
+        "media/secureboot/disk.raw: its EFI system partition's BOOT/GRUB.CFG is not the attested image's", 1),
+    "a signed disk changed outside its ESP (archive key)": (
+        lambda r, k, t: medium_edited(r, k, t, outside=True), 16,
+        "disk.raw: differs from the attested image at byte 5242880, outside its EFI system partition", 1),
+    "a signed qcow2 changed outside its ESP (archive key)": (
+        lambda r, k, t: medium_edited(r, k, t, outside=True, qcow2=True), 16,
+        "disk.qcow2: differs from the attested image at byte 5242880", 1),
+    "a signed disk with a new file in its ESP (archive key)": (
+        lambda r, k, t: medium_edited(r, k, t, esp_file=("startup.nsh", b"fs0:\\evil.efi\n")), 16,
+        "its EFI system partition's STARTUP.NSH is not the attested image's", 1),
+    "a signed disk booting the unsigned image (archive key)": (
+        lambda r, k, t: medium_booting(r, k, t, "efi/secureboot/toy.efi"), 16,
+        "disk.raw: its EFI/BOOT/BOOTX64.EFI is not the signed EFI image media.json names", 1),
+    "a signed disk booting the unsigned image, media.json naming it (archive key)": (
+        lambda r, k, t: medium_booting(r, k, t, "efi/toy.efi"), 16,
+        "boots 'efi/toy.efi', which is no signed EFI image check 15 accepted", 1),
+    "a signed disk's ESP no longer a FAT file system (archive key)": (
+        medium_esp_wiped, 16, "its EFI system partition is not a FAT file system any more", 1),
+    "a signed qcow2 that no media.json describes (archive key)": (
+        medium_undescribed, 16, "artifacts/media/secureboot/disk.qcow2: no media.json describes it", 1),
+    "a signed qcow2 with a backing file (archive key)": (
+        medium_with_backing_file, 16, "refers to a file outside it", 1),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,
                              "SHA256SUMS:1: expected 'SHA256  NAME'", 2),
 }
@@ -788,6 +911,31 @@ def test_the_signed_efi_image_is_the_attested_one_and_its_certificate_pinnable(h
     assert "is not the certificate --db-cert gives" in failed(json.loads(refused.stdout))[15]
     missing = mlos("verify", honest, *common, "--db-cert", tmp_path / "absent.crt")
     assert missing.code == 2 and "--db-cert" in missing.stderr and "absent.crt: no such file" in missing.stderr
+
+
+def test_the_signed_disk_is_the_attested_one_booting_the_signed_efi_image(honest: Path, tmp_path: Path) -> None:
+    """What check 16 stands on, by mtools and qemu-img: the signed disk's boot loader is the
+    signed EFI image, its other ESP file and its other partition are the attested image's, and
+    its qcow2 holds the same disk."""
+    media = honest / "artifacts/media"
+    esp = 2048 * 512
+    for disk in (media / "disk.raw", media / "secureboot/disk.raw"):
+        loader = tmp_path / f"{disk.parent.name}-loader"
+        subprocess.run(["mcopy", "-i", f"{disk}@@{esp}", "::/EFI/BOOT/BOOTX64.EFI", str(loader)], check=True)
+        config = subprocess.run(["mtype", "-i", f"{disk}@@{esp}", "::/boot/grub.cfg"], check=True,
+                                capture_output=True, text=True).stdout
+        assert config == "set timeout=0\n"
+        assert disk.read_bytes()[10240 * 512:][:20] == b"the root file system"
+    assert (tmp_path / "media-loader").read_bytes() == b"a boot loader to be replaced\n"
+    assert (tmp_path / "secureboot-loader").read_bytes() == (honest / "artifacts/efi/secureboot/toy.efi").read_bytes()
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(media / "secureboot/disk.qcow2"),
+                           str(media / "secureboot/disk.raw")], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout
+    assert json.loads((media / "secureboot/media.json").read_text())["media"]["disk.raw"] == {
+        "efi": "efi/secureboot/toy.efi", "loader": "EFI/BOOT/BOOTX64.EFI"}
+    info = json.loads((honest / "release.json").read_text())
+    assert {"media/secureboot/disk.raw", "media/secureboot/disk.qcow2",
+            "media/secureboot/media.json"} <= set(info["signed_after_build"])
 
 
 def test_verify_rejects_a_layout_signed_by_another_key(honest: Path, keys: Path) -> None:
@@ -1079,7 +1227,7 @@ def test_two_builds_sign_the_same_payloads(built: tuple[Path, Path], keys: Path,
     assert "built" in again.stderr
     second = release((recipes, tmp_path / "out2"), keys, shared_store, tmp_path / "second")
     envelopes = sorted(p.relative_to(first) for p in (first / "attestations").rglob("*") if p.is_file())
-    assert len(envelopes) == 5 + 2 * 5  # a link per stage; provenance and SBOM per output
+    assert len(envelopes) == 6 + 2 * 7  # a link per stage; provenance and SBOM per output
     for rel in envelopes:
         a = json.loads((first / rel).read_text())["payload"]
         b = json.loads((second / rel).read_text())["payload"]

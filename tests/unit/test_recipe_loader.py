@@ -114,6 +114,22 @@ BAD = {
         f'u = "url:https://example.org/f.tgz\\n#sha256={"a" * 64}"\n', "stage 'a'.inputs.u", "not an http(s) URL"),
     "privileged not a boolean": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
                                  'privileged = "yes"\n', "stage 'a'.privileged", "must be true or false"),
+    "secureboot naming no output of the stage": (
+        '[[stage]]\nname = "a"\noutputs = ["x.efi"]\nrun = [["true"]]\n[[stage]]\nname = "b"\noutputs = ["d.raw"]\n'
+        'run = [["true"]]\nsecureboot = { "e.raw" = "a/x.efi" }\n', "stage 'b'.secureboot.e.raw",
+        "not an output of this stage (d.raw)"),
+    "secureboot naming no EFI image": (
+        '[[stage]]\nname = "b"\noutputs = ["d.raw"]\nrun = [["true"]]\nsecureboot = { "d.raw" = "a/x.img" }\n',
+        "stage 'b'.secureboot.d.raw", 'must name another stage\'s EFI image output, as "STAGE/NAME.efi"'),
+    "secureboot naming an unknown stage": (
+        '[[stage]]\nname = "b"\noutputs = ["d.raw"]\nrun = [["true"]]\nsecureboot = { "d.raw" = "uki/x.efi" }\n',
+        "stage 'b'.secureboot.d.raw", "unknown stage 'uki'"),
+    "secureboot naming another stage's missing output": (
+        '[[stage]]\nname = "a"\noutputs = ["x.efi"]\nrun = [["true"]]\n[[stage]]\nname = "b"\noutputs = ["d.raw"]\n'
+        'run = [["true"]]\nsecureboot = { "d.raw" = "a/y.efi" }\n', "stage 'b'.secureboot.d.raw",
+        "stage 'a' has no output 'y.efi' (x.efi)"),
+    "secureboot not a table": ('[[stage]]\nname = "b"\noutputs = ["d.raw"]\nrun = [["true"]]\nsecureboot = "a/x.efi"\n',
+                               "stage 'b'.secureboot", "must be a table"),
 }
 
 
@@ -154,6 +170,16 @@ def test_env_inputs_and_privileged_stages_load(repo: Callable[..., Path]) -> Non
     assert a.privileged and not b.privileged
     # Privilege is part of what a stage is (its cache key), and absent when not asked for.
     assert a.normalized()["privileged"] is True and "privileged" not in b.normalized()
+
+
+def test_secureboot_media_load_and_stay_out_of_the_cache_key(repo: Callable[..., Path]) -> None:
+    recipes = load_recipes(repo('[[stage]]\nname = "a"\noutputs = ["x.efi"]\nrun = [["true"]]\n'
+                                '[[stage]]\nname = "b"\noutputs = ["d.raw", "d.qcow2"]\nrun = [["true"]]\n'
+                                'secureboot = { "d.raw" = "a/x.efi", "d.qcow2" = "a/x.efi" }\n'))
+    b = recipes.stages["b"]
+    assert b.secureboot == (("d.qcow2", "a/x.efi"), ("d.raw", "a/x.efi"))
+    # What the release does with the outputs changes no output.
+    assert "secureboot" not in b.normalized()
 
 
 def test_cycle_is_named(repo: Callable[..., Path]) -> None:
