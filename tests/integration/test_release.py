@@ -454,6 +454,8 @@ def sums_with(rel: Path, line: str) -> bytes:
 
 
 def other_key(tmp: Path) -> Path:
+    """A GnuPG home (tmp/other-gnupg) with a key the release does not know; the test that
+    uses it stops its agent."""
     from tests.conftest import gpg
 
     home = tmp / "other-gnupg"
@@ -877,7 +879,12 @@ def test_verify_rejects_tampering(case: str, honest: Path, keys: Path, tmp_path:
     edit, check_number, words, exit_code = TAMPERING[case]
     rel = tmp_path / "rel"
     shutil.copytree(honest, rel, symlinks=True)
-    edit(rel, keys, tmp_path)
+    try:
+        edit(rel, keys, tmp_path)
+    finally:
+        # The agent other_key()'s GnuPG home started.
+        if (tmp_path / "other-gnupg").is_dir():
+            subprocess.run(["gpgconf", "--homedir", str(tmp_path / "other-gnupg"), "--kill", "gpg-agent"], check=False)
     code, report, err = verify(rel, keys)
     assert code == exit_code, (report, err)
     problems = failed(report)
