@@ -39,7 +39,7 @@ from cryptography.x509.oid import NameOID
 from mlos_repro import run
 from mlos_repro.errors import BadInputError, SigningError
 from mlos_repro.executor import BuildResult
-from mlos_repro.inspect import gpt, qcow2
+from mlos_repro.inspect import detect, gpt, qcow2
 from mlos_repro.inspect.fat import FatReader
 from mlos_repro.inspect.members import CHUNK, copy_range
 from mlos_repro.recipe.model import Stage
@@ -217,12 +217,10 @@ def sign_images(store: Store, result: BuildResult, db: DbKey) -> dict[str, bytes
 LOADER = "EFI/BOOT/BOOTX64.EFI"
 MEDIA = "media.json"
 ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 def is_qcow2(image: Path) -> bool:
-    with image.open("rb") as f:
-        return f.read(4) == QCOW2_MAGIC
+    return isinstance(detect.image_reader_for(image), qcow2.QcowReader)
 
 
 def raw_image(image: Path, work: Path) -> Path:
@@ -360,8 +358,8 @@ def _first_difference(a: Path, b: Path, ranges: list[tuple[int, int]]) -> int | 
             while at < end:
                 x, y = fa.read(min(CHUNK, end - at)), fb.read(min(CHUNK, end - at))
                 if x != y:
-                    return at + next(i for i in range(min(len(x), len(y)) + 1)
-                                     if i == min(len(x), len(y)) or x[i] != y[i])
+                    same = min(len(x), len(y))
+                    return at + next((i for i in range(same) if x[i] != y[i]), same)
                 at += len(x)
                 if not x:
                     break
