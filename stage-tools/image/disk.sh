@@ -6,7 +6,7 @@
 # A raw GPT disk (/out/mlos.raw) and its qcow2 conversion (/out/mlos.qcow2):
 #   1 bios-boot  1 MiB    GRUB's BIOS core image (grubbios.py writes it and the MBR boot code)
 #   2 mlos-esp   64 MiB   FAT EFI system partition: EFI/BOOT/BOOTX64.EFI, boot/grub/grub.cfg,
-#                          boot/vmlinuz, boot/initrd.img, mlos/user-data (first-boot settings)
+#                          boot/vmlinuz, boot/initrd.img
 #   3 mlos-root  the squashfs itself; the initramfs finds it by its partition name and lays a
 #                tmpfs overlay on it, as on the ISO.
 # The disk GUID, the partition GUIDs and the FAT volume id are derived from MLOS_DISK_ID, so
@@ -42,7 +42,6 @@ volid=$(volume_id "$id/esp")
 fs_uuid=$(echo "$volid" | tr a-f A-F | sed -E 's/^(....)(....)$/\1-\2/')
 early_config "--fs-uuid $fs_uuid" >"$work/early.cfg"
 render /in/tools/grub.cfg "part:PARTLABEL=mlos-root" >"$work/grub.cfg"
-cp /in/tools/user-data "$work/user-data"
 # shellcheck disable=SC2086 # the module list is meant to split
 grub-mkimage -O x86_64-efi -c "$work/early.cfg" -p /boot/grub -o "$work/BOOTX64.EFI" $GRUB_MODULES \
 	$GRUB_EFI_MODULES
@@ -53,8 +52,7 @@ cp /in/kernel/bzImage "$work/vmlinuz"
 cp /in/initramfs/initrd.img "$work/initrd.img"
 efi_fat "$work/esp.img" $((esp_mib * 1024)) "$volid" MLOS-ESP \
 	"$work/BOOTX64.EFI=/EFI/BOOT/BOOTX64.EFI" "$work/grub.cfg=/boot/grub/grub.cfg" \
-	"$work/vmlinuz=/boot/vmlinuz" "$work/initrd.img=/boot/initrd.img" \
-	"$work/user-data=/mlos/user-data"
+	"$work/vmlinuz=/boot/vmlinuz" "$work/initrd.img=/boot/initrd.img"
 
 dd if="$work/esp.img" of="$img" bs=1M seek=2 conv=notrunc status=none
 dd if="$squashfs" of="$img" bs=1M seek=$((2 + esp_mib)) conv=notrunc status=none

@@ -36,6 +36,17 @@ EOF
 rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed" \
 	"$root"/etc/ssh/ssh_host_*
 
+# cloud-init (Debian's) configures the machine from a NoCloud seed (a file system labelled
+# cidata, or ds=nocloud on the kernel command line) or an OpenStack config drive. Without
+# either, its generator (ds-identify) finds no data source and disables it for that boot, so a
+# machine with no seed boots as fast as before. The data sources are named here so that
+# cloud-init never probes the network for a metadata service nobody runs.
+mkdir -p "$root/etc/cloud/cloud.cfg.d"
+cat >"$root/etc/cloud/cloud.cfg.d/90-mlos.cfg" <<'EOF'
+# MLOS Linux: the data sources cloud-init looks for (see /usr/share/doc/cloud-init).
+datasource_list: [NoCloud, ConfigDrive]
+EOF
+
 # e2fsprogs' scrubbing of ext4 LVM snapshots has nothing to do on a squashfs root under a
 # tmpfs overlay, and its reaper is an idle-priority oneshot that multi-user.target waits for:
 # under load, or on one slow CPU, it can hold the boot short of multi-user.target indefinitely.

@@ -127,7 +127,8 @@ def test_iso_boots_with_bios(images: Path, tmp_path: Path) -> None:
     text = boot(tmp_path, "-cdrom", images / "iso/mlos.iso", until=BOOTED)
     assert "mlos-initramfs: checking rootfs.squashfs" in text
     assert_mlos_system(text)
-    assert "mlos-firstboot: no user data; nothing to set" in text
+    # No NoCloud seed and no config drive: cloud-init's generator disabled it, and it said nothing.
+    assert "Cloud-init v." not in text
 
 
 def test_iso_boots_with_uefi(images: Path, tmp_path: Path) -> None:
@@ -135,20 +136,37 @@ def test_iso_boots_with_uefi(images: Path, tmp_path: Path) -> None:
     assert_mlos_system(text)
 
 
-def test_raw_disk_boots_with_bios_and_applies_user_data(images: Path, tmp_path: Path) -> None:
-    disk = tmp_path / "mlos.raw"
-    shutil.copyfile(images / "disk/mlos.raw", disk)
-    user_data = tmp_path / "user-data"
-    user_data.write_text("# test\nhostname=mlos-test-01\nuser=alice\n"
-                         "ssh_authorized_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST alice@test\n")
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(user_data), "::/mlos/user-data"],
-                   check=True, capture_output=True)
-    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio",
-                until=("mlos-test-01 login:", *BOOTED))
+CLOUD_CONFIG = """#cloud-config
+hostname: mlos-test-01
+users:
+  - name: alice
+    shell: /bin/bash
+    ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST alice@test]
+runcmd:
+  - [sh, -c, 'echo "mlos-cloud-init-test: host $(hostname), alice $(id -u alice), key $(cat ~alice/.ssh/authorized_keys)" > /dev/console']
+"""
+
+
+def nocloud_seed(tmp: Path) -> Path:
+    """A NoCloud seed (a `cidata` ISO 9660 volume) made by cloud-localds, with CLOUD_CONFIG."""
+    (tmp / "user-data").write_text(CLOUD_CONFIG)
+    (tmp / "meta-data").write_text("instance-id: mlos-test-01\n")
+    seed = tmp / "seed.iso"
+    subprocess.run(["cloud-localds", str(seed), str(tmp / "user-data"), str(tmp / "meta-data")], check=True,
+                   capture_output=True)
+    return seed
+
+
+def test_raw_disk_boots_with_bios_and_cloud_init_applies_a_nocloud_seed(images: Path, tmp_path: Path) -> None:
+    """Debian's cloud-init, from a NoCloud seed on a second disk: the host name, a user with an
+    SSH key, and a runcmd, whose line shows all three; cloud-init's own last words end the boot."""
+    text = boot(tmp_path, "-drive", f"file={images / 'disk/mlos.raw'},format=raw,if=virtio,snapshot=on",
+                "-drive", f"file={nocloud_seed(tmp_path)},format=raw,if=virtio,readonly=on",
+                until=("mlos-cloud-init-test:", "finished at", *BOOTED))
     assert_mlos_system(text)
-    for line in ("mlos-firstboot: hostname mlos-test-01", "mlos-firstboot: user alice",
-                 "mlos-firstboot: SSH key for alice"):
-        assert line in text
+    assert re.search(r"Cloud-init v\. \S+ finished at .* Datasource DataSourceNoCloud \[seed=/dev/vdb\]", text), text
+    assert re.search(r"mlos-cloud-init-test: host mlos-test-01, alice 1\d\d\d, key ssh-ed25519 "
+                     r"AAAAC3NzaC1lZDI1NTE5AAAAITEST alice@test", text), text
 
 
 def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from mlos_repro.store import Store
 from tests.conftest import PROJECT, gpg, mlos, write_repo
 
 SUITE = "mlos"
-UNITS = ("mlos-core.service", "mlos-api.service", "mlos-monitor.service", "mlos-firstboot.service")
+UNITS = ("mlos-core.service", "mlos-api.service", "mlos-monitor.service")
 # lintian tags accepted on the MLOS packages, with the reason (errors are never accepted).
 ACCEPTED_LINTIAN = {
     # MLOS Linux boots systemd only; the services have no SysV init scripts.

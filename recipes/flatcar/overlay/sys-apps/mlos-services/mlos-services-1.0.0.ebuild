@@ -19,10 +19,10 @@ RDEPEND="
 
 src_install() {
 	exeinto /usr/libexec/mlos
-	doexe files/usr/libexec/mlos/mlos-api files/usr/libexec/mlos/mlos-firstboot
+	doexe files/usr/libexec/mlos/mlos-api
 	dobin files/usr/bin/mlos-monitor
 	insinto /usr/lib/systemd/system
-	doins files/lib/systemd/system/mlos-{api,firstboot,monitor}.service
+	doins files/lib/systemd/system/mlos-{api,monitor}.service
 	insinto /usr/lib/tmpfiles.d
 	doins files/usr/lib/tmpfiles.d/mlos.conf
 	insinto /usr/lib/sysctl.d
