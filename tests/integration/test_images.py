@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT, mlos
-from tests.qemu import OVMF, boot, esp_offset, secure_boot_vars, with_boot_loader
+from tests.qemu import OVMF, boot, secure_boot_vars, with_boot_loader
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
