@@ -45,6 +45,24 @@ mkdir -p "$root/etc/cloud/cloud.cfg.d"
 cat >"$root/etc/cloud/cloud.cfg.d/90-mlos.cfg" <<'EOF'
 # MLOS Linux: the data sources cloud-init looks for (see /usr/share/doc/cloud-init).
 datasource_list: [NoCloud, ConfigDrive]
+# Debian's list but growpart and resizefs (the root file system is a squashfs under a tmpfs
+# overlay: nothing to grow) and ssh (no SSH server in the image, so no host keys to make;
+# users-groups still installs each user's ssh_authorized_keys).
+cloud_init_modules:
+ - migrator
+ - seed_random
+ - bootcmd
+ - write-files
+ - disk_setup
+ - mounts
+ - set_hostname
+ - update_hostname
+ - update_etc_hosts
+ - ca-certs
+ - rsyslog
+ - users-groups
+# The image's own locale: nothing to generate.
+locale: C.UTF-8
 EOF
 
 # e2fsprogs' scrubbing of ext4 LVM snapshots has nothing to do on a squashfs root under a
