@@ -131,9 +131,9 @@ def test_an_mlos_host_merges_the_extensions_of_a_disk_at_boot(flatcar: Path, sha
     repo = project_copy(tmp_path)
     image_toml = repo / "recipes/image.toml"
     text = image_toml.read_text()
-    include = 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,mlos-services,mlos-toolchain"'
+    include = 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,cloud-init,mlos-services,mlos-toolchain"'
     assert include in text
-    image_toml.write_text(text.replace(include, 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,python3"'))
+    image_toml.write_text(text.replace(include, 'MLOS_INCLUDE = "systemd,systemd-sysv,udev,cloud-init,python3"'))
     host = mlos("build", "disk", "--recipes", repo / "recipes", "--out", tmp_path / "host", "--store", shared_store)
     assert host.code == 0, host.stderr
     packages = {row.split("\t")[0] for row in (tmp_path / "host/rootfs/packages.tsv").read_text().splitlines()}
