@@ -45,7 +45,13 @@ grub-mkimage -O i386-pc-eltorito -c "$work/early.cfg" -p /boot/grub \
 # shellcheck disable=SC2086
 grub-mkimage -O x86_64-efi -c "$work/early.cfg" -p /boot/grub -o "$work/BOOTX64.EFI" $GRUB_MODULES \
 	$GRUB_EFI_MODULES
-efi_fat "$work/efi.img" 4096 "$(volume_id "$label")" MLOS-EFI "$work/BOOTX64.EFI=/EFI/BOOT/BOOTX64.EFI"
+# The ESP has room for what `mlos-repro release` writes over BOOTX64.EFI for Secure Boot: the
+# signed UKI, which holds this kernel and initramfs; 1 MiB and more is left for systemd's stub,
+# the signature and the FAT's own tables. Never less than 4 MiB.
+payload=$(($(stat -c %s /in/kernel/bzImage) + $(stat -c %s /in/initramfs/initrd.img)))
+esp_kib=$(((payload / 1048576 + 2) * 1024))
+[ "$esp_kib" -ge 4096 ] || esp_kib=4096
+efi_fat "$work/efi.img" "$esp_kib" "$(volume_id "$label")" MLOS-EFI "$work/BOOTX64.EFI=/EFI/BOOT/BOOTX64.EFI"
 
 # Every file and directory dated SOURCE_DATE_EPOCH by xorriso itself, whatever the clock
 # said when they were copied.

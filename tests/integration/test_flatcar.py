@@ -174,7 +174,7 @@ def test_a_sysext_sbom_names_its_package_and_where_each_file_came_from(flatcar: 
     subprocess.run(["dpkg-deb", "--extract", deb, tmp_path / "deb"], check=True)
     found = components(flatcar / "sysext/mlos-services.raw.cdx.json")
     package = found["mlos-services"]
-    assert package["version"] == "1.0.0" and package["type"] == "library"
+    assert package["version"] == "1.0.1" and package["type"] == "library"
     assert package["hashes"] == [{"alg": "SHA-256", "content": hashlib.sha256(deb.read_bytes()).hexdigest()}]
     assert package["purl"].startswith("pkg:deb/") and "Apache-2.0" in json.dumps(package["licenses"])
     # Every file the package put there, by its bytes in the .deb (moved under usr/ where it must).
@@ -260,14 +260,18 @@ def test_the_ignition_config_meets_the_schema_and_carries_the_built_images_hashe
     assert config["ignition"]["version"] == "3.4.0"
     downloads = {f["path"]: f["contents"] for f in config["storage"]["files"] if "verification" in f["contents"]}
     for name in SYSEXTS:
-        path = f"/opt/extensions/mlos/{name}-1.0.0-x86-64.raw"
+        # Each extension is named by the version of the package it holds.
+        [deb] = (flatcar / "packages/debs").glob(f"{name}_*.deb")
+        version = subprocess.run(["dpkg-deb", "--field", deb, "Version"], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+        path = f"/opt/extensions/mlos/{name}-{version}-x86-64.raw"
         built = hashlib.sha256((flatcar / "sysext" / f"{name}.raw").read_bytes()).hexdigest()
         assert downloads[path]["verification"] == {"hash": f"sha256-{built}"}, downloads
         assert {"path": f"/etc/extensions/{name}.raw", "target": path, "hard": False} in config["storage"]["links"]
     archive = hashlib.sha256((flatcar / "oci/mlos-core.oci.tar").read_bytes()).hexdigest()
-    assert downloads["/opt/mlos/images/mlos-core-1.0.0.oci.tar"]["verification"] == {"hash": f"sha256-{archive}"}
+    assert downloads["/opt/mlos/images/mlos-core-1.0.1.oci.tar"]["verification"] == {"hash": f"sha256-{archive}"}
     [core] = [u for u in config["systemd"]["units"] if u["name"] == "mlos-core.service"]
-    assert "oci-archive:/opt/mlos/images/mlos-core-1.0.0.oci.tar" in core["contents"]
+    assert "oci-archive:/opt/mlos/images/mlos-core-1.0.1.oci.tar" in core["contents"]
     unit = tmp_path / "mlos-core.service"
     unit.write_text(core["contents"])
     checked = subprocess.run(["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True)
@@ -406,10 +410,10 @@ def test_pkgcheck_finds_no_errors_in_the_overlay(flatcar: Path, tmp_path: Path) 
     assert status == 0, results
     assert {level for _, level, _ in results} <= {"warning"}, results
     assert {keyword for _, _, keyword in results} <= set(WITHOUT_GENTOO), results
-    assert {package for package, _, _ in results} >= {"sys-apps/mlos-services/1.0.0"}
+    assert {package for package, _, _ in results} >= {"sys-apps/mlos-services/1.0.1"}
     # The same scan says no when a Manifest is missing or broken.
     (overlay / "sys-apps/mlos-core/Manifest").unlink()
-    (overlay / "sys-apps/mlos-services/Manifest").write_text("DIST mlos-services-1.0.0.tar.gz 1 BLAKE2B zz\n")
+    (overlay / "sys-apps/mlos-services/Manifest").write_text("DIST mlos-services-1.0.1.tar.gz 1 BLAKE2B zz\n")
     status, results = pkgcheck(overlay, tmp_path)
     assert status == 1
     assert ("sys-apps/mlos-core/1.0.0", "error", "MissingManifest") in results, results
@@ -424,17 +428,17 @@ def test_the_overlay_manifests_hold_the_digests_of_the_package_sources(flatcar: 
             kind, name, *fields = line.split()
             assert kind == "DIST" and fields[1::2] == ["BLAKE2B", "SHA512"], line
             entries[name] = tuple(fields)
-    assert set(entries) == {"mlos-services-1.0.0.tar.gz"}
+    assert set(entries) == {"mlos-services-1.0.1.tar.gz"}
     for name, recorded in entries.items():
         data = (out / "distfiles" / name).read_bytes()
         computed = (str(len(data)), "BLAKE2B", hashlib.blake2b(data).hexdigest(),
                     "SHA512", hashlib.sha512(data).hexdigest())
         assert recorded == computed, (name, recorded, computed)
     # The distfile is the package source the .deb is built from, file for file.
-    with tarfile.open(out / "distfiles/mlos-services-1.0.0.tar.gz") as tar:
+    with tarfile.open(out / "distfiles/mlos-services-1.0.1.tar.gz") as tar:
         tar.extractall(tmp_path / "dist", filter="data")
     source = PROJECT / "recipes/packages/mlos-services"
-    packed = tmp_path / "dist/mlos-services-1.0.0"
+    packed = tmp_path / "dist/mlos-services-1.0.1"
     files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(packed) for p in packed.rglob("*") if p.is_file())
     assert all((source / f).read_bytes() == (packed / f).read_bytes() for f in files)
@@ -455,7 +459,7 @@ def test_an_ebuild_fetching_what_is_not_made_fails_the_overlay_stage(shared_stor
     result = mlos("build", "overlay", "--recipes", repo / "recipes", "--out", tmp_path / "out", "--store", shared_store)
     assert result.code == 4, result.stderr
     assert ("app-misc/mlos-toolchain/mlos-toolchain-1.0.0.ebuild: SRC_URI fetches mlos-toolchain-1.0.0.tar.gz, "
-            "which is not made here (made: mlos-services-1.0.0.tar.gz)") in result.stderr, result.stderr
+            "which is not made here (made: mlos-services-1.0.1.tar.gz)") in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -52,7 +52,7 @@ def test_rootfs_lists_what_dpkg_installed(images: Path, tmp_path: Path) -> None:
     assert rows[0] == ["package", "version", "architecture", "source", "source_version"]
     packages = {r[0]: r for r in rows[1:]}
     assert {"systemd", "systemd-sysv", "udev", "mlos-services", "mlos-toolchain"} <= set(packages)
-    assert packages["mlos-services"][1:3] == ["1.0.0", "all"]
+    assert packages["mlos-services"][1:3] == ["1.0.1", "all"]
     assert [r[0] for r in rows[1:]] == sorted(packages)
     # What the squashfs holds: dpkg's own database agrees, identity is left to the first boot.
     subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "r"), str(images / "rootfs/rootfs.squashfs"),
@@ -77,6 +77,14 @@ def test_iso_describes_itself(images: Path) -> None:
     for path in ("/boot/vmlinuz", "/boot/initrd.img", "/live/rootfs.squashfs",
                  "/live/rootfs.squashfs.sha256", "/.disk/info", "/.disk/mlos.json", "/boot/grub/grub.cfg"):
         assert f"'{path}'" in listing, listing
+    # Its EFI system partition has room for the UKI `release` signs and writes there: the kernel
+    # and initramfs, and 1 MiB more.
+    from mlos_repro.inspect.gpt import partitions
+    from mlos_repro.sign.secureboot import ESP_TYPE
+
+    [esp] = [p for p in partitions(images / "iso/mlos.iso")[1] if p.type_guid == ESP_TYPE]
+    payload = (images / "kernel/bzImage").stat().st_size + (images / "initramfs/initrd.img").stat().st_size
+    assert esp.extent[1] >= payload + 2**20 >= (images / "uki/mlos-iso.efi").stat().st_size, (esp, payload)
 
 
 def sbom_packages(sbom: dict[str, Any]) -> set[tuple[str, str, str]]:

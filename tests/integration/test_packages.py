@@ -173,7 +173,7 @@ def test_apt_refuses_a_swapped_deb(built: Path, chroot: Callable[..., Chroot], t
     repo = _tampered_copy(built, tmp_path)
     pool = repo / "pool/main/m"
     shutil.copy(pool / "mlos-toolchain/mlos-toolchain_1.0.0_all.deb",
-                pool / "mlos-services/mlos-services_1.0.0_all.deb")
+                pool / "mlos-services/mlos-services_1.0.1_all.deb")
     c = chroot(repo)
     assert c.apt("update").returncode == 0  # the indices are intact
     install = c.apt("install", "-y", "--no-install-recommends", "mlos-services")

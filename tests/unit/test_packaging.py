@@ -32,7 +32,7 @@ def test_a_deb_is_the_same_whatever_the_checkout_modes_and_times(tmp_path: Path)
         os.utime(path, (1, 1), follow_symlinks=False)
     deb_a = debbuild.build(a, tmp_path / "out-a", "small", tmp_path / "work-a")
     deb_b = debbuild.build(b, tmp_path / "out-b", "small", tmp_path / "work-b")
-    assert deb_a.name == "mlos-services_1.0.0_all.deb"
+    assert deb_a.name == "mlos-services_1.0.1_all.deb"
     assert deb_a.read_bytes() == deb_b.read_bytes()
     listing = subprocess.run(["dpkg-deb", "-c", str(deb_a)], capture_output=True, text=True, check=True).stdout
     assert "-rwxr-xr-x root/root" in listing and "2025-12-01 00:00 ./usr/bin/mlos-monitor" in listing
@@ -76,7 +76,7 @@ def test_repository_indices_are_deterministic_and_checked(tmp_path: Path) -> Non
     assert [(tmp_path / "r1" / f).read_bytes() for f in files] == [(tmp_path / "r2" / f).read_bytes() for f in files]
     packages = (tmp_path / "r1/dists/mlos/main/binary-amd64/Packages").read_text()
     assert packages.index("Package: mlos-services") < packages.index("Package: mlos-toolchain")
-    assert "Filename: pool/main/m/mlos-services/mlos-services_1.0.0_all.deb" in packages
+    assert "Filename: pool/main/m/mlos-services/mlos-services_1.0.1_all.deb" in packages
     assert subprocess.run(["gzip", "-t", str(tmp_path / "r1/dists/mlos/main/binary-amd64/Packages.gz")]).returncode == 0
 
     with pytest.raises(aptrepo.RepositoryError, match="MLOS_APT_CODENAME, MLOS_APT_ORIGIN"):
