@@ -416,7 +416,7 @@ def test_pkgcheck_finds_no_errors_in_the_overlay(flatcar: Path, tmp_path: Path) 
     (overlay / "sys-apps/mlos-services/Manifest").write_text("DIST mlos-services-1.0.1.tar.gz 1 BLAKE2B zz\n")
     status, results = pkgcheck(overlay, tmp_path)
     assert status == 1
-    assert ("sys-apps/mlos-core/1.0.0", "error", "MissingManifest") in results, results
+    assert ("sys-apps/mlos-core/1.0.1", "error", "MissingManifest") in results, results
     assert ("sys-apps/mlos-services", "error", "InvalidManifest") in results, results
 
 

@@ -5,9 +5,9 @@ EAPI=8
 
 DESCRIPTION="MLOS host agent: records PSI pressure and the MLOS kernel version in /run/mlos"
 HOMEPAGE="https://mlos.example/"
-# The agent ships in the mlos-services source archive, which has a version of its own.
-SRC_URI="https://downloads.mlos.example/sources/mlos-services-1.0.1.tar.gz"
-S="${WORKDIR}/mlos-services-1.0.1"
+# The agent ships in the mlos-services source archive, and has its version.
+SRC_URI="https://downloads.mlos.example/sources/mlos-services-${PV}.tar.gz"
+S="${WORKDIR}/mlos-services-${PV}"
 
 LICENSE="Apache-2.0"
 SLOT="0"
