@@ -7,8 +7,11 @@
 #   1 bios-boot  1 MiB    GRUB's BIOS core image (grubbios.py writes it and the MBR boot code)
 #   2 mlos-esp   64 MiB   FAT EFI system partition: EFI/BOOT/BOOTX64.EFI, boot/grub/grub.cfg,
 #                          boot/vmlinuz, boot/initrd.img
-#   3 mlos-root  the squashfs itself; the initramfs finds it by its partition name and lays a
-#                tmpfs overlay on it, as on the ISO.
+#   3 mlos-root  the squashfs itself; the initramfs finds it by its partition name and lays an
+#                overlay on it.
+#   and 64 MiB left free: on first boot the initramfs has systemd-repart make the state
+#   partition (4 mlos-state, ext4, the overlay's upper layer: what the system writes) there,
+#   and grow it whenever the disk has grown (stage-tools/image/repart.d, init).
 # The disk GUID, the partition GUIDs and the FAT volume id are derived from MLOS_DISK_ID, so
 # they are the same in every build of a release and differ between releases.
 set -eu
@@ -25,8 +28,10 @@ mib=1048576
 squashfs=/in/rootfs/rootfs.squashfs
 root_mib=$(( ($(stat -c %s "$squashfs") + mib - 1) / mib ))
 esp_mib=64
-# 1 MiB alignment gap, bios-boot, ESP, root, 1 MiB for the backup GPT.
-total_mib=$((1 + 1 + esp_mib + root_mib + 1))
+# The smallest state partition repart.d/50-mlos-state.conf allows.
+state_mib=64
+# 1 MiB alignment gap, bios-boot, ESP, root, the state partition's room, 1 MiB for the backup GPT.
+total_mib=$((1 + 1 + esp_mib + root_mib + state_mib + 1))
 truncate -s "${total_mib}M" "$img"
 
 sfdisk --quiet --no-reread --no-tell-kernel "$img" <<EOF2

@@ -45,9 +45,11 @@ mkdir -p "$root/etc/cloud/cloud.cfg.d"
 cat >"$root/etc/cloud/cloud.cfg.d/90-mlos.cfg" <<'EOF'
 # MLOS Linux: the data sources cloud-init looks for (see /usr/share/doc/cloud-init).
 datasource_list: [NoCloud, ConfigDrive]
-# Debian's list but growpart and resizefs (the root file system is a squashfs under a tmpfs
-# overlay: nothing to grow) and ssh (no SSH server in the image, so no host keys to make;
-# users-groups still installs each user's ssh_authorized_keys).
+# Debian's list but growpart and resizefs (the root file system is a squashfs under an
+# overlay; the disk's state partition, which holds the overlay's upper layer, is grown by the
+# initramfs with systemd-repart and resize2fs before it is mounted) and ssh (no SSH server in
+# the image, so no host keys to make; users-groups still installs each user's
+# ssh_authorized_keys).
 cloud_init_modules:
  - migrator
  - seed_random
@@ -65,9 +67,9 @@ cloud_init_modules:
 locale: C.UTF-8
 EOF
 
-# e2fsprogs' scrubbing of ext4 LVM snapshots has nothing to do on a squashfs root under a
-# tmpfs overlay, and its reaper is an idle-priority oneshot that multi-user.target waits for:
-# under load, or on one slow CPU, it can hold the boot short of multi-user.target indefinitely.
+# e2fsprogs' scrubbing of ext4 LVM snapshots has nothing to do here (no LVM), and its reaper
+# is an idle-priority oneshot that multi-user.target waits for: under load, or on one slow
+# CPU, it can hold the boot short of multi-user.target indefinitely.
 for unit in e2scrub_reap.service e2scrub_all.timer; do
 	if [ -e "$root/usr/lib/systemd/system/$unit" ] || [ -e "$root/lib/systemd/system/$unit" ]; then
 		mkdir -p "$root/etc/systemd/system"

@@ -137,6 +137,8 @@ def test_iso_boots_with_bios(images: Path, tmp_path: Path) -> None:
     assert_mlos_system(text)
     # No NoCloud seed and no config drive: cloud-init's generator disabled it, and it said nothing.
     assert "Cloud-init v." not in text
+    # The live system keeps nothing: its overlay's upper layer is in memory.
+    assert "keeping the system's changes" not in text and "future partition" not in text
 
 
 def test_iso_boots_with_uefi(images: Path, tmp_path: Path) -> None:
@@ -150,9 +152,17 @@ users:
   - name: alice
     shell: /bin/bash
     ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST alice@test]
+bootcmd:
+  - [sh, -c, 'echo "mlos-state-test: machine-id $(cat /etc/machine-id), marker $(cat /var/lib/mlos-test/marker 2>/dev/null || echo none), state $(findmnt --bytes --noheadings --output SIZE /run/mlos/rw) bytes" > /dev/console']
 runcmd:
   - [sh, -c, 'echo "mlos-cloud-init-test: host $(hostname), alice $(id -u alice), key $(cat ~alice/.ssh/authorized_keys)" > /dev/console']
+  - [sh, -c, 'mkdir -p /var/lib/mlos-test && echo written-on-first-boot > /var/lib/mlos-test/marker && echo "mlos-state-test: runcmd wrote the marker" > /dev/console']
+power_state:
+  mode: poweroff
+  condition: true
 """
+STATE = re.compile(r"mlos-state-test: machine-id ([0-9a-f]{32}), marker (\S+), state (\d+) bytes")
+POWERED_OFF = "reboot: Power down"
 
 
 def nocloud_seed(tmp: Path) -> Path:
@@ -168,11 +178,19 @@ def nocloud_seed(tmp: Path) -> Path:
 def test_raw_disk_boots_with_bios_and_cloud_init_applies_a_nocloud_seed(images: Path, tmp_path: Path) -> None:
     """Debian's cloud-init, from a NoCloud seed on a second disk, on a machine with a network
     card as every cloud's has: the host name, a user with an SSH key, and a runcmd, whose line
-    shows all three; cloud-init's own last words end the boot, and no stage of it failed."""
-    text = boot(tmp_path, "-drive", f"file={images / 'disk/mlos.raw'},format=raw,if=virtio,snapshot=on",
-                "-drive", f"file={nocloud_seed(tmp_path)},format=raw,if=virtio,readonly=on",
-                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-                until=("mlos-cloud-init-test:", "finished at", *BOOTED))
+    shows all three; cloud-init's own last words end the boot, and no stage of it failed.
+
+    And the disk keeps its state: on the first boot the initramfs has systemd-repart make the
+    state partition; the runcmd writes a marker and cloud-init powers the machine off. The disk
+    is then made 1 GiB larger and booted again with the same seed: the marker and the
+    machine-id are there, cloud-init's once-per-instance work (the runcmd, the power-off) does
+    not run again, and the state partition and its file system have grown into the new space."""
+    disk = tmp_path / "mlos.raw"
+    shutil.copyfile(images / "disk/mlos.raw", disk)
+    machine = ("-drive", f"file={disk},format=raw,if=virtio",
+               "-drive", f"file={nocloud_seed(tmp_path)},format=raw,if=virtio,readonly=on",
+               "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+    text = boot(tmp_path, *machine, until=("mlos-cloud-init-test:", "finished at", *BOOTED, POWERED_OFF))
     assert_mlos_system(text)
     assert re.search(r"Cloud-init v\. \S+ finished at .* Datasource DataSourceNoCloud \[seed=/dev/vdb\]", text), text
     assert re.search(r"mlos-cloud-init-test: host mlos-test-01, alice 1\d\d\d, key ssh-ed25519 "
@@ -181,6 +199,20 @@ def test_raw_disk_boots_with_bios_and_cloud_init_applies_a_nocloud_seed(images: 
     # without an SSH server (set-passwords, about ssh_pwauth) is the only one.
     warnings = [ln for ln in text.splitlines() if "WARNING" in ln and "SSH service 'ssh' is not installed" not in ln]
     assert "failed stage" not in text and not warnings, warnings
+    # systemd-repart's own words, then the initramfs's.
+    assert "Formatting future partition 3." in text and "Adding new partition 3 to partition table." in text, text
+    assert "mlos-initramfs: keeping the system's changes on /dev/vda4" in text, text
+    [(machine_id, marker, size)] = STATE.findall(text)
+    assert marker == "none" and "mlos-state-test: runcmd wrote the marker" in text, text
+
+    subprocess.run(["qemu-img", "resize", "-f", "raw", str(disk), "+1G"], check=True, capture_output=True)
+    again = boot(tmp_path, *machine, until=("mlos-state-test: machine-id", "finished at", *BOOTED))
+    assert_mlos_system(again)
+    assert "Growing existing partition 3." in again and "mlos-initramfs: growing the state file system" in again, again
+    [(machine_id_again, marker_again, size_again)] = STATE.findall(again)
+    assert (machine_id_again, marker_again) == (machine_id, "written-on-first-boot"), again
+    assert "mlos-state-test: runcmd wrote the marker" not in again and "Formatting" not in again, again
+    assert int(size_again) > int(size) + 900 * 2**20, (size, size_again)
 
 
 def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:
@@ -188,6 +220,7 @@ def test_qcow2_disk_boots_with_uefi(images: Path, tmp_path: Path) -> None:
     shutil.copyfile(images / "disk/mlos.qcow2", disk)
     text = boot(tmp_path, "-drive", f"file={disk},format=qcow2,if=virtio", until=BOOTED, uefi=True)
     assert_mlos_system(text)
+    assert "mlos-initramfs: keeping the system's changes on /dev/vda4" in text
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +331,31 @@ def test_corrupted_squashfs_stops_with_a_clear_message(images: Path, tmp_path: P
     assert "mlos-initramfs: ERROR: rootfs.squashfs is corrupted" in text
     assert "mlos-repro verify-iso" in text  # says what to do
     assert "switch_root" not in text and "starting /sbin/init" not in text
+
+
+def test_a_state_partition_that_is_not_ext4_is_never_formatted(images: Path, tmp_path: Path) -> None:
+    """A disk whose mlos-state partition holds something else (here, random bytes standing for
+    another file system or someone's data): systemd-repart keeps it, as it keeps every partition
+    it did not make, and the initramfs stops with a message instead of formatting it."""
+    disk = tmp_path / "mlos.raw"
+    shutil.copyfile(images / "disk/mlos.raw", disk)
+    subprocess.run(["sfdisk", "--append", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+                   input="type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=mlos-state\n", text=True, check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    [state] = [p for p in table["partitions"] if p.get("name") == "mlos-state"]
+    data = bytes(range(256)) * (2**20 // 256)
+    with disk.open("r+b") as f:
+        f.seek(int(state["start"]) * 512)
+        f.write(data)
+    text = boot(tmp_path, "-drive", f"file={disk},format=raw,if=virtio", until="starting a rescue shell",
+                fail_on=("Kernel panic", "Reached target"))
+    assert "mlos-initramfs: ERROR: the state partition /dev/vda4 holds no ext4 file system" in text, text
+    assert "mlos.state=off" in text  # says what to do
+    assert "Formatting" not in text and "starting /sbin/init" not in text, text
+    with disk.open("rb") as f:
+        f.seek(int(state["start"]) * 512)
+        assert f.read(len(data)) == data  # untouched
 
 
 KERNEL_STAND_IN = """
