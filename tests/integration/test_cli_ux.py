@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MLOS, mlos
+from tests.conftest import MLOS, mlos, write_repo
 
 SLOW = """
 [[stage]]
@@ -80,8 +80,7 @@ def test_errors_are_json_too_with_json(repo: Callable[..., Path], tmp_path: Path
     assert "mystery" in result.stderr  # and still said to the person
 
 
-def test_plan_says_what_would_run_and_why(shared_store: Path, repo: Callable[..., Path], unique: str,
-                                          tmp_path: Path) -> None:
+def test_plan_says_what_would_run_and_why(shared_store: Path, unique: str, tmp_path: Path) -> None:
     stages = f"""
         [[stage]]
         name = "words"
@@ -97,7 +96,9 @@ def test_plan_says_what_would_run_and_why(shared_store: Path, repo: Callable[...
         [stage.inputs]
         words = "stage:words"
     """
-    recipes = repo(stages)
+    # A project this store has never seen: it keeps each project's last build by the absolute
+    # path of its recipes, and a test directory's path comes back in later runs.
+    recipes = write_repo(tmp_path / unique, stages)
     (recipes.parent / "data").mkdir()
     (recipes.parent / "data" / "words").write_text("one\ntwo\n")
 
