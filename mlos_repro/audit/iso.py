@@ -31,6 +31,7 @@ from mlos_repro.digest import sha256_bytes, sha256_file
 from mlos_repro.errors import BadInputError
 from mlos_repro.fsutil import NotRegularFile, atomic_write, open_regular
 from mlos_repro.sbom.facts import SBOM_SUFFIX, described, kernel_and_packages
+from mlos_repro.sign import secureboot
 from mlos_repro.store import artifact_files
 
 SEARCH_UP = 3
@@ -91,7 +92,8 @@ def verify_iso(iso: Path, trust: Trust, release: Path | None = None, *, min_vers
     if info is not None:
         verdict.facts.update(name=info.name, version=info.version, profile=info.profile,
                              build_date=info.build_date, released=info.released, expires=info.expires)
-        verdict.facts.update(_sbom_facts(root, listed, digest, info, verdict.notes))
+        own_sums = sums if not prefix else None  # a signed medium is looked up in the release's own
+        verdict.facts.update(_sbom_facts(root, listed, digest, info, verdict.notes, own_sums))
     _freshness(info, min_version, state or state_file(), accept_older, verdict.notes)
     return verdict
 
@@ -177,12 +179,23 @@ def _reproduced(root: Path, sums_bytes: bytes, sums: dict[str, str], listed: str
             "threshold": rebuilders.threshold, "keys": sorted(found.passed[mine])}
 
 
-def _sbom_facts(root: Path, listed: str, digest: str, info: ReleaseInfo, notes: list[str]) -> dict[str, Any]:
+def _sbom_facts(root: Path, listed: str, digest: str, info: ReleaseInfo, notes: list[str],
+                sums: dict[str, str] | None) -> dict[str, Any]:
     name = f"sbom/{listed}{SBOM_SUFFIX}"
     path = root / name
     if not path.exists() and not path.is_symlink():
-        notes.append(f"kernel and packages not shown: no SBOM at {path}")
-        return {}
+        attested = _signed_medium_of(root, listed, info, sums, notes) if sums is not None else None
+        if attested is None or sums is None:
+            notes.append(f"kernel and packages not shown: no SBOM at {path}")
+            return {}
+        # The ISO for Secure Boot machines has no SBOM of its own: what it holds is the attested
+        # ISO's, whose digest the signed SHA256SUMS gives.
+        listed, digest = attested, sums[attested]
+        name = f"sbom/{listed}{SBOM_SUFFIX}"
+        path = root / name
+        if not path.exists() and not path.is_symlink():
+            notes.append(f"kernel and packages not shown: no SBOM at {path}")
+            return {}
     data = read(path)
     if info.files.get(name) != sha256_bytes(data):
         raise Failed(f"{path}: not the SBOM the signed release.json lists (sha256 {sha256_bytes(data)})")
@@ -191,6 +204,40 @@ def _sbom_facts(root: Path, listed: str, digest: str, info: ReleaseInfo, notes: 
         raise Failed(f"{path}: describes sha256 {described(sbom)}, not this ISO ({digest})")
     kernel, packages = kernel_and_packages(sbom)
     return {"kernel": kernel, "packages": packages}
+
+
+def _signed_medium_of(root: Path, listed: str, info: ReleaseInfo, sums: dict[str, str],
+                      notes: list[str]) -> str | None:
+    """For STAGE/secureboot/IMAGE, a copy `release` made of the attested STAGE/IMAGE with a signed
+    boot loader: STAGE/IMAGE, when the signed SHA256SUMS lists STAGE/secureboot/media.json with
+    these bytes, that file names IMAGE, and release.json says both were made after the build."""
+    parts = listed.split("/")
+    if len(parts) != 3 or parts[1] != secureboot.DIRECTORY:
+        return None
+    stage, _, image = parts
+    media_name = f"{stage}/{secureboot.DIRECTORY}/{secureboot.MEDIA}"
+    attested = f"{stage}/{image}"
+    after = set(info.signed_after_build)
+    if listed not in after or media_name not in after or attested not in sums:
+        return None
+    path = root / release_meta.ARTIFACTS / media_name
+    if not path.exists() and not path.is_symlink():
+        notes.append(f"kernel and packages not shown: {listed} is a signed copy of {attested}, and saying so "
+                     f"needs {path} (download it with the ISO)")
+        return None
+    data = read(path)
+    if sums.get(media_name) != sha256_bytes(data):
+        raise Failed(f"{path}: not the {secureboot.MEDIA} the signed SHA256SUMS lists "
+                     f"(sha256 {sha256_bytes(data)})")
+    media = parse_json(data, path)
+    images = media.get("media") if isinstance(media, dict) else None
+    facts = images.get(image) if isinstance(images, dict) else None
+    if not isinstance(facts, dict):
+        raise Failed(f"{path}: does not describe {image}, which SHA256SUMS lists as {listed}")
+    notes.append(f"kernel and packages are those of {attested}: this image is that one with "
+                 f"{facts.get('efi')} as its boot loader ({media_name}); `mlos-repro verify` of the release "
+                 "checks that nothing else differs")
+    return attested
 
 
 # -- freshness ----------------------------------------------------------------------------

@@ -429,4 +429,8 @@ def test_a_release_of_the_images_verifies(images: Path, images_release: Path) ->
     signed_iso = mlos("verify-iso", rel / "artifacts/iso/secureboot/mlos.iso", "--keyring",
                       keys / "archive-keyring.gpg", "--json")
     assert signed_iso.code == 0, signed_iso.stderr
-    assert json.loads(signed_iso.stdout)["listed_as"] == "iso/secureboot/mlos.iso"
+    said = json.loads(signed_iso.stdout)
+    assert said["listed_as"] == "iso/secureboot/mlos.iso"
+    # What it holds is the attested ISO's (its SBOM, through the signed media.json), and it says so.
+    assert said["facts"] == facts, said
+    assert any(n.startswith("kernel and packages are those of iso/mlos.iso") for n in said["notes"]), said

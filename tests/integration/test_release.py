@@ -920,6 +920,34 @@ def test_the_signed_efi_image_is_the_attested_one_and_its_certificate_pinnable(h
     assert missing.code == 2 and "--db-cert" in missing.stderr and "absent.crt: no such file" in missing.stderr
 
 
+def test_verify_iso_of_a_signed_medium_shows_what_it_was_made_from(honest: Path, keys: Path, tmp_path: Path) -> None:
+    """The copy for Secure Boot machines has no SBOM of its own: verify-iso shows the attested
+    image's facts, through the media.json the signed SHA256SUMS lists, and says so; a media.json
+    that is not the signed one, or that does not name the image, is refused."""
+    keyring = keys / "archive-keyring.gpg"
+    attested = mlos("verify-iso", honest / "artifacts/media/disk.raw", "--keyring", keyring, "--json")
+    signed = mlos("verify-iso", honest / SIGNED_DISK, "--keyring", keyring, "--json")
+    assert attested.code == 0 and signed.code == 0, (attested.stderr, signed.stderr)
+    mine, theirs = json.loads(signed.stdout), json.loads(attested.stdout)
+    assert mine["listed_as"] == "media/secureboot/disk.raw" and mine["sha256"] != theirs["sha256"]
+    assert mine["facts"] == theirs["facts"] and "packages" in mine["facts"], mine
+    assert any(n.startswith("kernel and packages are those of media/disk.raw: this image is that one with "
+                            "efi/secureboot/toy.efi as its boot loader") for n in mine["notes"]), mine["notes"]
+
+    rel = tmp_path / "release"
+    shutil.copytree(honest, rel, symlinks=True)
+    media = json.loads((rel / MEDIA_JSON).read_text())
+    (rel / MEDIA_JSON).write_text(json.dumps({"media": {"disk.qcow2": media["media"]["disk.qcow2"]}}))
+    changed = mlos("verify-iso", rel / SIGNED_DISK, "--keyring", keyring)
+    assert changed.code == 1 and "media.json: not the media.json the signed SHA256SUMS lists" in changed.stderr, \
+        changed.stderr
+    (rel / MEDIA_JSON).unlink()
+    missing = mlos("verify-iso", rel / SIGNED_DISK, "--keyring", keyring, "--json")
+    assert missing.code == 0, missing.stderr
+    found = json.loads(missing.stdout)
+    assert "packages" not in found["facts"] and any("needs " in n and "media.json" in n for n in found["notes"])
+
+
 def test_the_signed_disk_is_the_attested_one_booting_the_signed_efi_image(honest: Path, tmp_path: Path) -> None:
     """What check 16 stands on, by mtools and qemu-img: the signed disk's boot loader is the
     signed EFI image, its other ESP file and its other partition are the attested image's, and
