@@ -35,7 +35,7 @@ from mlos_repro.env.lockfile import locked_environment
 from mlos_repro.recipe import load_recipes
 from mlos_repro.sign import secureboot
 from mlos_repro.store import Store, default_root
-from tests.qemu import OVMF_VARS, secure_boot_vars, secure_firmware, with_boot_loader
+from tests.qemu import OVMF_VARS, nocloud_seed, secure_boot_vars, secure_firmware, with_boot_loader
 
 PROJECT = Path(__file__).resolve().parent.parent
 IMAGE_STAGES = ("rootfs", "initramfs", "iso", "disk", "pxe")
@@ -156,17 +156,6 @@ runcmd:
 CLOUD_DONE = "finished at"  # cloud-init's last line: cloud-final ran (after multi-user.target)
 
 
-def nocloud_seed(work: Path) -> Path:
-    """A NoCloud seed (cloud-localds) setting a host name and a user with an SSH key, and
-    running one command."""
-    (work / "user-data").write_text(CLOUD_CONFIG)
-    (work / "meta-data").write_text("instance-id: mlos-bench\n")
-    seed = work / "seed.iso"
-    subprocess.run(["cloud-localds", str(seed), str(work / "user-data"), str(work / "meta-data")], check=True,
-                   capture_output=True)
-    return seed
-
-
 def boot_time(args: list[str], tmp: Path, timeout: float = 600, until: str = BOOTED) -> float:
     log = tmp / f"serial-{time.monotonic_ns()}.log"
     machine = [] if "-machine" in args else ["-machine", "pc"]
@@ -262,7 +251,7 @@ def main() -> None:
             boot_time(again, work) for _ in range(args.boots))
         # The same disk given a NoCloud seed and a network card (as a cloud's machine has): to
         # multi-user.target, and to cloud-init's last line.
-        seed = nocloud_seed(work)
+        seed = nocloud_seed(work, CLOUD_CONFIG, "mlos-bench")
         seeded = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0", "-drive", drive,
                   "-drive", f"file={seed},format=raw,if=virtio"]
         boots["disk qcow2, BIOS, cloud-init NoCloud seed"] = statistics.median(

@@ -90,3 +90,14 @@ def boot(tmp: Path, *args: str | Path, until: str | tuple[str, ...],
     for failure in fail_on:
         assert failure not in text, text
     return text
+
+
+def nocloud_seed(directory: Path, user_data: str, instance_id: str) -> Path:
+    """A NoCloud seed (a `cidata` ISO 9660 volume, made by cloud-localds) in `directory`, with
+    this cloud-config and instance id."""
+    (directory / "user-data").write_text(user_data)
+    (directory / "meta-data").write_text(f"instance-id: {instance_id}\n")
+    seed = directory / "seed.iso"
+    subprocess.run(["cloud-localds", str(seed), str(directory / "user-data"), str(directory / "meta-data")],
+                   check=True, capture_output=True)
+    return seed

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT, mlos
-from tests.qemu import OVMF, boot, secure_boot_vars, with_boot_loader
+from tests.qemu import OVMF, boot, nocloud_seed, secure_boot_vars, with_boot_loader
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -165,16 +165,6 @@ STATE = re.compile(r"mlos-state-test: machine-id ([0-9a-f]{32}), marker (\S+), s
 POWERED_OFF = "reboot: Power down"
 
 
-def nocloud_seed(tmp: Path) -> Path:
-    """A NoCloud seed (a `cidata` ISO 9660 volume) made by cloud-localds, with CLOUD_CONFIG."""
-    (tmp / "user-data").write_text(CLOUD_CONFIG)
-    (tmp / "meta-data").write_text("instance-id: mlos-test-01\n")
-    seed = tmp / "seed.iso"
-    subprocess.run(["cloud-localds", str(seed), str(tmp / "user-data"), str(tmp / "meta-data")], check=True,
-                   capture_output=True)
-    return seed
-
-
 def test_raw_disk_boots_with_bios_and_cloud_init_applies_a_nocloud_seed(images: Path, tmp_path: Path) -> None:
     """Debian's cloud-init, from a NoCloud seed on a second disk, on a machine with a network
     card as every cloud's has: the host name, a user with an SSH key, and a runcmd, whose line
@@ -188,7 +178,7 @@ def test_raw_disk_boots_with_bios_and_cloud_init_applies_a_nocloud_seed(images: 
     disk = tmp_path / "mlos.raw"
     shutil.copyfile(images / "disk/mlos.raw", disk)
     machine = ("-drive", f"file={disk},format=raw,if=virtio",
-               "-drive", f"file={nocloud_seed(tmp_path)},format=raw,if=virtio,readonly=on",
+               "-drive", f"file={nocloud_seed(tmp_path, CLOUD_CONFIG, 'mlos-test-01')},format=raw,if=virtio,readonly=on",
                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
     text = boot(tmp_path, *machine, until=("mlos-cloud-init-test:", "finished at", *BOOTED, POWERED_OFF))
     assert_mlos_system(text)
