@@ -174,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         # diffoscope may hit these limits on the disk pair; the benchmark reports that as such.
-        args.size_mib, args.disk_mib, args.diffoscope_timeout, args.diffoscope_mem_gib = 32, 256, 60, 4
+        args.size_mib, args.disk_mib, args.diffoscope_timeout, args.diffoscope_mem_gib = 32, 256, 60, 1
     mlos = [sys.executable, "-m", "mlos_repro", "diff"]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
