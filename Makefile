@@ -43,14 +43,7 @@ lint: deps
 	$(VENV)/bin/lint-imports
 
 bench: deps
-	$(VENV)/bin/python benchmarks/engine.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/diff.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/kernel.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/images.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/sbom.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/verify.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/rebuild.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/cli.py $(BENCH_ARGS)
+	set -e; for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(VENV)/bin/python $$b $(BENCH_ARGS); done
 
 clean:
 	rm -rf $(OUT) $(RELEASE) .pytest_cache
