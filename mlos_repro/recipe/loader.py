@@ -25,7 +25,7 @@ from mlos_repro.recipe.model import (
 BUILDER_FILE = "builder.toml"
 STAGE_KEYS = {"name", "builder", "inputs", "outputs", "run", "env", "description", "profiles", "profile",
               "privileged", "secureboot"}
-PROFILE_KEYS = {"builder", "env", "inputs"}
+PROFILE_KEYS = {"builder", "env", "inputs", "outputs", "run"}
 # A url: input written before its archive could be downloaded: `mlos-repro pin URL` replaces it.
 UNPINNED = "unpinned"
 ENV_KEYS = {"suite", "architecture", "mirror", "components", "variant", "packages", "locales", "keyring"}
@@ -235,7 +235,16 @@ def _profile_variants(stage: Stage, table: dict[str, Any], root: Path, profiles:
         if not isinstance(builder, str) or not builder:
             problems.add(f"{where}.builder", "must name an environment of recipes/builder.toml")
             builder = stage.builder
-        variants[prof] = replace(stage, builder=builder, env=tuple(sorted(env.items())),
+        # What the profile's inputs give the stage more (or else) to make, and how.
+        outputs = (_parse_outputs(override["outputs"], f"{where}.outputs", problems) if "outputs" in override
+                   else stage.outputs)
+        run = _parse_run(override["run"], f"{where}.run", problems) if "run" in override else stage.run
+        for output, _ in stage.secureboot:
+            if output not in outputs:
+                problems.add(f"{where}.outputs", f"drops {output!r}, which the stage's secureboot table "
+                                                 "names")
+        variants[prof] = replace(stage, builder=builder, outputs=outputs, run=run,
+                                 env=tuple(sorted(env.items())),
                                  inputs=tuple(inputs[n] for n in sorted(inputs)),
                                  profiles=tuple(p for p in profiles if p in members))
     for unknown in sorted(set(overrides) - set(profiles)):

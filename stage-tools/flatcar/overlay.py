@@ -1,27 +1,34 @@
 """The MLOS Portage overlay, run as the `overlay` stage:
 
     python3 /in/tools/overlay.py OVERLAY_SOURCE OUT_DIR NAME=SOURCE_DIR...
+        [--merge TREE]... [--archive FILE=PATH]...
 
 OVERLAY_SOURCE is the overlay as people edit it (recipes/flatcar/overlay/: metadata/,
 profiles/, licenses/, CATEGORY/PN/ with ebuilds and metadata.xml). Each NAME=SOURCE_DIR is
 a package source directory (recipes/packages/NAME/, the same one the .deb is built from)
 packed as the distfile NAME-VERSION.tar.gz (VERSION from its control file), everything under
-NAME-VERSION/.
+NAME-VERSION/. Each --merge TREE adds packages to the overlay: its CATEGORY/PN/ directories
+(none of which the overlay may have already) and the categories its profiles/categories
+lists. Each --archive FILE=PATH is a distfile as it is, published as FILE: a pinned upstream
+archive (a stage input), the same bytes a package of it repackages.
 
 Writes to OUT_DIR:
 - distfiles/: those archives (gzip without name or time, tar entries sorted, root-owned, at
-  SOURCE_DATE_EPOCH), to publish where the ebuilds' SRC_URI points;
+  SOURCE_DATE_EPOCH) and the --archive files, to publish where the ebuilds' SRC_URI points;
 - mlos-overlay/: the overlay with a Manifest per package that fetches anything: a DIST line
   per distfile its ebuilds name in SRC_URI, with the size, BLAKE2B and SHA512 (the hashes
   metadata/layout.conf requires);
 - mlos-overlay.tar.gz: the same tree, as a reproducible tarball.
 
-Refused (exit 1, naming the ebuild): an SRC_URI file no NAME=SOURCE_DIR makes, a distfile no
-ebuild uses, an ebuild whose name is not PN-VERSION.ebuild in its CATEGORY/PN directory.
+Refused (exit 1, naming the ebuild or tree): an SRC_URI file no NAME=SOURCE_DIR or --archive
+makes, a distfile no ebuild uses, an ebuild whose name is not PN-VERSION.ebuild in its
+CATEGORY/PN directory, a merged package the overlay has already, a merged tree holding more
+than packages and profiles/categories.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -88,27 +95,61 @@ def manifests(overlay: Path, distfiles: dict[str, Path]) -> None:
         raise Refused(f"no ebuild fetches {', '.join(unused)}")
 
 
+def merge(tree: Path, extra: Path) -> None:
+    """Add the packages of `extra` (CATEGORY/PN/ and profiles/categories) to the overlay `tree`."""
+    for entry in sorted(extra.rglob("*")):
+        parts = entry.relative_to(extra).parts
+        if entry.is_file() and parts[0] != "profiles" and len(parts) < 3:
+            raise Refused(f"{extra}: {'/'.join(parts)} is neither in a CATEGORY/PN directory nor "
+                          "profiles/categories; a merged tree adds packages only")
+        if parts[0] == "profiles" and entry.is_file() and parts != ("profiles", "categories"):
+            raise Refused(f"{extra}: {'/'.join(parts)}: of profiles/, a merged tree may only add categories")
+    categories = tree / "profiles" / "categories"
+    listed = set(categories.read_text(encoding="utf-8").split()) if categories.is_file() else set()
+    if (extra / "profiles" / "categories").is_file():
+        listed |= set((extra / "profiles" / "categories").read_text(encoding="utf-8").split())
+        categories.write_text("".join(f"{c}\n" for c in sorted(listed)), encoding="utf-8")
+    for package in sorted(p for p in extra.glob("*/*") if p.is_dir() and p.parent.name != "profiles"):
+        name = "/".join(package.relative_to(extra).parts)
+        if (tree / name).exists():
+            raise Refused(f"{extra}: {name} is in the overlay already")
+        if package.parent.name not in listed:
+            raise Refused(f"{extra}: {name}: category {package.parent.name} is in no profiles/categories")
+        shutil.copytree(package, tree / name, symlinks=True)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print("usage: overlay.py OVERLAY_SOURCE OUT_DIR NAME=SOURCE_DIR...", file=sys.stderr)
-        return 2
-    source, out, *packages = argv
+    parser = argparse.ArgumentParser(prog="overlay.py")
+    parser.add_argument("source")
+    parser.add_argument("out")
+    parser.add_argument("packages", nargs="*", metavar="NAME=SOURCE_DIR")
+    parser.add_argument("--merge", action="append", default=[], metavar="TREE")
+    parser.add_argument("--archive", action="append", default=[], metavar="FILE=PATH")
+    args = parser.parse_intermixed_args(argv)
     os.umask(0o022)  # the modes of what it writes do not depend on the caller's umask
-    out_dir = Path(out)
+    out_dir = Path(args.out)
     scratch = Path("overlay-work")
     try:
         when = epoch()
         scratch.mkdir()
         (out_dir / "distfiles").mkdir(parents=True)
         made = {}
-        for spec in packages:
+        for spec in args.packages:
             name, sep, directory = spec.partition("=")
             if not sep:
                 raise Refused(f"{spec!r} is not NAME=SOURCE_DIR")
             path = distfile(name, Path(directory), out_dir / "distfiles", scratch, when)
             made[path.name] = path
+        for spec in args.archive:
+            name, sep, file = spec.partition("=")
+            if not sep or "/" in name or not Path(file).is_file():
+                raise Refused(f"--archive {spec!r}: expected FILE=PATH, PATH an archive (a stage input)")
+            shutil.copyfile(file, out_dir / "distfiles" / name)
+            made[name] = out_dir / "distfiles" / name
         tree = scratch / "tree" / "mlos-overlay"
-        shutil.copytree(source, tree, symlinks=True)
+        shutil.copytree(args.source, tree, symlinks=True)
+        for extra in args.merge:
+            merge(tree, Path(extra))
         manifests(tree, made)
         write_tar_gz(tree.parent, out_dir / "mlos-overlay.tar.gz", scratch, when, all_root=True)
         shutil.copytree(tree, out_dir / "mlos-overlay", symlinks=True)

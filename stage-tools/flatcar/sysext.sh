@@ -3,7 +3,8 @@
 #
 #   sh /in/tools/sysext.sh PACKAGE...
 #
-# Input: /in/packages/debs (the `packages` stage). Settings from the stage's environment:
+# Inputs: the .debs of the stages it takes (/in/*/debs: `packages`, and in the release profile
+# `upstream-packages`); each PACKAGE must be in exactly one. Settings from the stage's environment:
 # MLOS_SYSEXT_ID (the host os-release ID the image is for: flatcar, or _any for every host),
 # MLOS_SYSEXT_LEVEL (the host's SYSEXT_LEVEL it needs; unused with _any), MLOS_SYSEXT_ARCH
 # (x86-64).
@@ -26,9 +27,9 @@ umask 022
 : "${MLOS_SYSEXT_ID:?}" "${MLOS_SYSEXT_ARCH:?}"
 
 for name in "$@"; do
-	set -- /in/packages/debs/"${name}"_*.deb
+	set -- /in/*/debs/"${name}"_*.deb
 	if [ $# -ne 1 ] || [ ! -f "$1" ]; then
-		echo "sysext.sh: expected exactly one ${name}_*.deb in the packages stage, found: $*" >&2
+		echo "sysext.sh: expected exactly one ${name}_*.deb in the input stages (/in/*/debs), found: $*" >&2
 		exit 1
 	fi
 	work="$PWD/$name"

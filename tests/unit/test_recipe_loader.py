@@ -62,8 +62,24 @@ BAD = {
         '[stage.profile.small]\nenv = { A = "1" }\n',
         "stage 'a'.profile.small", "not part of profile 'small'"),
     "unknown override key": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
-                             '[stage.profile.release]\nrun = [["false"]]\n',
-                             "stage 'a'.profile.release.run", "unknown key"),
+                             '[stage.profile.release]\nprivileged = true\n',
+                             "stage 'a'.profile.release.privileged", "unknown key"),
+    "override output escaping /out": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                                      '[stage.profile.release]\noutputs = ["x", "../y"]\n',
+                                      "stage 'a'.profile.release.outputs[1]", "escapes /out"),
+    "override run not an argv": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
+                                 '[stage.profile.release]\nrun = ["make all"]\n',
+                                 "stage 'a'.profile.release.run[0]", "must be a non-empty list of strings"),
+    "override dropping a signed output": (
+        '[[stage]]\nname = "a"\noutputs = ["x.efi"]\nrun = [["true"]]\n[[stage]]\nname = "b"\n'
+        'outputs = ["d.raw", "e.raw"]\nrun = [["true"]]\nsecureboot = { "e.raw" = "a/x.efi" }\n'
+        '[stage.profile.release]\noutputs = ["d.raw"]\n', "stage 'b'.profile.release.outputs",
+        "drops 'e.raw', which the stage's secureboot table names"),
+    "override dropping an output another stage signs with": (
+        '[[stage]]\nname = "a"\noutputs = ["x.efi"]\nrun = [["true"]]\n[stage.profile.release]\n'
+        'outputs = ["y.efi"]\n[[stage]]\nname = "b"\noutputs = ["d.raw"]\nrun = [["true"]]\n'
+        'secureboot = { "d.raw" = "a/x.efi" }\n', "stage 'b'.secureboot.d.raw",
+        "stage 'a' has no output 'x.efi' (y.efi)"),
     "bad override input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
                            '[stage.profile.release.inputs]\nu = "url:https://example.org/f.tgz"\n',
                            "stage 'a'.profile.release.inputs.u", "must be pinned with #sha256="),
@@ -228,6 +244,8 @@ src = "path:recipes/builder.toml"
 [stage.profile.release]
 env = { MLOS_PROFILE = "release" }
 inputs.extra = "url:https://example.org/x.tar.gz#sha256=%s"
+outputs = ["k", "modules"]
+run = [["true"], ["make", "modules"]]
 
 [[stage]]
 name = "heavy"
@@ -239,7 +257,7 @@ k = "stage:kernel"
 """ % ("ab" * 32)
 
 
-def test_a_profile_overrides_env_and_inputs_and_selects_stages(repo: Callable[..., Path]) -> None:
+def test_a_profile_overrides_env_inputs_outputs_and_run_and_selects_stages(repo: Callable[..., Path]) -> None:
     recipes = repo(PROFILED)
     small = load_recipes(recipes)
     assert small.profile == "small" and set(small.stages) == {"kernel"}
@@ -250,6 +268,8 @@ def test_a_profile_overrides_env_and_inputs_and_selects_stages(repo: Callable[..
     kernel = release.stages["kernel"]
     assert dict(kernel.env) == {"MLOS_PROFILE": "release", "KEEP": "yes"}
     assert [i.name for i in kernel.inputs] == ["extra", "src"]
+    assert kernel.outputs == ("k", "modules") and small.stages["kernel"].outputs == ("k",)
+    assert kernel.run == (("true",), ("make", "modules")) and small.stages["kernel"].run == (("true",),)
     assert kernel.normalized() != small.stages["kernel"].normalized()  # distinct cache keys
 
 
