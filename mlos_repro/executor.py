@@ -338,7 +338,8 @@ class Executor:
         digests: dict[str, str] = {}
         for inp in stage.inputs:
             if inp.kind is InputKind.STAGE:
-                digests[inp.name] = "sha256:" + digest_of_output_set(done.stages[inp.target].entry.outputs)
+                digests[inp.name] = "sha256:" + digest_of_output_set(
+                    inp.selected(done.stages[inp.target].entry.outputs))
             elif inp.kind is InputKind.PATH:
                 path = self.recipes.root / inp.target
                 self._check_links(stage, inp, path)
@@ -457,7 +458,7 @@ class Executor:
                 upstream = done.stages[inp.target].entry
                 if self.shared is not None:
                     self.shared.ensure(upstream)  # built on another machine: its blobs pulled
-                outputs = {o: (d, upstream.kinds[o]) for o, d in upstream.outputs.items()}
+                outputs = {o: (d, upstream.kinds[o]) for o, d in inp.selected(upstream.outputs).items()}
                 inputs.append(StageInput(inp.name, digests[inp.name], outputs, is_stage=True))
             else:
                 inputs.append(StageInput(inp.name, digests[inp.name]))

@@ -58,7 +58,11 @@ def materials(store: Store, stage: Stage, inputs: Mapping[str, str], entries: Ma
     for inp in stage.inputs:
         digest = inputs[inp.name]
         if inp.kind is InputKind.STAGE:
-            out.update(products(store, inp.target, entries[inp.target]))
+            taken = products(store, inp.target, entries[inp.target])
+            if inp.output is not None:  # stage:NAME/OUTPUT: that output's files only
+                prefix = f"{inp.target}/{inp.output}"
+                taken = {a: d for a, d in taken.items() if a == prefix or a.startswith(prefix + "/")}
+            out.update(taken)
         elif inp.kind is InputKind.PATH:
             if digest.startswith("tree:"):
                 for e in store.read_tree(digest.removeprefix("tree:")):
@@ -101,7 +105,12 @@ def layout(recipes: RecipeSet, stages: Iterable[str], functionaries: list[dict[s
         stage = recipes.stages[name]
         rules: list[list[str]] = [["ALLOW", f"builder/{stage.builder}"]]
         for inp in stage.inputs:
-            if inp.kind is InputKind.STAGE:
+            if inp.kind is InputKind.STAGE and inp.output is not None:
+                taken = f"{inp.target}/{inp.output}"
+                rules += [["MATCH", taken, "WITH", "PRODUCTS", "FROM", inp.target],
+                          ["MATCH", f"{taken}/*", "WITH", "PRODUCTS", "FROM", inp.target],
+                          ["DISALLOW", f"{inp.target}/*"]]
+            elif inp.kind is InputKind.STAGE:
                 rules += [["MATCH", f"{inp.target}/*", "WITH", "PRODUCTS", "FROM", inp.target],
                           ["DISALLOW", f"{inp.target}/*"]]
             elif inp.kind is InputKind.PATH:

@@ -411,12 +411,15 @@ def parse_input(name: str, spec: str, where: str, root: Path, problems: _Problem
             return None
         return Input(name=name, kind=kind, spec=spec, target=norm)
     if kind is InputKind.STAGE or kind is InputKind.ENV:
-        if not NAME_RE.fullmatch(rest):
-            what = "a stage, e.g. stage:kernel" if kind is InputKind.STAGE else \
-                "an environment of recipes/builder.toml, e.g. env:target"
+        target, sep, output = rest.partition("/") if kind is InputKind.STAGE else (rest, "", "")
+        bad_output = sep and (not output or posixpath.normpath(output) != output or output.startswith("/")
+                              or ".." in output.split("/"))
+        if not NAME_RE.fullmatch(target) or bad_output:
+            what = "a stage, e.g. stage:kernel, or one of its outputs, e.g. stage:kernel/bzImage" \
+                if kind is InputKind.STAGE else "an environment of recipes/builder.toml, e.g. env:target"
             problems.add(where, f"{spec!r}: name {what}")
             return None
-        return Input(name=name, kind=kind, spec=spec, target=rest)
+        return Input(name=name, kind=kind, spec=spec, target=target, output=output or None)
     body, sep, frag = rest.partition("#sha256=")
     if not sep:
         problems.add(where, f"{spec!r}: a {kind}: input must be pinned with #sha256=<64 hex digits>")
@@ -459,7 +462,13 @@ def _check_references(profile: str, stages: dict[str, Stage], by_profile: dict[s
                 problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
                              f"unknown environment {inp.target!r} (recipes/builder.toml defines "
                              f"{', '.join(sorted(builder.environments)) or 'none'})")
-            if inp.kind is not InputKind.STAGE or inp.target in stages:
+            if inp.kind is InputKind.STAGE and inp.target in stages:
+                if inp.output is not None and inp.output not in stages[inp.target].outputs:
+                    problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
+                                 f"stage {inp.target!r} has no output {inp.output!r} in profile {profile!r} "
+                                 f"({', '.join(stages[inp.target].outputs)})")
+                continue
+            if inp.kind is not InputKind.STAGE:
                 continue
             elsewhere = [p for p, s in by_profile.items() if inp.target in s]
             problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",

@@ -6,13 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlos_repro.digest import canonical_json, sha256_bytes
 
 # `small` fits a 2-core CI budget; `release` is the distribution build: the same recipes, other
-# inputs (a stage's [stage.profile.NAME] table overrides its env and inputs).
+# inputs (a stage's [stage.profile.NAME] table overrides its env, inputs, outputs and run).
 DEFAULT_PROFILES = ("small", "release")
+T = TypeVar("T")
 
 
 class InputKind(StrEnum):
@@ -33,6 +34,13 @@ class Input:
     target: str  # repository path, stage name, URL, Debian package name, or environment name
     version: str | None = None  # deb: only
     sha256: str | None = None  # url: and deb:
+    output: str | None = None  # stage:NAME/OUTPUT: only that output of the stage
+
+    def selected(self, outputs: Mapping[str, T]) -> dict[str, T]:
+        """Of a stage input's upstream outputs, those it takes: one with /OUTPUT, else all."""
+        if self.output is None:
+            return dict(outputs)
+        return {self.output: outputs[self.output]}
 
     @property
     def basename(self) -> str:

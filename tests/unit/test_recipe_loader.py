@@ -83,6 +83,17 @@ BAD = {
     "bad override input": ('[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n'
                            '[stage.profile.release.inputs]\nu = "url:https://example.org/f.tgz"\n',
                            "stage 'a'.profile.release.inputs.u", "must be pinned with #sha256="),
+    "input of an output the stage does not make": (
+        '[[stage]]\nname = "a"\noutputs = ["x"]\nrun = [["true"]]\n[[stage]]\nname = "b"\noutputs = ["y"]\n'
+        'run = [["true"]]\n[stage.inputs]\ni = "stage:a/z"\n', "stage 'b'.inputs.i",
+        "stage 'a' has no output 'z' in profile 'small' (x)"),
+    "input of an output dropped by a profile": (
+        '[[stage]]\nname = "a"\noutputs = ["x", "w"]\nrun = [["true"]]\n[stage.profile.release]\n'
+        'outputs = ["x"]\n[[stage]]\nname = "b"\noutputs = ["y"]\nrun = [["true"]]\n[stage.inputs]\n'
+        'i = "stage:a/w"\n', "stage 'b'.inputs.i", "stage 'a' has no output 'w' in profile 'release' (x)"),
+    "input of an output path leaving the stage": (
+        '[[stage]]\nname = "b"\noutputs = ["y"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:a/../x"\n',
+        "stage 'b'.inputs.i", "or one of its outputs, e.g. stage:kernel/bzImage"),
     "input from another profile": (
         '[[stage]]\nname = "big"\noutputs = ["x"]\nrun = [["true"]]\nprofiles = ["release"]\n'
         '[[stage]]\nname = "b"\noutputs = ["x"]\nrun = [["true"]]\n[stage.inputs]\ni = "stage:big"\n',
@@ -254,6 +265,7 @@ run = [["true"]]
 profiles = ["release"]
 [stage.inputs]
 k = "stage:kernel"
+m = "stage:kernel/modules"
 """ % ("ab" * 32)
 
 
@@ -271,6 +283,11 @@ def test_a_profile_overrides_env_inputs_outputs_and_run_and_selects_stages(repo:
     assert kernel.outputs == ("k", "modules") and small.stages["kernel"].outputs == ("k",)
     assert kernel.run == (("true",), ("make", "modules")) and small.stages["kernel"].run == (("true",),)
     assert kernel.normalized() != small.stages["kernel"].normalized()  # distinct cache keys
+    whole, one = release.stages["heavy"].inputs
+    assert (whole.target, whole.output, one.target, one.output) == ("kernel", None, "kernel", "modules")
+    assert whole.selected({"k": 1, "modules": 2}) == {"k": 1, "modules": 2}
+    assert one.selected({"k": 1, "modules": 2}) == {"modules": 2}
+    assert release.stages["heavy"].upstream == ("kernel", "kernel")
 
 
 def test_an_unknown_profile_on_the_command_line_is_bad_input(repo: Callable[..., Path]) -> None:
