@@ -105,14 +105,12 @@ def layout(recipes: RecipeSet, stages: Iterable[str], functionaries: list[dict[s
         stage = recipes.stages[name]
         rules: list[list[str]] = [["ALLOW", f"builder/{stage.builder}"]]
         for inp in stage.inputs:
-            if inp.kind is InputKind.STAGE and inp.output is not None:
-                taken = f"{inp.target}/{inp.output}"
-                rules += [["MATCH", taken, "WITH", "PRODUCTS", "FROM", inp.target],
-                          ["MATCH", f"{taken}/*", "WITH", "PRODUCTS", "FROM", inp.target],
-                          ["DISALLOW", f"{inp.target}/*"]]
-            elif inp.kind is InputKind.STAGE:
-                rules += [["MATCH", f"{inp.target}/*", "WITH", "PRODUCTS", "FROM", inp.target],
-                          ["DISALLOW", f"{inp.target}/*"]]
+            if inp.kind is InputKind.STAGE:
+                # stage:NAME/OUTPUT takes that output (a file, or a tree's files) of NAME only.
+                taken = [f"{inp.target}/*"] if inp.output is None else \
+                    [f"{inp.target}/{inp.output}", f"{inp.target}/{inp.output}/*"]
+                rules += [["MATCH", pattern, "WITH", "PRODUCTS", "FROM", inp.target] for pattern in taken]
+                rules.append(["DISALLOW", f"{inp.target}/*"])
             elif inp.kind is InputKind.PATH:
                 rules += [["ALLOW", f"src/{inp.target}"], ["ALLOW", f"src/{inp.target}/*"]]
             elif inp.kind is InputKind.ENV:

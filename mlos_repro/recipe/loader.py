@@ -462,13 +462,13 @@ def _check_references(profile: str, stages: dict[str, Stage], by_profile: dict[s
                 problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
                              f"unknown environment {inp.target!r} (recipes/builder.toml defines "
                              f"{', '.join(sorted(builder.environments)) or 'none'})")
-            if inp.kind is InputKind.STAGE and inp.target in stages:
+            if inp.kind is not InputKind.STAGE:
+                continue
+            if inp.target in stages:
                 if inp.output is not None and inp.output not in stages[inp.target].outputs:
                     problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",
                                  f"stage {inp.target!r} has no output {inp.output!r} in profile {profile!r} "
                                  f"({', '.join(stages[inp.target].outputs)})")
-                continue
-            if inp.kind is not InputKind.STAGE:
                 continue
             elsewhere = [p for p, s in by_profile.items() if inp.target in s]
             problems.add(f"{stage.source}: stage {stage.name!r}.inputs.{inp.name}",

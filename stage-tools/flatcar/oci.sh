@@ -71,14 +71,13 @@ layer() {
 	sh /in/tools/record.sh "$dir" "$deb" "$dir.list"
 }
 
-# image NAME DEB LAYER ARG...: /out/NAME and /out/NAME.oci.tar, LAYER over the minbase, DEB's
-# version; ARG... as ocilayout.py takes them (--entrypoint, --env).
+# image NAME DEB ARG...: /out/NAME and /out/NAME.oci.tar at DEB's version; ARG... as
+# ocilayout.py takes them (--layer, --entrypoint, --env, --cmd).
 image() {
-	name=$1 deb=$2 files=$3
-	shift 3
+	name=$1 deb=$2
+	shift 2
 	python3 /in/tools/ocilayout.py --work work --layout "/out/$name" --archive "/out/$name.oci.tar" \
-		--name "$name" --version "$(dpkg-deb --field "$deb" Version)" \
-		--layer "$PWD/base" --layer "$files:root" "$@"
+		--name "$name" --version "$(dpkg-deb --field "$deb" Version)" "$@"
 }
 
 [ $# -gt 0 ] || { echo "oci.sh: name at least one image (mlos-core, axon, mlos-toolchain)" >&2; exit 2; }
@@ -90,13 +89,14 @@ for name in "$@"; do
 		if [ -d /in/upstream ]; then
 			upstream=$(deb upstream "$name")
 			layer "$upstream" "$PWD/$name"
-			image "$name" "$upstream" "$PWD/$name" --entrypoint "/usr/bin/$name"
+			image "$name" "$upstream" --layer "$PWD/base" --layer "$PWD/$name:root" \
+				--entrypoint "/usr/bin/$name"
 		elif [ "$name" = mlos-core ]; then
 			services=$(deb packages mlos-services)
 			layer "$services" "$PWD/agent" usr/libexec/mlos/mlos-core etc/mlos/mlos.conf \
 				usr/share/doc/mlos-services/copyright
-			image mlos-core "$services" "$PWD/agent" --entrypoint /usr/libexec/mlos/mlos-core \
-				--env CORE_INTERVAL=10
+			image mlos-core "$services" --layer "$PWD/base" --layer "$PWD/agent:root" \
+				--entrypoint /usr/libexec/mlos/mlos-core --env CORE_INTERVAL=10
 		else
 			echo "oci.sh: the $name image is made from the upstream-packages stage (/in/upstream)" >&2
 			exit 2
@@ -105,9 +105,7 @@ for name in "$@"; do
 	mlos-toolchain)
 		toolchain=$(deb packages mlos-toolchain)
 		root "$PWD/toolchain" "$toolchain"
-		python3 /in/tools/ocilayout.py --work work --layout /out/mlos-toolchain \
-			--archive /out/mlos-toolchain.oci.tar --name mlos-toolchain \
-			--version "$(dpkg-deb --field "$toolchain" Version)" --layer "$PWD/toolchain" --cmd python3
+		image mlos-toolchain "$toolchain" --layer "$PWD/toolchain" --cmd python3
 		;;
 	*)
 		echo "oci.sh: no image named '$name' (mlos-core, axon, mlos-toolchain)" >&2

@@ -97,13 +97,12 @@ def manifests(overlay: Path, distfiles: dict[str, Path]) -> None:
 
 def merge(tree: Path, extra: Path) -> None:
     """Add the packages of `extra` (CATEGORY/PN/ and profiles/categories) to the overlay `tree`."""
-    for entry in sorted(extra.rglob("*")):
+    for entry in sorted(e for e in extra.rglob("*") if not e.is_dir()):
         parts = entry.relative_to(extra).parts
-        if entry.is_file() and parts[0] != "profiles" and len(parts) < 3:
+        in_package = parts[0] != "profiles" and len(parts) >= 3
+        if not in_package and parts != ("profiles", "categories"):
             raise Refused(f"{extra}: {'/'.join(parts)} is neither in a CATEGORY/PN directory nor "
                           "profiles/categories; a merged tree adds packages only")
-        if parts[0] == "profiles" and entry.is_file() and parts != ("profiles", "categories"):
-            raise Refused(f"{extra}: {'/'.join(parts)}: of profiles/, a merged tree may only add categories")
     categories = tree / "profiles" / "categories"
     listed = set(categories.read_text(encoding="utf-8").split()) if categories.is_file() else set()
     if (extra / "profiles" / "categories").is_file():

@@ -321,6 +321,21 @@ def podman(storage: Path, *args: str | Path) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=600)
 
 
+def load_and_run(storage: Path, oci: Path, name: str, *command: str) -> str:
+    """podman load of oci/NAME.oci.tar, then podman run of it with `command`: its output. The
+    image podman stores must be ours, byte for byte (its manifest digest is oci/NAME's)."""
+    loaded = podman(storage, "load", "--input", oci / f"{name}.oci.tar")
+    assert loaded.returncode == 0, loaded.stderr
+    digest = json.loads((oci / name / "index.json").read_text())["manifests"][0]["digest"]
+    listed = podman(storage, "images", "--format", "{{.Digest}} {{.ID}}").stdout
+    images = dict(line.split() for line in listed.splitlines())
+    assert digest in images, (digest, listed)
+    run = podman(storage, "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096",
+                 "--ulimit", "nproc=4096:4096", images[digest], *command)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
 def test_the_oci_images_are_read_by_skopeo_and_umoci(flatcar: Path, tmp_path: Path) -> None:
     oci = flatcar / "oci"
     for name, layers in (("mlos-core", 2), ("mlos-toolchain", 1)):
@@ -355,19 +370,9 @@ def test_podman_runs_the_agent_and_the_toolchain(flatcar: Path, request: pytest.
         pytest.fail("the OCI tests need podman and runc: run scripts/install-deps")
     storage = Path(tempfile.mkdtemp(prefix="mlos-podman-", dir="/tmp"))
     request.addfinalizer(lambda: shutil.rmtree(storage, ignore_errors=True))
-    ran = {}
-    for name, command in (("mlos-core", ["--version"]),
-                          ("mlos-toolchain", ["python3", "-c", "import numpy; print('numpy', numpy.__version__)"])):
-        loaded = podman(storage, "load", "--input", flatcar / "oci" / f"{name}.oci.tar")
-        assert loaded.returncode == 0, loaded.stderr
-        digest = json.loads((flatcar / "oci" / name / "index.json").read_text())["manifests"][0]["digest"]
-        listed = podman(storage, "images", "--format", "{{.Digest}} {{.ID}}").stdout
-        images = dict(line.split() for line in listed.splitlines())
-        assert digest in images, (digest, listed)  # the manifest podman stored is ours, byte for byte
-        run = podman(storage, "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096",
-                     "--ulimit", "nproc=4096:4096", images[digest], *command)
-        assert run.returncode == 0, run.stderr
-        ran[name] = run.stdout.strip()
+    ran = {name: load_and_run(storage, flatcar / "oci", name, *command) for name, command in (
+        ("mlos-core", ["--version"]),
+        ("mlos-toolchain", ["python3", "-c", "import numpy; print('numpy', numpy.__version__)"]))}
     version = json.loads((flatcar / "oci/mlos-core/index.json").read_text())["manifests"][0]["annotations"][
         "org.opencontainers.image.ref.name"]
     assert ran["mlos-core"] == f"mlos-core {version}"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT, mlos, write_repo
-from tests.integration.test_flatcar import merge, podman, project_copy, scan_clean
+from tests.integration.test_flatcar import load_and_run, merge, project_copy, scan_clean
 
 UPSTREAM_HOST = "https://downloads.mlos.example"
 
@@ -210,14 +210,7 @@ def test_podman_runs_the_upstream_mlos_core_and_axon_images(release_flatcar: dic
                                text=True)
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["Digest"] == entry["digest"]
-        loaded = podman(storage, "load", "--input", oci / f"{name}.oci.tar")
-        assert loaded.returncode == 0, loaded.stderr
-        listed = podman(storage, "images", "--format", "{{.Digest}} {{.ID}}").stdout
-        image = dict(line.split() for line in listed.splitlines())[entry["digest"]]
-        run = podman(storage, "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096",
-                     "--ulimit", "nproc=4096:4096", image, "--version")
-        assert run.returncode == 0, run.stderr
-        assert run.stdout.strip() == f"{name} {version}"
+        assert load_and_run(storage, oci, name, "--version") == f"{name} {version}"
     # The image's SBOM names the package the binary came from.
     sbom = json.loads((oci / "mlos-core.cdx.json").read_text())
     assert any(c["name"] == "mlos-core" and c.get("version") == "1.0.0-1" for c in sbom["components"]), sbom
