@@ -38,8 +38,9 @@ mmdebstrap --mode=root --variant=minbase --format=directory \
 		LC_ALL=C sort
 } >/out/packages.tsv
 
-# Fixed compressor and block size, no xattrs (what the host's file system adds is none of
-# the image's business). mksquashfs reads SOURCE_DATE_EPOCH itself and gives every inode
+# Fixed compressor, level and block size, no xattrs (what the host's file system adds is none
+# of the image's business). zstd level 9, not 15: a fifth of the CPU time for an image 1 %
+# larger, and the same speed to read at boot. mksquashfs reads SOURCE_DATE_EPOCH itself and gives every inode
 # and the superblock that time (it refuses -mkfs-time/-all-time next to it).
 mksquashfs "$root" /out/rootfs.squashfs -noappend -no-progress -quiet \
-	-comp zstd -Xcompression-level 15 -b 1M -no-xattrs -reproducible
+	-comp zstd -Xcompression-level 9 -b 1M -no-xattrs -reproducible
