@@ -229,10 +229,11 @@ def _signed_medium_of(root: Path, listed: str, info: ReleaseInfo, sums: dict[str
     if sums.get(media_name) != sha256_bytes(data):
         raise Failed(f"{path}: not the {secureboot.MEDIA} the signed SHA256SUMS lists "
                      f"(sha256 {sha256_bytes(data)})")
-    media = parse_json(data, path)
-    images = media.get("media") if isinstance(media, dict) else None
-    facts = images.get(image) if isinstance(images, dict) else None
-    if not isinstance(facts, dict):
+    images = secureboot.media_images(parse_json(data, path))
+    if images is None:
+        raise Failed(f"{path}: expected {secureboot.MEDIA_SHAPE}")
+    facts = images.get(image)
+    if facts is None:
         raise Failed(f"{path}: does not describe {image}, which SHA256SUMS lists as {listed}")
     notes.append(f"kernel and packages are those of {attested}: this image is that one with "
                  f"{facts.get('efi')} as its boot loader ({media_name}); `mlos-repro verify` of the release "

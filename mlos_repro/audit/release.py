@@ -795,10 +795,9 @@ class ReleaseVerifier:
         for name in described:
             self._signed_after(name, after)
             stage = name.split("/", 1)[0]
-            media = parse_json(read(artifacts / name), artifacts / name)
-            images = media.get("media") if isinstance(media, dict) else None
-            if not isinstance(images, dict) or not all(isinstance(v, dict) for v in images.values()):
-                raise Malformed(f"artifacts/{name}: expected {{\"media\": {{IMAGE: {{\"efi\": …}}}}}}")
+            images = secureboot.media_images(parse_json(read(artifacts / name), artifacts / name))
+            if images is None:
+                raise Malformed(f"artifacts/{name}: expected {secureboot.MEDIA_SHAPE}")
             for output, facts in sorted(images.items()):
                 claimed.add(f"{stage}/{secureboot.DIRECTORY}/{output}")
                 try:

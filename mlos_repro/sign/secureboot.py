@@ -217,6 +217,16 @@ def sign_images(store: Store, result: BuildResult, db: DbKey) -> dict[str, bytes
 LOADER = "EFI/BOOT/BOOTX64.EFI"
 MEDIA = "media.json"
 ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+MEDIA_SHAPE = '{"media": {IMAGE: {"loader": …, "efi": …}}}'
+
+
+def media_images(media: Any) -> dict[str, dict[str, Any]] | None:
+    """What a parsed media.json says of each image, by output name; None unless it has
+    MEDIA_SHAPE."""
+    images = media.get("media") if isinstance(media, dict) else None
+    if not isinstance(images, dict) or not all(isinstance(v, dict) for v in images.values()):
+        return None
+    return images
 
 
 def is_qcow2(image: Path) -> bool:

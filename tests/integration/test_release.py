@@ -692,6 +692,12 @@ def medium_undescribed(rel: Path, keys: Path, tmp: Path) -> None:
     signed_by_release_key(rel, keys)
 
 
+def medium_misshapen(rel: Path, keys: Path, tmp: Path) -> None:
+    """A media.json that names the disk's boot loader as a bare string, listed by the archive key."""
+    (rel / MEDIA_JSON).write_text(json.dumps({"media": {"disk.raw": "efi/secureboot/toy.efi"}}))
+    signed_by_release_key(rel, keys)
+
+
 def medium_with_backing_file(rel: Path, keys: Path, tmp: Path) -> None:
     """A qcow2 that would make qemu-img read a file of the verifier's host."""
     target = rel / "artifacts/media/secureboot/disk.qcow2"
@@ -867,6 +873,8 @@ TAMPERING: dict[str, tuple[Edit, int, str, int]] = {
         medium_esp_wiped, 16, "its EFI system partition is not a FAT file system any more", 1),
     "a signed qcow2 that no media.json describes (archive key)": (
         medium_undescribed, 16, "artifacts/media/secureboot/disk.qcow2: no media.json describes it", 1),
+    "a media.json of another shape (archive key)": (
+        medium_misshapen, 16, 'artifacts/media/secureboot/media.json: expected {"media": {IMAGE: ', 2),
     "a signed qcow2 with a backing file (archive key)": (
         medium_with_backing_file, 16, "refers to a file outside it", 1),
     "malformed SHA256SUMS": (lambda r, k, t: (r / "SHA256SUMS").write_text("not a sum line\n"), 8,
@@ -923,7 +931,7 @@ def test_the_signed_efi_image_is_the_attested_one_and_its_certificate_pinnable(h
 def test_verify_iso_of_a_signed_medium_shows_what_it_was_made_from(honest: Path, keys: Path, tmp_path: Path) -> None:
     """The copy for Secure Boot machines has no SBOM of its own: verify-iso shows the attested
     image's facts, through the media.json the signed SHA256SUMS lists, and says so; a media.json
-    that is not the signed one, or that does not name the image, is refused."""
+    that is not the signed one, or not of its shape, is refused."""
     keyring = keys / "archive-keyring.gpg"
     attested = mlos("verify-iso", honest / "artifacts/media/disk.raw", "--keyring", keyring, "--json")
     signed = mlos("verify-iso", honest / SIGNED_DISK, "--keyring", keyring, "--json")
@@ -946,6 +954,11 @@ def test_verify_iso_of_a_signed_medium_shows_what_it_was_made_from(honest: Path,
     assert missing.code == 0, missing.stderr
     found = json.loads(missing.stdout)
     assert "packages" not in found["facts"] and any("needs " in n and "media.json" in n for n in found["notes"])
+    misshapen = tmp_path / "misshapen"
+    shutil.copytree(honest, misshapen, symlinks=True)
+    medium_misshapen(misshapen, keys, tmp_path)
+    refused = mlos("verify-iso", misshapen / SIGNED_DISK, "--keyring", keyring)
+    assert refused.code == 1 and 'media.json: expected {"media": {IMAGE: ' in refused.stderr, refused.stderr
 
 
 def test_the_signed_disk_is_the_attested_one_booting_the_signed_efi_image(honest: Path, tmp_path: Path) -> None:
